@@ -1,0 +1,30 @@
+"""dgtalker: audio-driven 3D Gaussian talking heads.
+
+The compiled engine (``dgtalker._C``) and torch are imported on first use, so the
+pure-Python parts (data, audio) work on their own.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "rasterize": ("dgtalker.ops.raster", "rasterize"),
+    "reference": ("dgtalker.reference", None),
+    "build_info": ("dgtalker.info", "build_info"),
+    "data": ("dgtalker.data", None),
+    "audio": ("dgtalker.audio", None),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'dgtalker' has no attribute {name!r}")
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value

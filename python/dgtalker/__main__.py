@@ -1,0 +1,5 @@
+import sys
+
+from dgtalker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,56 @@
+"""The ``dgtalker`` command.
+
+Each subcommand lives next to the code it drives and exposes two functions,
+``add_arguments(parser)`` and ``run(args) -> int``; this file only routes. Modules
+are imported when their subcommand runs, so ``dgtalker --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+SUBCOMMANDS = {
+    "demo": ("dgtalker.demo", "render a Gaussian head demo image with the engine"),
+    "synth": ("dgtalker.data.synth_cli", "generate a synthetic talking-head dataset"),
+    "info": ("dgtalker.info", "print how the engine was built and which backends run here"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dgtalker",
+        description="dgtalker: audio-driven 3D Gaussian talking heads. "
+        "Run `dgtalker COMMAND --help` for the options of a command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ImportError as exc:  # keep the other commands usable
+            p.set_defaults(_import_error=str(exc))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "_import_error", None):
+        print(f"dgtalker {args.command}: unavailable ({args._import_error})", file=sys.stderr)
+        return 1
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"\ndgtalker {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
