@@ -1,0 +1,1 @@
+"""torch autograd wrappers over the compiled engine, one module per kernel family."""
