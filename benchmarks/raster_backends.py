@@ -176,7 +176,24 @@ STAGES = ("projection", "sort/binning", "raster fwd", "raster bwd", "other")
 
 _RASTER = r"(rasteri[sz]e|render|blend|splat_tile|composit|alpha_blend)"
 _BWD = r"(bwd|backward|grad|_vjp)"
+# dgtalker's own kernels (csrc/raster/raster_cuda.cu, namespace dgt::raster) by bare
+# name, where the generic rules would guess wrong: the binning helpers, and the
+# deterministic backward's slot reduction.
+_DGT_KERNELS = {
+    "total_kernel": "sort/binning", "emit_kernel": "sort/binning", "sentinel_kernel": "sort/binning",
+    "ranges_kernel": "sort/binning", "slot_keys_kernel": "raster bwd", "reduce_slots_kernel": "raster bwd",
+}
+_DGT_NAME = re.compile(r"dgt::raster::(?:\(anonymous namespace\)::)?(\w+)")
+
+
+def _dgt_stage(k: str) -> Optional[str]:
+    m = _DGT_NAME.search(k)
+    return _DGT_KERNELS.get(m.group(1)) if m else None
+
+
 STAGE_RULES: List[Tuple[str, Callable[[str], bool]]] = [
+    ("sort/binning", lambda k: _dgt_stage(k) == "sort/binning"),
+    ("raster bwd", lambda k: _dgt_stage(k) == "raster bwd"),
     ("raster bwd", lambda k: bool(re.search(_RASTER, k) and re.search(_BWD, k))),
     ("raster fwd", lambda k: bool(re.search(_RASTER, k))),
     ("sort/binning", lambda k: bool(re.search(

@@ -106,6 +106,16 @@ def test_configs_target_first_and_batch_sets():
     ("void gsplat::rasterize_to_pixels_3dgs_bwd_kernel<4u, float>(...)", "raster bwd"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>(...)", "other"),
     ("Memcpy DtoH (Device -> Pinned)", "other"),
+    ("dgt::raster::(anonymous namespace)::project_kernel(dgt::raster::RasterParams)", "projection"),
+    ("dgt::raster::(anonymous namespace)::project_backward_kernel(dgt::raster::RasterParams)", "projection"),
+    ("dgt::raster::(anonymous namespace)::total_kernel(dgt::raster::RasterParams)", "sort/binning"),
+    ("dgt::raster::(anonymous namespace)::emit_kernel(dgt::raster::RasterParams)", "sort/binning"),
+    ("dgt::raster::(anonymous namespace)::sentinel_kernel(dgt::raster::RasterParams)", "sort/binning"),
+    ("dgt::raster::(anonymous namespace)::ranges_kernel(dgt::raster::RasterParams)", "sort/binning"),
+    ("dgt::raster::(anonymous namespace)::blend_forward_kernel(dgt::raster::RasterParams)", "raster fwd"),
+    ("dgt::raster::(anonymous namespace)::blend_backward_kernel(dgt::raster::RasterParams)", "raster bwd"),
+    ("dgt::raster::(anonymous namespace)::slot_keys_kernel(dgt::raster::RasterParams)", "raster bwd"),
+    ("dgt::raster::(anonymous namespace)::reduce_slots_kernel(dgt::raster::RasterParams)", "raster bwd"),
 ])
 def test_stage_map(name, stage):
     assert rb.stage_of(name) == stage
