@@ -45,6 +45,7 @@ py::dict layout_sizes(const RasterConfig& cfg, int device) {
   d["forward_scratch_bytes"] = l.fwd_scratch_bytes;
   d["backward_scratch_bytes"] = l.bwd_scratch_bytes;
   d["status_offset"] = l.status;
+  d["transmittance_offset"] = l.transmittance;
   d["grad2d_stride"] = cfg.grad2d_stride();
   return d;
 }
@@ -145,6 +146,7 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("colors", &ForwardBuffers::colors)
       .def_readwrite("viewmats", &ForwardBuffers::viewmats)
       .def_readwrite("Ks", &ForwardBuffers::Ks)
+      .def_readwrite("background", &ForwardBuffers::background)
       .def_readwrite("state", &ForwardBuffers::state)
       .def_readwrite("scratch", &ForwardBuffers::scratch)
       .def_readwrite("image", &ForwardBuffers::image)
@@ -160,6 +162,7 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("colors", &BackwardBuffers::colors)
       .def_readwrite("viewmats", &BackwardBuffers::viewmats)
       .def_readwrite("Ks", &BackwardBuffers::Ks)
+      .def_readwrite("background", &BackwardBuffers::background)
       .def_readwrite("state", &BackwardBuffers::state)
       .def_readwrite("scratch", &BackwardBuffers::scratch)
       .def_readwrite("v_image", &BackwardBuffers::v_image)

@@ -47,7 +47,7 @@ struct RasterConfig {
 // Byte offsets of the pieces carved from the caller's buffers.
 struct Layout {
   // state: kept from forward to backward
-  size_t proj, counts, offsets, values, tile_ranges, last, transmittance, status, state_bytes;
+  size_t proj, counts, offsets, values, tile_ranges, last, transmittance, depth_sum, status, state_bytes;
   // forward scratch
   size_t keys_unsorted, keys_sorted, values_unsorted, fwd_temp, fwd_scratch_bytes;
   // backward scratch (deterministic mode only needs more than zero)
@@ -67,6 +67,7 @@ struct RasterParams {
   const float* colors;     // [S, N, C]
   const float* viewmats;   // [B, 4, 4]
   const float* Ks;         // [B, 3, 3]
+  const float* background; // [B, C] or nullptr (black)
 
   // state
   float* proj;             // [P, 8], P = B * N
@@ -76,6 +77,7 @@ struct RasterParams {
   int32_t* tile_ranges;    // [B * tiles, 2]
   int32_t* last;           // [B, H, W] one past the last contributing list entry
   float* transmittance;    // [B, H, W] T after the last contributor
+  float* depth_sum;        // [B, H, W] sum of w_i z_i
   int64_t* status;         // [kStatusWords]
 
   // forward scratch
@@ -88,12 +90,12 @@ struct RasterParams {
   // outputs
   float* image;  // [B, H, W, C]
   float* alpha;  // [B, H, W]
-  float* depth;  // [B, H, W] sum of w_i z_i (the caller normalizes by alpha)
+  float* depth;  // [B, H, W] expected depth sum(w_i z_i) / alpha, 0 where alpha <= 1e-6
 
   // backward
   const float* v_image;  // [B, H, W, C]
   const float* v_alpha;  // [B, H, W]
-  const float* v_depth;  // [B, H, W]
+  const float* v_depth;  // [B, H, W] (w.r.t. the expected depth)
   float* grad2d;         // [P, 6 + C + 1]
   float* v_means;        // [P, 3]
   float* v_quats;        // [P, 4]
@@ -109,16 +111,16 @@ struct RasterParams {
 
 // Raw addresses handed over from Python (torch data_ptr(), cupy .data.ptr).
 struct ForwardBuffers {
-  uintptr_t means, quats, scales, opacities, colors, viewmats, Ks;
-  uintptr_t state, scratch;
-  uintptr_t image, alpha, depth;
+  uintptr_t means = 0, quats = 0, scales = 0, opacities = 0, colors = 0, viewmats = 0, Ks = 0, background = 0;
+  uintptr_t state = 0, scratch = 0;
+  uintptr_t image = 0, alpha = 0, depth = 0;
 };
 
 struct BackwardBuffers {
-  uintptr_t means, quats, scales, opacities, colors, viewmats, Ks;
-  uintptr_t state, scratch;
-  uintptr_t v_image, v_alpha, v_depth;
-  uintptr_t grad2d, v_means, v_quats, v_scales;
+  uintptr_t means = 0, quats = 0, scales = 0, opacities = 0, colors = 0, viewmats = 0, Ks = 0, background = 0;
+  uintptr_t state = 0, scratch = 0;
+  uintptr_t v_image = 0, v_alpha = 0, v_depth = 0;
+  uintptr_t grad2d = 0, v_means = 0, v_quats = 0, v_scales = 0;
 };
 
 Layout make_layout(const RasterConfig& cfg, size_t fwd_temp_bytes, size_t bwd_temp_bytes);

@@ -69,6 +69,7 @@ Layout make_layout(const RasterConfig& cfg, size_t fwd_temp_bytes, size_t bwd_te
   l.tile_ranges = s.take(bt * 2 * sizeof(int32_t));
   l.last = s.take(px * sizeof(int32_t));
   l.transmittance = s.take(px * sizeof(float));
+  l.depth_sum = s.take(px * sizeof(float));
   l.status = s.take(kStatusWords * sizeof(int64_t));
   l.state_bytes = s.used;
 
@@ -96,7 +97,7 @@ namespace {
 
 void fill_inputs(RasterParams& p, const RasterConfig& cfg, uintptr_t means, uintptr_t quats,
                  uintptr_t scales, uintptr_t opacities, uintptr_t colors, uintptr_t viewmats,
-                 uintptr_t Ks) {
+                 uintptr_t Ks, uintptr_t background) {
   p.cfg = cfg;
   p.sort_end_bit = sort_end_bit(cfg);
   p.means = reinterpret_cast<const float*>(means);
@@ -106,6 +107,7 @@ void fill_inputs(RasterParams& p, const RasterConfig& cfg, uintptr_t means, uint
   p.colors = reinterpret_cast<const float*>(colors);
   p.viewmats = reinterpret_cast<const float*>(viewmats);
   p.Ks = reinterpret_cast<const float*>(Ks);
+  p.background = reinterpret_cast<const float*>(background);
 }
 
 void fill_state(RasterParams& p, const Layout& l, uintptr_t state) {
@@ -116,6 +118,7 @@ void fill_state(RasterParams& p, const Layout& l, uintptr_t state) {
   p.tile_ranges = at<int32_t>(state, l.tile_ranges);
   p.last = at<int32_t>(state, l.last);
   p.transmittance = at<float>(state, l.transmittance);
+  p.depth_sum = at<float>(state, l.depth_sum);
   p.status = at<int64_t>(state, l.status);
 }
 
@@ -123,7 +126,7 @@ void fill_state(RasterParams& p, const Layout& l, uintptr_t state) {
 
 RasterParams make_forward_params(const RasterConfig& cfg, const Layout& l, const ForwardBuffers& b) {
   RasterParams p{};
-  fill_inputs(p, cfg, b.means, b.quats, b.scales, b.opacities, b.colors, b.viewmats, b.Ks);
+  fill_inputs(p, cfg, b.means, b.quats, b.scales, b.opacities, b.colors, b.viewmats, b.Ks, b.background);
   fill_state(p, l, b.state);
   p.keys_unsorted = at<uint64_t>(b.scratch, l.keys_unsorted);
   p.keys_sorted = at<uint64_t>(b.scratch, l.keys_sorted);
@@ -138,7 +141,7 @@ RasterParams make_forward_params(const RasterConfig& cfg, const Layout& l, const
 
 RasterParams make_backward_params(const RasterConfig& cfg, const Layout& l, const BackwardBuffers& b) {
   RasterParams p{};
-  fill_inputs(p, cfg, b.means, b.quats, b.scales, b.opacities, b.colors, b.viewmats, b.Ks);
+  fill_inputs(p, cfg, b.means, b.quats, b.scales, b.opacities, b.colors, b.viewmats, b.Ks, b.background);
   fill_state(p, l, b.state);
   p.v_image = reinterpret_cast<const float*>(b.v_image);
   p.v_alpha = reinterpret_cast<const float*>(b.v_alpha);

@@ -50,9 +50,12 @@ void blend_tile(const RasterParams& P, int b, int ty, int tx) {
         T = next_T;
         last = k + 1;
       }
+      if (P.background != nullptr)
+        for (int c = 0; c < C; ++c) out[c] += T * P.background[b * C + c];
       P.alpha[pix] = 1.f - T;
-      P.depth[pix] = depth;
+      P.depth[pix] = pixel_expected_depth(T, depth);
       P.transmittance[pix] = T;
+      P.depth_sum[pix] = depth;
       P.last[pix] = last;
     }
   }
@@ -70,7 +73,10 @@ void blend_backward_tile(const RasterParams& P, int b, int ty, int tx) {
       const int64_t pix = (int64_t(b) * H + i) * W + j;
       const float T_final = P.transmittance[pix];
       const float* v_img = P.v_image + pix * C;
-      const float v_depth = P.v_depth[pix], v_alpha_out = P.v_alpha[pix];
+      const PixelOutputGrad og = pixel_outputs_vjp<kMaxChannels>(
+          C, T_final, P.depth_sum[pix], v_img, P.v_alpha[pix], P.v_depth[pix],
+          P.background ? P.background + b * C : nullptr);
+      const float v_depth = og.v_depth_sum, v_alpha_out = og.v_alpha;
       const float px = j + 0.5f, py = i + 0.5f;
       float T = T_final, acc_depth = 0.f;
       for (int c = 0; c < C; ++c) acc[c] = 0.f;

@@ -151,12 +151,14 @@ __global__ void __launch_bounds__(kTilePixels) blend_forward_kernel(RasterParams
   }
   if (!inside) return;
   const int64_t pix = (int64_t(b) * cfg.height + i) * cfg.width + j;
+  const float* bg = P.background ? P.background + b * C : nullptr;
 #pragma unroll
   for (int c = 0; c < MAXC; ++c)
-    if (c < C) P.image[pix * C + c] = acc[c];
+    if (c < C) P.image[pix * C + c] = bg ? acc[c] + T * bg[c] : acc[c];
   P.alpha[pix] = 1.f - T;
-  P.depth[pix] = depth;
+  P.depth[pix] = pixel_expected_depth(T, depth);
   P.transmittance[pix] = T;
+  P.depth_sum[pix] = depth;
   P.last[pix] = last;
 }
 
@@ -202,8 +204,11 @@ __global__ void __launch_bounds__(kTilePixels) blend_backward_kernel(RasterParam
   }
   if (inside) {
     T_final = P.transmittance[pix];
-    v_depth = P.v_depth[pix];
-    v_alpha_out = P.v_alpha[pix];
+    const PixelOutputGrad og = pixel_outputs_vjp<MAXC>(
+        C, T_final, P.depth_sum[pix], v_img, P.v_alpha[pix], P.v_depth[pix],
+        P.background ? P.background + b * C : nullptr);
+    v_depth = og.v_depth_sum;
+    v_alpha_out = og.v_alpha;
     last = P.last[pix];
   }
   float T = T_final, acc_depth = 0.f;

@@ -18,6 +18,7 @@ constexpr float kAlphaMin = 1.f / 255.f;    // splats fainter than this are skip
 constexpr float kAlphaMax = 0.999f;         // keeps 1 - alpha invertible in the backward
 constexpr float kTransmittanceMin = 1e-4f;  // a pixel stops once T would fall below
 constexpr float kFrustumMargin = 0.15f;     // clamp of x/z, y/z in the Jacobian, in image widths
+constexpr float kDepthAlphaMin = 1e-6f;     // expected depth is 0 where alpha is below this
 
 // Bit flags of invalid input found on the device (status word 2).
 enum InvalidInput : int {

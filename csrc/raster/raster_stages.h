@@ -162,6 +162,37 @@ DGT_HD float blend_alpha_vjp(int C, float T, float ra, const float* feat, float 
   return v;
 }
 
+// Final per-pixel outputs from the blend sums: background behind what is left of
+// the transmittance, and the expected depth (weighted depth over alpha).
+DGT_HD float pixel_expected_depth(float T, float depth_sum) {
+  const float a = 1.f - T;
+  return a > kDepthAlphaMin ? depth_sum / a : 0.f;
+}
+
+// Gradients of the per-pixel outputs w.r.t. the blend sums. The background and
+// the depth normalization both depend on alpha = 1 - T_final, so their terms fold
+// into the alpha gradient; v_depth_sum is the gradient of sum(w_i z_i).
+struct PixelOutputGrad {
+  float v_depth_sum, v_alpha;
+};
+
+template <int MAXC>
+DGT_HD PixelOutputGrad pixel_outputs_vjp(int C, float T_final, float depth_sum, const float* v_img,
+                                         float v_alpha, float v_depth, const float* bg) {
+  PixelOutputGrad g{0.f, v_alpha};
+  const float a = 1.f - T_final;
+  if (a > kDepthAlphaMin) {
+    g.v_depth_sum = v_depth / a;
+    g.v_alpha -= v_depth * depth_sum / (a * a);
+  }
+  if (bg != nullptr) {
+#pragma unroll
+    for (int c = 0; c < MAXC; ++c)
+      if (c < C) g.v_alpha -= bg[c] * v_img[c];
+  }
+  return g;
+}
+
 // Splat p's 2D gradients (row of grad2d) -> gradients of its 3D parameters.
 DGT_HD void project_backward_stage(const RasterParams& P, int64_t p) {
   const RasterConfig& cfg = P.cfg;

@@ -162,17 +162,3 @@ def _check_size(name: str, value) -> int:
     if not 1 <= value <= 16384:
         raise ValueError(f"{name} must be in [1, 16384], got {value}")
     return value
-
-
-def finish_outputs(raw_image: Tensor, alpha: Tensor, depth_sum: Tensor,
-                   background: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Composites the background and turns the accumulated depth into expected depth.
-
-    Shared by the engine and the reference: ``image = sum(c w) + (1 - alpha) bg`` and
-    ``depth = sum(z w) / alpha`` (0 where nothing was hit).
-    """
-    if background is not None:
-        raw_image = raw_image + (1.0 - alpha).unsqueeze(-1) * background[:, None, None, :]
-    hit = alpha > 1e-6
-    depth = torch.where(hit, depth_sum / torch.where(hit, alpha, torch.ones_like(alpha)), torch.zeros_like(depth_sum))
-    return raw_image, alpha, depth

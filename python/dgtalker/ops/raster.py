@@ -27,7 +27,7 @@ from torch import Tensor
 
 from dgtalker._engine import engine
 
-from ._inputs import RasterInputs, finish_outputs, prepare_inputs
+from ._inputs import RasterInputs, prepare_inputs
 
 _INVALID_NAMES = {1: "means (non-finite)", 2: "quats (non-finite or zero norm)",
                   4: "scales (non-finite or negative)", 8: "opacities (outside [0, 1])",
@@ -91,6 +91,19 @@ class _CapacityBook:
 
 
 _BOOK = _CapacityBook()
+
+
+def check_status(wait: bool = True) -> None:
+    """Inspects the status of earlier unchecked CUDA calls now.
+
+    With ``wait`` it first waits for them to finish. Raises :class:`RasterInputError`
+    if any of them received invalid values; warns (and grows the capacity) if any of
+    them overflowed its intersection buffers.
+    """
+    if wait:
+        for _, event, _ in _BOOK.pending:
+            event.synchronize()
+    _BOOK.settle()
 _LAYOUTS: dict[tuple, dict] = {}
 
 
@@ -123,7 +136,7 @@ def _stream(t: Tensor) -> int:
     return 0 if t.device.type == "cpu" else torch.cuda.current_stream(t.device).cuda_stream
 
 
-def _run_forward(inp: RasterInputs, capacity: int, deterministic: bool):
+def _run_forward(inp: RasterInputs, background: Tensor | None, capacity: int, deterministic: bool):
     C = engine()
     dev = inp.means.device
     index = _device_index(inp.means)
@@ -139,6 +152,7 @@ def _run_forward(inp: RasterInputs, capacity: int, deterministic: bool):
     bufs.means, bufs.quats, bufs.scales = inp.means.data_ptr(), inp.quats.data_ptr(), inp.scales.data_ptr()
     bufs.opacities, bufs.colors = inp.opacities.data_ptr(), inp.colors.data_ptr()
     bufs.viewmats, bufs.Ks = inp.viewmats.data_ptr(), inp.Ks.data_ptr()
+    bufs.background = 0 if background is None else background.data_ptr()
     bufs.state, bufs.scratch = state.data_ptr(), scratch.data_ptr()
     bufs.image, bufs.alpha, bufs.depth = image.data_ptr(), alpha.data_ptr(), depth.data_ptr()
     C.raster_forward(cfg, index, bufs, _stream(inp.means))
@@ -153,8 +167,8 @@ def _shape_key(inp: RasterInputs) -> tuple:
 
 class _Rasterize(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, quats, scales, opacities, colors, viewmats, Ks, inp: RasterInputs,
-                deterministic: bool, checked: bool):
+    def forward(ctx, means, quats, scales, opacities, colors, viewmats, Ks, background,
+                inp: RasterInputs, deterministic: bool, checked: bool):
         key = _shape_key(inp)
         on_cpu = inp.means.device.type == "cpu"
         capturing = not on_cpu and torch.cuda.is_current_stream_capturing()
@@ -168,7 +182,7 @@ class _Rasterize(torch.autograd.Function):
                                    "first, so its intersection capacity is known")
             capacity = max(_MIN_CAPACITY, 4 * inp.batch * inp.num_gaussians)
         while True:
-            cfg, state, status, image, alpha, depth = _run_forward(inp, capacity, deterministic)
+            cfg, state, status, image, alpha, depth = _run_forward(inp, background, capacity, deterministic)
             if capturing:
                 break
             if on_cpu or checked or not sized:
@@ -190,13 +204,14 @@ class _Rasterize(torch.autograd.Function):
             break
         ctx.cfg = cfg
         ctx.shape = (inp.batch, inp.num_gaussians, inp.channels, inp.per_image, inp.height, inp.width)
-        ctx.save_for_backward(means, quats, scales, opacities, colors, viewmats, Ks, state)
+        ctx.has_background = background is not None
+        ctx.save_for_backward(means, quats, scales, opacities, colors, viewmats, Ks, background, state)
         return image, alpha, depth
 
     @staticmethod
     def backward(ctx, v_image, v_alpha, v_depth):
         C = engine()
-        means, quats, scales, opacities, colors, viewmats, Ks, state = ctx.saved_tensors
+        means, quats, scales, opacities, colors, viewmats, Ks, background, state = ctx.saved_tensors
         cfg = ctx.cfg
         B, N, Ch, per_image, H, W = ctx.shape
         dev = means.device
@@ -220,11 +235,18 @@ class _Rasterize(torch.autograd.Function):
         bufs.means, bufs.quats, bufs.scales = means.data_ptr(), quats.data_ptr(), scales.data_ptr()
         bufs.opacities, bufs.colors = opacities.data_ptr(), colors.data_ptr()
         bufs.viewmats, bufs.Ks = viewmats.data_ptr(), Ks.data_ptr()
+        bufs.background = 0 if background is None else background.data_ptr()
         bufs.state, bufs.scratch = state.data_ptr(), scratch.data_ptr()
         bufs.v_image, bufs.v_alpha, bufs.v_depth = v_image.data_ptr(), v_alpha.data_ptr(), v_depth.data_ptr()
         bufs.grad2d, bufs.v_means = grad2d.data_ptr(), v_means.data_ptr()
         bufs.v_quats, bufs.v_scales = v_quats.data_ptr(), v_scales.data_ptr()
         C.raster_backward(cfg, index, bufs, _stream(means))
+
+        v_background = None
+        if background is not None and ctx.needs_input_grad[7]:
+            off = lay["transmittance_offset"]
+            T_final = state[off:off + 4 * B * H * W].view(torch.float32).view(B, H, W, 1)
+            v_background = (v_image * T_final).sum((1, 2))
 
         def per_set(g: Tensor, tail: tuple[int, ...]) -> Tensor:
             g = g.reshape((B, N) + tail)
@@ -234,6 +256,7 @@ class _Rasterize(torch.autograd.Function):
                 per_set(grad2d[:, 5], ()), per_set(grad2d[:, 6:6 + Ch], (Ch,)),
                 None,  # viewmats: camera gradients are not computed
                 None,  # Ks
+                v_background,
                 None,  # inp
                 None,  # deterministic
                 None)  # checked
@@ -275,5 +298,5 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         checked = os.environ.get("DGTALKER_CHECKED", "0") not in ("", "0", "false", "False")
     cont = [t.contiguous() for t in (inp.means, inp.quats, inp.scales, inp.opacities, inp.colors, inp.viewmats, inp.Ks)]
     inp.means, inp.quats, inp.scales, inp.opacities, inp.colors, inp.viewmats, inp.Ks = cont
-    image, alpha, depth_sum = _Rasterize.apply(*cont, inp, bool(deterministic), bool(checked))
-    return finish_outputs(image, alpha, depth_sum, inp.background)
+    background = None if inp.background is None else inp.background.float().contiguous()
+    return _Rasterize.apply(*cont, background, inp, bool(deterministic), bool(checked))

@@ -11,13 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._inputs import finish_outputs, prepare_inputs
+from ._inputs import prepare_inputs
 
 LOW_PASS = 0.3
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 TRANSMITTANCE_MIN = 1e-4
 FRUSTUM_MARGIN = 0.15
+DEPTH_ALPHA_MIN = 1e-6
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:
@@ -86,6 +87,20 @@ def _render_one(means, quats, scales, opacities, colors, viewmat, K, width, heig
     depth_sum = (w * z[:, None]).sum(0).reshape(height, width)
     T_final = T_after[-1] if len(T_after) else torch.ones(height * width, device=dev, dtype=dt)
     return image, 1 - T_final.reshape(height, width), depth_sum
+
+
+def finish_outputs(raw_image: Tensor, alpha: Tensor, depth_sum: Tensor,
+                   background: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Composites the background and turns the accumulated depth into expected depth.
+
+    The engine does the same inside its blend kernel: ``image = sum(c w) + (1 - alpha) bg`` and
+    ``depth = sum(z w) / alpha`` (0 where nothing was hit).
+    """
+    if background is not None:
+        raw_image = raw_image + (1.0 - alpha).unsqueeze(-1) * background[:, None, None, :]
+    hit = alpha > DEPTH_ALPHA_MIN
+    depth = torch.where(hit, depth_sum / torch.where(hit, alpha, torch.ones_like(alpha)), torch.zeros_like(depth_sum))
+    return raw_image, alpha, depth
 
 
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,

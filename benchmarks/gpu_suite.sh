@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Build, test and measure on a CUDA machine in one go:
+#   bash benchmarks/gpu_suite.sh [OUTDIR] [BENCH_ARGS...]
+# 1. builds and installs dgtalker (DGTALKER_CUDA=ON; architectures from
+#    DGTALKER_CUDA_ARCHITECTURES, default the native GPU's),
+# 2. runs the whole test suite (the GPU tests included),
+# 3. runs the CUDA kernel tests under compute-sanitizer memcheck,
+# 4. runs the rasterizer benchmark against gsplat when gsplat is importable.
+set -uo pipefail
+out=${1:-benchmarks/results}; shift || true
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+arch=${DGTALKER_CUDA_ARCHITECTURES:-$(python3 -c "import torch; m,n=torch.cuda.get_device_capability(); print(f'{m}{n}-real')")}
+status=0
+
+echo "== build (CUDA $arch)"
+start=$(date +%s)
+DGTALKER_CUDA=ON DGTALKER_CUDA_ARCHITECTURES="$arch" \
+  python3 -m pip install --no-build-isolation --no-deps -q . 2>&1 | tail -20 || status=1
+echo "build: $(( $(date +%s) - start )) s"
+python3 -c "import dgtalker, json; print(json.dumps(dgtalker.build_info()))" || status=1
+
+echo "== tests"
+(cd /tmp && python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests" -rs 2>&1) | tee "$out/pytest.log" | tail -25
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+echo "== compute-sanitizer memcheck (CUDA kernel tests)"
+(cd /tmp && compute-sanitizer --tool memcheck --error-exitcode 99 --target-processes all \
+  python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_raster_cuda.py" \
+  -k "not graph and not at_scale" 2>&1) | tee "$out/memcheck.log" | tail -8
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+echo "== benchmark"
+peers=none
+python3 -c "import gsplat" 2>/dev/null && peers=gsplat
+python3 benchmarks/bench_raster.py --peers "$peers" --json "$out/raster.json" "$@" 2>&1 | tee "$out/bench.log" | tail -40
+exit $status
