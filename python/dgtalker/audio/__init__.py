@@ -1,0 +1,321 @@
+"""Audio front end: load speech, resample, log-mel features, per-frame windows.
+
+    samples, sr = dgtalker.audio.load("speech.mp3")          # mono float32 at 16 kHz
+    feats = dgtalker.audio.features(samples, sr, fps=25)      # AudioFeatures
+    feats.windows                                             # [T, 61, 80] one per video frame
+
+    stream = dgtalker.audio.StreamingFeatures(fps=25)
+    for chunk in chunks:                                      # 16 kHz mono pieces
+        for w in stream.push(chunk): ...                      # same windows, as they complete
+    rest = stream.flush()
+
+Conventions (also in docs/data-format.md):
+
+* Audio is mixed to mono and resampled to 16 kHz (soxr, high quality). 8 kHz input is
+  upsampled: it simply has nothing above 4 kHz. Stereo is averaged.
+* Log-mel: 80 mel bands, 55-7600 Hz, 25 ms Hann window (n_fft 512 with 400-sample
+  window), 10 ms hop (160 samples) -> 100 mel frames per second, so at 25 fps there are
+  exactly 4 mel frames per video frame. Values are ``log10(max(power, 1e-10))`` of the
+  mel power spectrogram of samples in [-1, 1]; pure silence is therefore -10
+  everywhere (a documented, finite result, not an error). Frames are centred: mel
+  frame j describes time ``j * hop / sr`` (the signal is zero-padded by n_fft/2 at
+  both ends, as librosa's ``center=True`` with constant padding).
+* Video frame i is at time ``i / fps``; its window is the mel frames centred on the
+  nearest mel frame, +-``context`` seconds (default 0.3 s -> 61 frames). Windows that
+  reach past either end of the clip are padded with the silence value, so a clip
+  shorter than one window still yields one window per video frame.
+* A clip yields ``ceil(duration * fps)`` video frames; a clip shorter than one video
+  frame, an empty or unreadable file, a non-audio file, or NaN/inf samples raise
+  :class:`AudioError` naming the file or argument.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+N_FFT = 512
+WIN_LENGTH = 400
+HOP = 160
+N_MELS = 80
+FMIN, FMAX = 55.0, 7600.0
+LOG_FLOOR = 1e-10
+SILENCE_VALUE = float(np.log10(LOG_FLOOR))
+CONTEXT_S = 0.3
+
+VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
+
+__all__ = ["AudioError", "load", "resample", "to_mono", "log_mel", "features", "frame_windows",
+           "AudioFeatures", "StreamingFeatures", "num_video_frames", "SAMPLE_RATE", "SILENCE_VALUE"]
+
+
+class AudioError(ValueError):
+    """Bad audio input; the message names the file or argument and the problem."""
+
+
+def _ffmpeg():
+    exe = shutil.which("ffmpeg")
+    if exe:
+        return exe
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _decode_ffmpeg(path: Path):
+    exe = _ffmpeg()
+    if exe is None:
+        raise AudioError(f"{path}: reading this file needs ffmpeg (Debian package ffmpeg)")
+    # ffmpeg mixes to mono and resamples to a fixed rate; load() resamples again as asked
+    cmd = [exe, "-v", "error", "-nostdin", "-i", str(path), "-vn", "-ac", "1", "-ar", "48000",
+           "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    res = subprocess.run(cmd, capture_output=True)
+    if res.returncode != 0 or not res.stdout:
+        msg = res.stderr.decode(errors="replace").strip().splitlines()
+        why = msg[-1] if msg else "no audio stream"
+        raise AudioError(f"{path}: not a readable audio or video file with sound ({why})")
+    return np.frombuffer(res.stdout, dtype=np.float32).copy(), 48000
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """[S] or [S, C] (soundfile layout) -> [S] by averaging channels."""
+    a = np.asarray(samples, dtype=np.float32)
+    if a.ndim == 2:
+        return a.mean(axis=1)
+    if a.ndim != 1:
+        raise AudioError(f"samples must be [S] or [S, channels], got shape {list(a.shape)}")
+    return a
+
+
+def resample(samples: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
+    """Band-limited resampling (soxr 'HQ'); returns float32."""
+    if not isinstance(sr_in, (int, np.integer)) or sr_in <= 0:
+        raise AudioError(f"sample rate must be a positive integer, got {sr_in!r}")
+    a = np.asarray(samples, dtype=np.float32)
+    if sr_in == sr_out:
+        return a
+    import soxr
+
+    return soxr.resample(a, sr_in, sr_out, quality="HQ").astype(np.float32)
+
+
+def load(path, sample_rate: int | None = SAMPLE_RATE) -> tuple[np.ndarray, int]:
+    """Read speech from a wav/flac/ogg/mp3 file or a video's sound track.
+
+    Returns (mono float32 samples [S], rate); resampled to ``sample_rate`` unless it is
+    None (then the file's own rate). Raises :class:`AudioError` for a missing, empty,
+    unreadable or non-audio file and for NaN/inf samples.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(f"audio file {p} does not exist")
+    if p.is_dir():
+        raise AudioError(f"audio path {p} is a directory, expected a file")
+    if p.stat().st_size == 0:
+        raise AudioError(f"audio file {p} is empty (0 bytes)")
+    data, sr = None, None
+    if p.suffix.lower() not in VIDEO_EXTS:
+        try:
+            import soundfile as sf
+
+            data, sr = sf.read(str(p), dtype="float32", always_2d=False)
+        except Exception:  # noqa: BLE001 - fall back to ffmpeg for anything libsndfile refuses
+            data = None
+    if data is None:
+        data, sr = _decode_ffmpeg(p)
+    data = to_mono(data)
+    if data.size == 0:
+        raise AudioError(f"audio file {p} contains no samples")
+    if not np.all(np.isfinite(data)):
+        raise AudioError(f"audio file {p} contains NaN or inf samples")
+    if sample_rate is not None:
+        data = resample(data, int(sr), int(sample_rate))
+        sr = int(sample_rate)
+    return data, int(sr)
+
+
+def _check_samples(samples, name="samples"):
+    a = np.asarray(samples)
+    if a.ndim == 2:
+        a = to_mono(a)
+    if a.ndim != 1:
+        raise AudioError(f"{name} must be a 1-D array of mono samples, got shape {list(a.shape)}")
+    if not np.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.integer):
+        raise AudioError(f"{name} must be numeric, got dtype {a.dtype}")
+    a = a.astype(np.float32)
+    if not np.all(np.isfinite(a)):
+        raise AudioError(f"{name} contains NaN or inf")
+    return a
+
+
+_MEL_BASIS = None
+
+
+def _mel_basis():
+    global _MEL_BASIS
+    if _MEL_BASIS is None:
+        import librosa
+
+        _MEL_BASIS = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX).astype(np.float32)
+    return _MEL_BASIS
+
+
+def _mel_frames(padded: np.ndarray, j0: int, j1: int) -> np.ndarray:
+    """Log-mel frames j0..j1-1 of a signal already zero-padded by N_FFT//2 at the
+    start; frame j covers padded[j*HOP : j*HOP + N_FFT]. [j1-j0, N_MELS]."""
+    import librosa
+
+    if j1 <= j0:
+        return np.zeros((0, N_MELS), np.float32)
+    seg = padded[j0 * HOP: (j1 - 1) * HOP + N_FFT]
+    spec = librosa.stft(seg, n_fft=N_FFT, hop_length=HOP, win_length=WIN_LENGTH, window="hann", center=False)
+    power = (np.abs(spec) ** 2).astype(np.float32)
+    mel = _mel_basis() @ power  # [N_MELS, frames]
+    return np.log10(np.maximum(mel, LOG_FLOOR)).T[: j1 - j0].astype(np.float32)
+
+
+def log_mel(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Log-mel spectrogram [1 + S // 160, 80] of 16 kHz mono samples (see module doc)."""
+    if sample_rate != SAMPLE_RATE:
+        raise AudioError(f"log_mel expects {SAMPLE_RATE} Hz samples, got sample_rate={sample_rate}; "
+                         "use dgtalker.audio.resample first")
+    a = _check_samples(samples)
+    pad = np.zeros(N_FFT // 2, np.float32)
+    padded = np.concatenate([pad, a, pad])
+    return _mel_frames(padded, 0, 1 + len(a) // HOP)
+
+
+def num_video_frames(num_samples: int, sample_rate: int, fps: float) -> int:
+    return int(np.ceil(num_samples * fps / sample_rate - 1e-9))
+
+
+def _check_fps(fps):
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.floating, np.integer)) or not np.isfinite(fps) or fps <= 0:
+        raise AudioError(f"fps must be a positive number, got {fps!r}")
+    return float(fps)
+
+
+def _half_window(context: float) -> int:
+    if not np.isfinite(context) or context < 0:
+        raise AudioError(f"context must be a non-negative number of seconds, got {context!r}")
+    return int(round(context * SAMPLE_RATE / HOP))
+
+
+def _centre(i, fps):
+    return np.rint(np.asarray(i) / fps * SAMPLE_RATE / HOP).astype(np.int64)
+
+
+def frame_windows(mel: np.ndarray, fps: float, num_frames: int, context: float = CONTEXT_S) -> np.ndarray:
+    """Cut one window of mel frames around each video frame: [num_frames, 2h+1, n_mels]
+    with h = round(context * 100); out-of-range mel frames read as silence."""
+    fps = _check_fps(fps)
+    h = _half_window(context)
+    mel = np.asarray(mel, np.float32)
+    c = _centre(np.arange(num_frames), fps)
+    idx = c[:, None] + np.arange(-h, h + 1)[None, :]
+    valid = (idx >= 0) & (idx < len(mel))
+    out = mel[np.clip(idx, 0, max(len(mel) - 1, 0))] if len(mel) else np.zeros(idx.shape + (N_MELS,), np.float32)
+    return np.where(valid[..., None], out, np.float32(SILENCE_VALUE)).astype(np.float32)
+
+
+@dataclass
+class AudioFeatures:
+    mel: np.ndarray  # [M, 80] log-mel at 100 frames/s
+    windows: np.ndarray  # [T, 2h+1, 80], one per video frame
+    fps: float
+    sample_rate: int
+    silent: bool  # True when the clip is pure digital silence
+
+    def __len__(self):
+        return len(self.windows)
+
+
+def features(samples: np.ndarray, sample_rate: int, fps: float = 25.0, context: float = CONTEXT_S,
+             num_frames: int | None = None) -> AudioFeatures:
+    """Log-mel features and one context window per video frame for a whole clip.
+
+    ``samples`` mono or [S, C] at ``sample_rate`` (any rate: resampled to 16 kHz).
+    ``num_frames`` defaults to ``ceil(duration * fps)``; pass a dataset's frame count to
+    get exactly one window per frame (missing audio at the end reads as silence).
+    """
+    fps = _check_fps(fps)
+    a = _check_samples(samples)
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    a = resample(a, int(sample_rate), SAMPLE_RATE)
+    n = num_video_frames(len(a), SAMPLE_RATE, fps) if num_frames is None else int(num_frames)
+    if n < 1:
+        raise AudioError(f"the clip ({len(a)} samples at {SAMPLE_RATE} Hz) is shorter than one video frame at {fps:g} fps")
+    mel = log_mel(a)
+    return AudioFeatures(mel, frame_windows(mel, fps, n, context), fps, SAMPLE_RATE, bool(np.all(a == 0)))
+
+
+class StreamingFeatures:
+    """Incremental version of :func:`features` for audio that arrives in chunks.
+
+    ``push(chunk)`` takes 16 kHz mono samples and returns the windows [k, 2h+1, 80] of
+    the video frames whose whole window is now known (it lags by ``context`` plus half
+    an FFT window); ``flush()`` ends the stream and returns the rest. Concatenated,
+    they equal ``features(whole_clip, 16000, fps).windows``.
+    """
+
+    def __init__(self, fps: float = 25.0, context: float = CONTEXT_S, sample_rate: int = SAMPLE_RATE):
+        if sample_rate != SAMPLE_RATE:
+            raise AudioError(f"StreamingFeatures takes {SAMPLE_RATE} Hz chunks, got sample_rate={sample_rate}; "
+                             "resample the stream first")
+        self.fps = _check_fps(fps)
+        self.h = _half_window(context)
+        self._buf = np.zeros(N_FFT // 2, np.float32)  # the zero padding of centred frames
+        self._mel = np.zeros((0, N_MELS), np.float32)
+        self._n_samples = 0
+        self._next_frame = 0
+        self._done = False
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        if self._done:
+            raise AudioError("push() after flush(): start a new StreamingFeatures")
+        a = _check_samples(chunk, "chunk")
+        self._buf = np.concatenate([self._buf, a])
+        self._n_samples += len(a)
+        # mel frame j is complete when padded[j*HOP + N_FFT - 1] exists
+        avail = max(0, (len(self._buf) - N_FFT) // HOP + 1)
+        self._extend_mel(avail)
+        # video frame i is complete when mel frame centre(i) + h exists
+        ready = []
+        i = self._next_frame
+        while _centre(i, self.fps) + self.h < len(self._mel):
+            ready.append(i)
+            i += 1
+        return self._emit(ready)
+
+    def flush(self) -> np.ndarray:
+        if self._done:
+            return np.zeros((0, 2 * self.h + 1, N_MELS), np.float32)
+        self._done = True
+        self._buf = np.concatenate([self._buf, np.zeros(N_FFT // 2, np.float32)])
+        self._extend_mel(1 + self._n_samples // HOP)
+        n = num_video_frames(self._n_samples, SAMPLE_RATE, self.fps)
+        return self._emit(list(range(self._next_frame, n)))
+
+    def _extend_mel(self, total):
+        total = min(total, 1 + self._n_samples // HOP) if self._done else total
+        have = len(self._mel)
+        if total > have:
+            self._mel = np.concatenate([self._mel, _mel_frames(self._buf, have, total)])
+
+    def _emit(self, frames):
+        if not frames:
+            return np.zeros((0, 2 * self.h + 1, N_MELS), np.float32)
+        # windows never read past the end of the stream's mel frames in push(), and in
+        # flush() the same silence padding as frame_windows applies
+        hi = frames[-1] + 1
+        out = frame_windows(self._mel, self.fps, hi, self.h * HOP / SAMPLE_RATE)[frames[0]:]
+        self._next_frame = hi
+        return out
