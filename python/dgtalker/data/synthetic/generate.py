@@ -96,7 +96,7 @@ def _frame_gt(state, lm3, uv, vis, H, pose):
 
 def generate_talking(out, identity: int = 7, seconds: float = 60.0, fps: float = 25.0, size: int = 512,
                      audio_path=None, sentences=None, voice: dict | None = None,
-                     heldout_fraction: float = 0.1, novel_frames: int = 6,
+                     heldout_fraction: float = 0.1, novel_frames: int = 4,
                      novel_yaw=(-45, -30, -15, 0, 15, 30, 45), novel_pitch=(-15, 0, 15),
                      image_ext: str = "png", supersample: int = 2, texture_size: int = 2048,
                      overwrite: bool = False, progress: bool = True) -> Path:

@@ -424,12 +424,12 @@ class HeadModel:
         a = np.linspace(-np.pi, np.pi, n_a + 1)
         h = np.linspace(-0.035, -0.25, n_h)
         A, Hh = np.meshgrid(a, h, indexing="xy")
-        rx = 0.050 - 0.004 * smoothstep(-0.05, -0.15, Hh)
-        rz = 0.048
+        rx = 0.056 + 0.012 * smoothstep(-0.14, -0.22, Hh)  # widens into the trapezius
+        rz = 0.052
         NV = np.stack([rx * np.sin(A), Hh, -0.022 + rz * np.cos(A)], -1).reshape(-1, 3)
         self.neck = (NV, _grid_faces(n_h, n_a + 1))
-        self.neck_follow = smoothstep(-0.16, -0.04, NV[:, 1])
-        TV, TF, td = _ellipsoid((0.0, -0.295, -0.04), (0.22, 0.12, 0.11), 24, 48)
+        self.neck_follow = smoothstep(-0.15, -0.05, NV[:, 1])
+        TV, TF, td = _ellipsoid((0.0, -0.275, -0.035), (0.23, 0.11, 0.115), 24, 48)
         self.torso = (TV, TF)
 
     def _side_x(self, y, z):
@@ -535,7 +535,7 @@ class HeadModel:
         eye = np.broadcast_to(_lin([0.93, 0.90, 0.88]), (n, n, 3)).copy()
         veins = np.clip(value_noise(rng, (n, n), (24, 24)), 0, 1) ** 4 * smoothstep(0.5, 1.0, r)
         eye = eye * (1 - 0.5 * veins[..., None] * np.array([0.0, 1.0, 1.0]))
-        ri, rp = np.sin(0.58), np.sin(0.22)
+        ri, rp = np.sin(0.68), np.sin(0.25)
         fib = 1.0 + 0.35 * np.sin(ang * 90 + 3 * np.sin(ang * 7)) * value_noise(rng, (n, n), (6, 6))
         irisc = I.iris[None, None] * fib[..., None] * (0.6 + 0.6 * (r / ri))[..., None]
         limb = smoothstep(ri * 0.85, ri, r)

@@ -1,0 +1,136 @@
+"""Audio front end: loading from many sources, resampling, features, streaming, bad input."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+sf = pytest.importorskip("soundfile")
+pytest.importorskip("librosa")
+pytest.importorskip("soxr")
+
+from dgtalker import audio as A  # noqa: E402
+
+
+def _tone(sr, seconds, freq=440.0, channels=1):
+    t = np.arange(int(sr * seconds)) / sr
+    x = (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return x if channels == 1 else np.stack([x, 0.5 * x], 1)
+
+
+def _peak_hz(x, sr=A.SAMPLE_RATE):
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return np.fft.rfftfreq(len(x), 1 / sr)[np.argmax(spec)]
+
+
+@pytest.mark.parametrize("sr, channels", [(8000, 1), (48000, 1), (44100, 2), (16000, 2)])
+def test_load_resamples_and_mixes(tmp_path, sr, channels):
+    p = tmp_path / "a.wav"
+    sf.write(p, _tone(sr, 1.0, channels=channels), sr)
+    x, rate = A.load(p)
+    assert rate == 16000 and x.dtype == np.float32 and x.ndim == 1
+    assert abs(len(x) - 16000) <= 2
+    assert abs(_peak_hz(x) - 440.0) < 3.0  # pitch preserved by the resampler
+    if channels == 2:  # average of the two channels: 0.75 of the left amplitude
+        assert np.max(np.abs(x[1000:-1000])) == pytest.approx(0.3, abs=0.01)
+
+
+def test_load_native_rate(tmp_path):
+    p = tmp_path / "a.flac"
+    sf.write(p, _tone(22050, 0.5), 22050)
+    x, rate = A.load(p, sample_rate=None)
+    assert rate == 22050 and len(x) == 11025
+
+
+def test_load_mp3_and_video(tmp_path):
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not installed")
+    wav = tmp_path / "a.wav"
+    sf.write(wav, _tone(44100, 1.0, 300.0), 44100)
+    mp3, mp4 = tmp_path / "a.mp3", tmp_path / "v.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), str(mp3)], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=gray:s=64x64:r=25:d=1", "-i", str(wav),
+                    "-c:v", "libx264", "-c:a", "aac", "-shortest", str(mp4)], check=True)
+    for p in (mp3, mp4):
+        x, rate = A.load(p)
+        assert rate == 16000 and 0.9 * 16000 < len(x) < 1.2 * 16000
+        assert abs(_peak_hz(x) - 300.0) < 5.0
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(A.AudioError, match="does not exist"):
+        A.load(tmp_path / "missing.wav")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(A.AudioError, match=r"empty \(0 bytes\)"):
+        A.load(tmp_path / "empty.wav")
+    (tmp_path / "notes.wav").write_text("this is not audio\n" * 50)
+    with pytest.raises(A.AudioError, match="notes.wav: not a readable audio"):
+        A.load(tmp_path / "notes.wav")
+    with pytest.raises(A.AudioError, match="is a directory"):
+        A.load(tmp_path)
+    x = _tone(16000, 0.5)
+    x[100] = np.nan
+    sf.write(tmp_path / "nan.wav", x, 16000, subtype="FLOAT")
+    with pytest.raises(A.AudioError, match="NaN or inf"):
+        A.load(tmp_path / "nan.wav")
+
+
+def test_feature_shapes_and_alignment():
+    sr, fps = 16000, 25.0
+    x = np.zeros(sr * 2, np.float32)
+    t_click = 1.2
+    x[int(t_click * sr): int(t_click * sr) + 80] = 0.9  # a click at 1.2 s
+    f = A.features(x, sr, fps=fps)
+    assert f.windows.shape == (50, 61, 80) and f.mel.shape == (201, 80)
+    i = int(round(t_click * fps))  # video frame 30 is at 1.2 s
+    energy = f.windows[i].mean(axis=1)
+    assert abs(int(np.argmax(energy)) - 30) <= 1  # the click sits at the window centre
+    # windows are slices of the same mel: frame i+1 is frame i shifted by 4 mel frames
+    np.testing.assert_array_equal(f.windows[i + 1][:-4], f.windows[i][4:])
+
+
+def test_silence_and_short_clips():
+    f = A.features(np.zeros(16000, np.float32), 16000, fps=25)
+    assert f.silent and np.all(f.windows == A.SILENCE_VALUE) and len(f) == 25
+    short = A.features(np.full(800, 0.1, np.float32), 16000, fps=25)  # 50 ms < one 0.6 s window
+    assert short.windows.shape == (2, 61, 80)
+    assert np.all(short.windows[0, :20] == A.SILENCE_VALUE)  # padded before the start
+    with pytest.raises(A.AudioError, match="shorter than one video frame"):
+        A.features(np.zeros(0, np.float32), 16000, fps=25)
+    with pytest.raises(A.AudioError, match="NaN or inf"):
+        A.features(np.array([0.0, np.nan], np.float32), 16000)
+    with pytest.raises(A.AudioError, match="fps must be a positive number"):
+        A.features(np.zeros(100, np.float32), 16000, fps=0)
+
+
+def test_features_any_rate_matches_resampled():
+    x48 = _tone(48000, 0.8, 700.0)
+    a = A.features(x48, 48000, fps=25).windows
+    b = A.features(A.resample(x48, 48000), 16000, fps=25).windows
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("fps", [25.0, 30.0])
+def test_streaming_equals_whole_clip(fps):
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=16000 * 3) * np.repeat(rng.uniform(0, 0.3, 30), 1600)).astype(np.float32)
+    whole = A.features(x, 16000, fps=fps).windows
+    s = A.StreamingFeatures(fps=fps)
+    parts, i = [], 0
+    while i < len(x):
+        k = int(rng.integers(1, 4000))
+        parts.append(s.push(x[i:i + k]))
+        i += k
+    parts.append(s.flush())
+    got = np.concatenate(parts)
+    assert got.shape == whole.shape
+    # FFTs of different batch sizes may differ in the last bits
+    np.testing.assert_allclose(got, whole, rtol=0, atol=1e-4)
+    # frames come out no later than context + half an FFT after their time
+    assert sum(len(p) for p in parts[:-1]) >= len(whole) - int(np.ceil((0.3 + 0.02) * fps)) - 1
+    with pytest.raises(A.AudioError, match="after flush"):
+        s.push(x[:10])
+    with pytest.raises(A.AudioError, match="16000 Hz chunks"):
+        A.StreamingFeatures(sample_rate=8000)
