@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "common/check.h"
+#include "common/parallel.h"
 #include "raster/raster.h"
 
 #ifdef DGT_WITH_CUDA
@@ -104,11 +105,7 @@ py::dict build_config() {
   d["cuda_architectures"] = "";
   d["cuda_runtime"] = 0;
 #endif
-#ifdef _OPENMP
-  d["openmp"] = true;
-#else
-  d["openmp"] = false;
-#endif
+  d["cpu_threads"] = dgt::cpu_threads();
   d["max_channels"] = kMaxChannels;
   d["tile_size"] = 16;
   return d;

@@ -94,8 +94,8 @@ struct RasterParams {
 
   // backward
   const float* v_image;  // [B, H, W, C]
-  const float* v_alpha;  // [B, H, W]
-  const float* v_depth;  // [B, H, W] (w.r.t. the expected depth)
+  const float* v_alpha;  // [B, H, W] or nullptr (zero)
+  const float* v_depth;  // [B, H, W] (w.r.t. the expected depth) or nullptr (zero)
   float* grad2d;         // [P, 6 + C + 1]
   float* v_means;        // [P, 3]
   float* v_quats;        // [P, 4]

@@ -1,20 +1,25 @@
-// CPU driver of the rasterizer (OpenMP). Mirrors raster_cuda.cu stage by stage;
+// CPU driver of the rasterizer (std::thread, see common/parallel.h). Mirrors raster_cuda.cu stage by stage;
 // the per-element work is the shared code in raster_stages.h.
 //
 // The CPU backward is always deterministic: every sorted slot's gradient is
 // written by the one thread that owns its tile, and each splat then sums its
 // slots in list order.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <numeric>
 #include <vector>
 
+#include "../common/parallel.h"
 #include "raster.h"
 #include "raster_stages.h"
 
 namespace dgt::raster {
 
 namespace {
+
+constexpr int64_t kSplatGrain = 8192;  // splats per work chunk
+constexpr int64_t kTileGrain = 4;      // tiles per work chunk
 
 RasterConfig cpu_config(RasterConfig cfg) {
   cfg.deterministic = true;  // the CPU backward always uses per-slot gradients
@@ -74,7 +79,8 @@ void blend_backward_tile(const RasterParams& P, int b, int ty, int tx) {
       const float T_final = P.transmittance[pix];
       const float* v_img = P.v_image + pix * C;
       const PixelOutputGrad og = pixel_outputs_vjp<kMaxChannels>(
-          C, T_final, P.depth_sum[pix], v_img, P.v_alpha[pix], P.v_depth[pix],
+          C, T_final, P.depth_sum[pix], v_img, P.v_alpha ? P.v_alpha[pix] : 0.f,
+          P.v_depth ? P.v_depth[pix] : 0.f,
           P.background ? P.background + b * C : nullptr);
       const float v_depth = og.v_depth_sum, v_alpha_out = og.v_alpha;
       const float px = j + 0.5f, py = i + 0.5f;
@@ -120,20 +126,24 @@ void cpu_forward(const RasterParams& P) {
   const RasterConfig& cfg = P.cfg;
   const int64_t n = cfg.num_splats(), cap = cfg.capacity;
 
-  int invalid = 0;
-#pragma omp parallel for schedule(static) reduction(| : invalid)
-  for (int64_t p = 0; p < n; ++p) invalid |= project_stage(P, p);
+  std::atomic<int> invalid{0};
+  parallel_for(n, kSplatGrain, [&](int64_t begin, int64_t end) {
+    int flags = 0;
+    for (int64_t p = begin; p < end; ++p) flags |= project_stage(P, p);
+    invalid.fetch_or(flags);
+  });
 
   int64_t total = 0;
   for (int64_t p = 0; p < n; ++p) P.offsets[p] = (total += P.counts[p]);
   P.status[kStatusTotal] = total;
   P.status[kStatusOverflow] = total > cap ? 1 : 0;
-  P.status[kStatusInvalid] = invalid;
+  P.status[kStatusInvalid] = invalid.load();
   P.status[3] = 0;
 
-#pragma omp parallel for schedule(dynamic, 256)
-  for (int64_t p = 0; p < n; ++p) emit_stage(P, p);
-  for (int64_t i = std::min(total, cap); i < cap; ++i) sentinel_stage(P, i);
+  parallel_for(n, kSplatGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) emit_stage(P, p);
+  });
+  for (int64_t i = std::min(total, cap); i < cap; ++i) sentinel_stage_unused(P, i);
 
   // Stable sort keeps equal keys in emission (= splat index) order, like CUB's radix sort.
   std::vector<int32_t> order(cap);
@@ -150,8 +160,9 @@ void cpu_forward(const RasterParams& P) {
   for (int64_t i = 0; i < cap; ++i) ranges_stage(P, i);
 
   const int tx = cfg.tiles_x(), ty = cfg.tiles_y();
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t t = 0; t < bt; ++t) blend_tile(P, int(t / (tx * ty)), int(t / tx % ty), int(t % tx));
+  parallel_for(bt, kTileGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) blend_tile(P, int(t / (tx * ty)), int(t / tx % ty), int(t % tx));
+  });
 }
 
 void cpu_backward(const RasterParams& P0) {
@@ -165,9 +176,10 @@ void cpu_backward(const RasterParams& P0) {
   std::memset(P.isect_grad, 0, sizeof(float) * K * total);
   const int tx = cfg.tiles_x(), ty = cfg.tiles_y();
   const int64_t bt = cfg.batch * cfg.num_tiles();
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t t = 0; t < bt; ++t)
-    blend_backward_tile(P, int(t / (tx * ty)), int(t / tx % ty), int(t % tx));
+  parallel_for(bt, kTileGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      blend_backward_tile(P, int(t / (tx * ty)), int(t / tx % ty), int(t % tx));
+  });
 
   // Group slots by splat in list order (counting sort), then sum in that order.
   std::vector<int64_t> cursor(n);
@@ -178,8 +190,8 @@ void cpu_backward(const RasterParams& P0) {
     const int32_t p = P.values[i];
     if (p < n && cursor[p] < total) slots[cursor[p]++] = int32_t(i);
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t p = 0; p < n; ++p) {
+  parallel_for(n, kSplatGrain, [&](int64_t begin, int64_t end) {
+  for (int64_t p = begin; p < end; ++p) {
     float* g = P.grad2d + p * K;
     for (int k = 0; k < K; ++k) g[k] = 0.f;
     const int64_t end = std::min<int64_t>(P.offsets[p], total);
@@ -190,6 +202,7 @@ void cpu_backward(const RasterParams& P0) {
     }
     project_backward_stage(P, p);
   }
+  });
 }
 
 }  // namespace dgt::raster

@@ -60,21 +60,22 @@ __global__ void project_kernel(RasterParams P) {
                         (unsigned long long)invalid);
 }
 
-__global__ void total_kernel(RasterParams P) {
-  const int64_t n = P.cfg.num_splats();
-  const int64_t total = n > 0 ? P.offsets[n - 1] : 0;
-  P.status[kStatusTotal] = total;
-  P.status[kStatusOverflow] = total > P.cfg.capacity ? 1 : 0;
-}
 
 __global__ void emit_kernel(RasterParams P) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p < P.cfg.num_splats()) emit_stage(P, p);
 }
 
+// Also publishes the total and the overflow flag (thread 0).
 __global__ void sentinel_kernel(RasterParams P) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < P.cfg.capacity) sentinel_stage(P, i);
+  const int64_t n = P.cfg.num_splats();
+  const int64_t total = n > 0 ? P.offsets[n - 1] : 0;
+  if (i == 0) {
+    P.status[kStatusTotal] = total;
+    P.status[kStatusOverflow] = total > P.cfg.capacity ? 1 : 0;
+  }
+  if (i < P.cfg.capacity && i >= total) sentinel_stage_unused(P, i);
 }
 
 __global__ void ranges_kernel(RasterParams P) {
@@ -193,6 +194,7 @@ __global__ void __launch_bounds__(kTilePixels) blend_backward_kernel(RasterParam
   const int32_t start = P.tile_ranges[tile * 2];
   const float px = j + 0.5f, py = i + 0.5f;
   const int64_t pix = (int64_t(b) * cfg.height + i) * cfg.width + j;
+  const bool depth_grad = P.v_depth != nullptr;  // uniform: skips the depth channel's sums
 
   float v_img[MAXC], acc[MAXC];
   float T_final = 1.f, v_depth = 0.f, v_alpha_out = 0.f;
@@ -205,8 +207,8 @@ __global__ void __launch_bounds__(kTilePixels) blend_backward_kernel(RasterParam
   if (inside) {
     T_final = P.transmittance[pix];
     const PixelOutputGrad og = pixel_outputs_vjp<MAXC>(
-        C, T_final, P.depth_sum[pix], v_img, P.v_alpha[pix], P.v_depth[pix],
-        P.background ? P.background + b * C : nullptr);
+        C, T_final, P.depth_sum[pix], v_img, P.v_alpha ? P.v_alpha[pix] : 0.f,
+        depth_grad ? P.v_depth[pix] : 0.f, P.background ? P.background + b * C : nullptr);
     v_depth = og.v_depth_sum;
     v_alpha_out = og.v_alpha;
     last = P.last[pix];
@@ -218,6 +220,9 @@ __global__ void __launch_bounds__(kTilePixels) blend_backward_kernel(RasterParam
   atomicMax(&s_last, last);
   __syncthreads();
   const int32_t block_last = s_last;
+  int32_t warp_last = last;  // entries at or past it concern no lane of this warp
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) warp_last = max(warp_last, __shfl_xor_sync(0xffffffffu, warp_last, off));
 
   for (int32_t top = block_last; top > start; top -= kTilePixels) {
     const int32_t bottom = max(start, top - kTilePixels);
@@ -233,7 +238,9 @@ __global__ void __launch_bounds__(kTilePixels) blend_backward_kernel(RasterParam
     }
     __syncthreads();
     const int n = top - bottom;
-    for (int e = 0; e < n; ++e) {
+    // front-most entries first skipped: in atomic mode a warp starts at its own last
+    const int e0 = DETERMINISTIC ? 0 : max(0, top - warp_last);
+    for (int e = e0; e < n; ++e) {
       const int32_t k = top - 1 - e;
       const SharedSplat& s = s_splat[e];
       const float dx = px - s.mx, dy = py - s.my;
@@ -271,7 +278,7 @@ __global__ void __launch_bounds__(kTilePixels) blend_backward_kernel(RasterParam
       }
 #pragma unroll
       for (int q = 0; q < KMAX; ++q)
-        if (q < 6 + C || q == 6 + MAXC) g[q] = warp_sum(g[q]);
+        if (q < 6 + C || (q == 6 + MAXC && depth_grad)) g[q] = warp_sum(g[q]);
 
       // row layout: [mean.xy, conic.abc, opacity, C colours, depth]
       if (!DETERMINISTIC) {
@@ -280,7 +287,7 @@ __global__ void __launch_bounds__(kTilePixels) blend_backward_kernel(RasterParam
 #pragma unroll
           for (int q = 0; q < 6 + MAXC; ++q)
             if (q < 6 + C) atomicAdd(out + q, g[q]);
-          atomicAdd(out + 6 + C, g[6 + MAXC]);
+          if (depth_grad) atomicAdd(out + 6 + C, g[6 + MAXC]);
         }
       } else {
         if (lane == 0) {
@@ -399,8 +406,6 @@ void cuda_forward(const RasterParams& P, int device, uintptr_t stream_handle) {
     size_t bytes = P.fwd_temp_bytes;
     DGT_CUDA_CHECK(cub::DeviceScan::InclusiveSum(P.fwd_temp, bytes, P.counts, P.offsets, (int)n, stream));
   }
-  total_kernel<<<1, 1, 0, stream>>>(P);
-  check_launch("total");
   if (n > 0) {
     emit_kernel<<<blocks_for(n), kBlock, 0, stream>>>(P);
     check_launch("emit");

@@ -127,12 +127,10 @@ DGT_HD void emit_stage(const RasterParams& P, int64_t p) {
   }
 }
 
-// Marks slot i unused when it lies past the total.
-DGT_HD void sentinel_stage(const RasterParams& P, int64_t i) {
-  if (i >= P.status[kStatusTotal]) {
-    P.keys_unsorted[i] = sentinel_key(P.cfg);
-    P.values_unsorted[i] = int32_t(P.cfg.num_splats());
-  }
+// Marks slot i (at or past the total) unused.
+DGT_HD void sentinel_stage_unused(const RasterParams& P, int64_t i) {
+  P.keys_unsorted[i] = sentinel_key(P.cfg);
+  P.values_unsorted[i] = int32_t(P.cfg.num_splats());
 }
 
 // Records where the run of (image, tile) starting or ending at sorted slot i lies.

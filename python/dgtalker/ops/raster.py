@@ -47,12 +47,19 @@ def _invalid_message(flags: int) -> str:
 
 
 class _CapacityBook:
-    """Intersection capacity per problem shape, and pending status checks per device."""
+    """Intersection capacity per problem shape, and the deferred status checks.
+
+    Each unchecked CUDA call copies its status words into a slot of a pinned ring
+    (allocated once per device: a fresh pinned allocation per call could itself
+    synchronize) and records an event; slots are inspected once their event is done.
+    """
+
+    RING = 64
 
     def __init__(self, max_shapes: int = 64):
         self.capacity: OrderedDict[tuple, int] = OrderedDict()
         self.max_shapes = max_shapes
-        self.pending: list[tuple[tuple, torch.cuda.Event, Tensor]] = []
+        self.rings: dict[torch.device, list] = {}   # device -> [host [R, 4], events, keys, next]
 
     def get(self, key: tuple) -> int | None:
         cap = self.capacity.get(key)
@@ -68,26 +75,51 @@ class _CapacityBook:
             self.capacity.popitem(last=False)
         return cap
 
-    def settle(self) -> None:
-        """Inspects finished status copies without waiting for unfinished ones."""
-        still = []
+    def defer(self, device: torch.device, key: tuple, status: Tensor) -> None:
+        ring = self.rings.get(device)
+        if ring is None:
+            host = torch.zeros(self.RING, _STATUS_WORDS, dtype=torch.int64, pin_memory=True)
+            ring = self.rings[device] = [host, [None] * self.RING, [None] * self.RING, 0]
+        host, events, keys, i = ring
+        if keys[i] is not None:  # a full ring: the oldest call must be done first
+            events[i].synchronize()
+            self._inspect(host, keys, i)
+        host[i].copy_(status, non_blocking=True)
+        if events[i] is None:
+            events[i] = torch.cuda.Event()
+        events[i].record()
+        keys[i] = key
+        ring[3] = (i + 1) % self.RING
+
+    def settle(self, device: torch.device | None = None, wait: bool = False) -> None:
+        """Inspects finished status copies (all of them with ``wait``)."""
         error = None
-        for key, event, host in self.pending:
-            if not event.query():
-                still.append((key, event, host))
+        for dev, (host, events, keys, _) in self.rings.items():
+            if device is not None and dev != device:
                 continue
-            total, overflow, invalid = (int(v) for v in host[:3])
-            if overflow:
-                new_cap = self.grow(key, total)
-                warnings.warn(f"rasterize: an earlier call needed {total} tile intersections but had room "
-                              f"for fewer; its image missed some Gaussians. Capacity is now {new_cap}. "
-                              f"Use checked=True to redo such calls at once.", RuntimeWarning, stacklevel=4)
-            if invalid and error is None:
-                error = RasterInputError(_invalid_message(invalid) + " (found in an earlier CUDA call; "
-                                         "pass checked=True to catch it in the offending call)")
-        self.pending = still
+            for i, key in enumerate(keys):
+                if key is None:
+                    continue
+                if wait:
+                    events[i].synchronize()
+                elif not events[i].query():
+                    continue
+                error = self._inspect(host, keys, i) or error
         if error is not None:
             raise error
+
+    def _inspect(self, host: Tensor, keys: list, i: int) -> RasterInputError | None:
+        key, keys[i] = keys[i], None
+        total, overflow, invalid = (int(v) for v in host[i, :3].tolist())
+        if overflow:
+            new_cap = self.grow(key, total)
+            warnings.warn(f"rasterize: an earlier call needed {total} tile intersections but had room "
+                          f"for fewer; its image missed some Gaussians. Capacity is now {new_cap}. "
+                          f"Use checked=True to redo such calls at once.", RuntimeWarning, stacklevel=5)
+        if invalid:
+            return RasterInputError(_invalid_message(invalid) + " (found in an earlier CUDA call; "
+                                    "pass checked=True to catch it in the offending call)")
+        return None
 
 
 _BOOK = _CapacityBook()
@@ -100,10 +132,9 @@ def check_status(wait: bool = True) -> None:
     if any of them received invalid values; warns (and grows the capacity) if any of
     them overflowed its intersection buffers.
     """
-    if wait:
-        for _, event, _ in _BOOK.pending:
-            event.synchronize()
-    _BOOK.settle()
+    _BOOK.settle(wait=wait)
+
+
 _LAYOUTS: dict[tuple, dict] = {}
 
 
@@ -173,7 +204,7 @@ class _Rasterize(torch.autograd.Function):
         on_cpu = inp.means.device.type == "cpu"
         capturing = not on_cpu and torch.cuda.is_current_stream_capturing()
         if not on_cpu and not capturing:
-            _BOOK.settle()
+            _BOOK.settle(inp.means.device)
         capacity = _BOOK.get(key)
         sized = capacity is not None
         if capacity is None:
@@ -196,12 +227,9 @@ class _Rasterize(torch.autograd.Function):
                         capacity = new_cap
                         continue
             else:
-                host = torch.empty(_STATUS_WORDS, dtype=torch.int64, pin_memory=True)
-                host.copy_(status, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-                _BOOK.pending.append((key, event, host))
+                _BOOK.defer(inp.means.device, key, status)
             break
+        ctx.set_materialize_grads(False)
         ctx.cfg = cfg
         ctx.shape = (inp.batch, inp.num_gaussians, inp.channels, inp.per_image, inp.height, inp.width)
         ctx.has_background = background is not None
@@ -220,12 +248,11 @@ class _Rasterize(torch.autograd.Function):
         lay = _layout(cfg, index)
         K = lay["grad2d_stride"]
 
-        def grad_or_zeros(g, shape):
-            return torch.zeros(shape, dtype=torch.float32, device=dev) if g is None else g.contiguous()
-
-        v_image = grad_or_zeros(v_image, (B, H, W, Ch))
-        v_alpha = grad_or_zeros(v_alpha, (B, H, W))
-        v_depth = grad_or_zeros(v_depth, (B, H, W))
+        if v_image is None:
+            v_image = torch.zeros(B, H, W, Ch, dtype=torch.float32, device=dev)
+        v_image = v_image.contiguous()
+        v_alpha = None if v_alpha is None else v_alpha.contiguous()  # None: zero, skipped
+        v_depth = None if v_depth is None else v_depth.contiguous()
         grad2d = torch.empty(P, K, dtype=torch.float32, device=dev)
         v_means = torch.empty(P, 3, dtype=torch.float32, device=dev)
         v_quats = torch.empty(P, 4, dtype=torch.float32, device=dev)
@@ -237,20 +264,22 @@ class _Rasterize(torch.autograd.Function):
         bufs.viewmats, bufs.Ks = viewmats.data_ptr(), Ks.data_ptr()
         bufs.background = 0 if background is None else background.data_ptr()
         bufs.state, bufs.scratch = state.data_ptr(), scratch.data_ptr()
-        bufs.v_image, bufs.v_alpha, bufs.v_depth = v_image.data_ptr(), v_alpha.data_ptr(), v_depth.data_ptr()
+        bufs.v_image = v_image.data_ptr()
+        bufs.v_alpha = 0 if v_alpha is None else v_alpha.data_ptr()
+        bufs.v_depth = 0 if v_depth is None else v_depth.data_ptr()
         bufs.grad2d, bufs.v_means = grad2d.data_ptr(), v_means.data_ptr()
         bufs.v_quats, bufs.v_scales = v_quats.data_ptr(), v_scales.data_ptr()
         C.raster_backward(cfg, index, bufs, _stream(means))
 
         v_background = None
-        if background is not None and ctx.needs_input_grad[7]:
+        if background is not None and ctx.needs_input_grad[7]:  # T_final-weighted sum, in torch
             off = lay["transmittance_offset"]
             T_final = state[off:off + 4 * B * H * W].view(torch.float32).view(B, H, W, 1)
             v_background = (v_image * T_final).sum((1, 2))
 
         def per_set(g: Tensor, tail: tuple[int, ...]) -> Tensor:
             g = g.reshape((B, N) + tail)
-            return g if per_image else g.sum(0, keepdim=True)
+            return g if per_image or B == 1 else g.sum(0, keepdim=True)
 
         return (per_set(v_means, (3,)), per_set(v_quats, (4,)), per_set(v_scales, (3,)),
                 per_set(grad2d[:, 5], ()), per_set(grad2d[:, 6:6 + Ch], (Ch,)),

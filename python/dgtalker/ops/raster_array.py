@@ -49,6 +49,9 @@ def rasterize_cupy(means, quats, scales, opacities, colors, viewmats, Ks, width:
     cfg.batch, cfg.num_gaussians, cfg.channels, cfg.per_image = B, N, C, per_image
     cfg.width, cfg.height, cfg.near_plane, cfg.far_plane = int(width), int(height), float(near), float(far)
     cfg.capacity = max(_MIN_CAPACITY, 4 * B * N)
+    bg = None
+    if background is not None:
+        bg = cp.ascontiguousarray(cp.broadcast_to(cp.asarray(background, dtype=cp.float32).reshape(-1, C), (B, C)))
     device = means.device.id
     stream = cp.cuda.get_current_stream().ptr
     with cp.cuda.Device(device):
@@ -63,6 +66,7 @@ def rasterize_cupy(means, quats, scales, opacities, colors, viewmats, Ks, width:
             bufs.means, bufs.quats, bufs.scales = means.data.ptr, quats.data.ptr, scales.data.ptr
             bufs.opacities, bufs.colors = opacities.data.ptr, colors.data.ptr
             bufs.viewmats, bufs.Ks = viewmats.data.ptr, Ks.data.ptr
+            bufs.background = 0 if bg is None else bg.data.ptr
             bufs.state, bufs.scratch = state.data.ptr, scratch.data.ptr
             bufs.image, bufs.alpha, bufs.depth = image.data.ptr, alpha.data.ptr, depth.data.ptr
             C_.raster_forward(cfg, device, bufs, stream)
@@ -74,9 +78,4 @@ def rasterize_cupy(means, quats, scales, opacities, colors, viewmats, Ks, width:
             if not overflow:
                 break
             cfg.capacity = int(total * 1.5) + _MIN_CAPACITY
-        if background is not None:
-            bg = cp.asarray(background, dtype=cp.float32).reshape(-1, C)
-            image = image + (1 - alpha)[..., None] * bg[:, None, None, :]
-        hit = alpha > 1e-6
-        depth = cp.where(hit, depth / cp.where(hit, alpha, 1), 0).astype(cp.float32)
     return image, alpha, depth
