@@ -25,7 +25,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--iters", type=int, default=6)
     args = ap.parse_args()
-    backend = rb.make_backends([args.lib])[0]
+    backends, notes = rb.make_backends([args.lib])
+    if not backends:
+        sys.exit(f"{args.lib}: {notes}")
+    backend = backends[0]
     scene = raster_scene.make_scene(args.n, args.res, args.batch, seed=0, device="cuda").requires_grad_(True)
     for _ in range(args.iters):
         image, alpha, _ = backend.render(scene)

@@ -68,8 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "expression parameters, head pose, landmarks) into a dgtalker dataset directory.")
     p.epilog = EPILOG
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output dataset directory")
-    p.add_argument("--identity", type=_nonneg_int, default=7, metavar="SEED",
-                   help="which synthetic person (any integer >= 0; same seed, same person and clip). Default 7")
+    p.add_argument("--identity", type=_nonneg_int, default=None, metavar="SEED",
+                   help="which synthetic person (any integer >= 0; same seed, same person and clip). "
+                        "Default 7; with --multi, the first of N consecutive seeds (default 1000)")
     p.add_argument("--seconds", type=_positive(float), default=None, metavar="S",
                    help="length of the clip in seconds (default 60; with --audio, the whole file)")
     p.add_argument("--audio", type=Path, default=None, metavar="FILE",
@@ -140,9 +141,10 @@ def run(args) -> int:
     from .synthetic.raster import MeshRenderer  # noqa: F401 - fail early if GL is missing
 
     t0 = time.time()
+    identity = 7 if args.identity is None else args.identity
     try:
         if args.multi:
-            path = generate_multi(out, identities=args.multi, first_identity=args.identity if args.identity != 7 else 1000,
+            path = generate_multi(out, identities=args.multi, first_identity=1000 if args.identity is None else args.identity,
                                   expressions=args.expressions, views=args.views, size=args.size,
                                   image_ext=args.image_format, supersample=args.supersample,
                                   texture_size=args.texture_size or 1024, overwrite=args.overwrite,
@@ -150,10 +152,10 @@ def run(args) -> int:
         else:
             voice = None
             if args.voice or args.speed or args.pitch is not None:
-                voice = dict(draw_identity(args.identity).voice)
+                voice = dict(draw_identity(identity).voice)
                 voice.update({k: v for k, v in (("voice", args.voice), ("speed", args.speed), ("pitch", args.pitch)) if v is not None})
             seconds = args.seconds if args.seconds is not None else (None if args.audio else 60.0)
-            path = generate_talking(out, identity=args.identity, seconds=seconds, fps=args.fps, size=args.size,
+            path = generate_talking(out, identity=identity, seconds=seconds, fps=args.fps, size=args.size,
                                     audio_path=args.audio, sentences=sentences, voice=voice,
                                     heldout_fraction=args.heldout, novel_frames=args.novel_frames,
                                     novel_yaw=args.novel_yaw, novel_pitch=args.novel_pitch,
