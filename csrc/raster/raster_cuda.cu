@@ -83,7 +83,8 @@ __global__ void ranges_kernel(RasterParams P) {
   if (i < P.cfg.capacity) ranges_stage(P, i);
 }
 
-struct SharedSplat {
+// 32 bytes, 16-aligned: a lane reads one with two 128-bit shared loads.
+struct alignas(16) SharedSplat {
   float mx, my, ca, cb, cc, opacity, depth;
   int32_t p;
 };
@@ -100,7 +101,7 @@ __device__ __forceinline__ SharedSplat fetch_splat(const RasterParams& P, int32_
 template <int MAXC>
 __global__ void __launch_bounds__(kTilePixels) blend_forward_kernel(RasterParams P) {
   __shared__ SharedSplat s_splat[kTilePixels];
-  __shared__ float s_feat[kTilePixels * MAXC];
+  __shared__ __align__(16) float s_feat[kTilePixels * MAXC];
   const RasterConfig& cfg = P.cfg;
   const int C = cfg.channels;
   const int b = blockIdx.z, tid = threadIdx.x;
@@ -132,7 +133,7 @@ __global__ void __launch_bounds__(kTilePixels) blend_forward_kernel(RasterParams
     __syncthreads();
     const int n = min(kTilePixels, end - base);
     for (int e = 0; e < n && !done; ++e) {
-      const SharedSplat& s = s_splat[e];
+      const SharedSplat s = s_splat[e];  // by value: registers, not repeated shared loads
       float gauss;
       const float alpha = splat_alpha({s.ca, s.cb, s.cc}, s.opacity, px - s.mx, py - s.my, gauss);
       if (alpha == 0.f) continue;
@@ -181,7 +182,7 @@ template <int MAXC, bool DETERMINISTIC>
 __global__ void __launch_bounds__(kTilePixels) blend_backward_kernel(RasterParams P) {
   constexpr int KMAX = 6 + MAXC + 1;
   __shared__ SharedSplat s_splat[kTilePixels];
-  __shared__ float s_feat[kTilePixels * MAXC];
+  __shared__ __align__(16) float s_feat[kTilePixels * MAXC];
   __shared__ float s_part[DETERMINISTIC ? kWarps * KMAX : 1];
   __shared__ int32_t s_last;
   const RasterConfig& cfg = P.cfg;
@@ -242,7 +243,7 @@ __global__ void __launch_bounds__(kTilePixels) blend_backward_kernel(RasterParam
     const int e0 = DETERMINISTIC ? 0 : max(0, top - warp_last);
     for (int e = e0; e < n; ++e) {
       const int32_t k = top - 1 - e;
-      const SharedSplat& s = s_splat[e];
+      const SharedSplat s = s_splat[e];
       const float dx = px - s.mx, dy = py - s.my;
       float gauss = 0.f, alpha = 0.f;
       if (k < last) alpha = splat_alpha({s.ca, s.cb, s.cc}, s.opacity, dx, dy, gauss);

@@ -11,35 +11,24 @@ from pathlib import Path
 
 import numpy as np
 
+from ... import camera
 from ..format import DatasetWriter
 from .drive import head_motion, head_pose_matrix, mouth_from_audio, emphasis_times, random_state, upper_face
 from .head import LANDMARK_NAMES, STATE_KEYS, HeadModel, draw_identity
 from .raster import Lighting, MeshRenderer
 
-CAMERA_DISTANCE = 0.55  # metres from the look-at point: an arm's-length selfie
-LOOK_AT = np.array([0.0, -0.035, 0.0])  # head frame; frames the head and the shoulders
-HALF_HEIGHT = 0.18  # metres visible above and below LOOK_AT at that distance
+CAMERA_DISTANCE = camera.DEFAULT_DISTANCE  # metres from the look-at point: an arm's-length selfie
+LOOK_AT = np.array(camera.DEFAULT_TARGET)  # head frame; frames the head and the shoulders
 
 
 def intrinsics(size: int) -> np.ndarray:
-    f = CAMERA_DISTANCE / HALF_HEIGHT * size / 2.0
-    return np.array([[f, 0.0, size / 2.0], [0.0, f, size / 2.0], [0.0, 0.0, 1.0]])
+    return camera.intrinsics(size, size)
 
 
 def orbit_camera(yaw: float, pitch: float, distance: float = CAMERA_DISTANCE, target=LOOK_AT) -> np.ndarray:
     """World-to-camera (OpenCV) for a camera on a sphere around ``target`` looking at it.
-    yaw > 0 moves the camera towards +x (the subject's left), pitch > 0 above."""
-    target = np.asarray(target, np.float64)
-    c = target + distance * np.array([np.cos(pitch) * np.sin(yaw), np.sin(pitch), np.cos(pitch) * np.cos(yaw)])
-    fwd = (target - c) / np.linalg.norm(target - c)
-    right = np.cross(fwd, [0.0, 1.0, 0.0])
-    right /= np.linalg.norm(right)
-    down = np.cross(fwd, right)
-    R = np.stack([right, down, fwd])
-    w2c = np.eye(4)
-    w2c[:3, :3] = R
-    w2c[:3, 3] = -R @ c
-    return w2c
+    yaw > 0 moves the camera towards +x (the subject's left), pitch > 0 above; radians."""
+    return camera.look_at(camera.orbit_position(yaw, pitch, distance, target), target)
 
 
 def studio_lighting(rng: np.random.Generator) -> Lighting:

@@ -1,0 +1,71 @@
+"""Cameras around the canonical head frame.
+
+The head frame (see docs/data-format.md): metres, origin at the skull centre,
++x towards the subject's left, +y up, +z out of the face. Cameras follow OpenCV
+(x right, y down, z forward) with world-to-camera matrices.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# The framing the synthetic corpus is filmed with: an arm's-length selfie camera
+# looking slightly below the skull centre, so head and shoulders fill the frame.
+DEFAULT_DISTANCE = 0.55
+DEFAULT_TARGET = (0.0, -0.035, 0.0)
+DEFAULT_FOV_DEG = 2.0 * math.degrees(math.atan(0.18 / DEFAULT_DISTANCE))  # ~36.2 deg vertical
+
+
+def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> np.ndarray:
+    """World-to-camera [4, 4] (float64, OpenCV axes) of a camera at ``eye`` facing ``target``."""
+    eye, target = np.asarray(eye, np.float64), np.asarray(target, np.float64)
+    fwd = target - eye
+    norm = np.linalg.norm(fwd)
+    if norm == 0:
+        raise ValueError("look_at: eye and target coincide")
+    fwd /= norm
+    right = np.cross(fwd, np.asarray(up, np.float64))  # image x; y down = fwd x right
+    if np.linalg.norm(right) < 1e-9:
+        raise ValueError("look_at: the viewing direction is parallel to 'up'")
+    right /= np.linalg.norm(right)
+    down = np.cross(fwd, right)
+    w2c = np.eye(4)
+    w2c[:3, :3] = np.stack([right, down, fwd])
+    w2c[:3, 3] = -w2c[:3, :3] @ eye
+    return w2c
+
+
+def orbit_position(yaw: float, pitch: float, distance: float, target=DEFAULT_TARGET) -> np.ndarray:
+    """Point on a sphere around ``target``; angles in radians. yaw > 0 moves towards +x
+    (the subject's left), pitch > 0 above; yaw = pitch = 0 is straight in front (+z)."""
+    return np.asarray(target, np.float64) + distance * np.array(
+        [math.cos(pitch) * math.sin(yaw), math.sin(pitch), math.cos(pitch) * math.cos(yaw)])
+
+
+def intrinsics(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG) -> np.ndarray:
+    """[3, 3] pinhole intrinsics with the given vertical field of view, centred principal point."""
+    if not 0.0 < fov_deg < 180.0:
+        raise ValueError(f"fov must be in (0, 180) degrees, got {fov_deg}")
+    f = 0.5 * height / math.tan(math.radians(fov_deg) / 2.0)
+    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def orbit(yaw: float, pitch: float, *, distance: float | None = None, fov: float | None = None,
+          width: int, height: int, target=None):
+    """(viewmat [4, 4], K [3, 3]) float32 torch tensors of a camera looking at the head.
+
+    ``yaw`` and ``pitch`` in degrees (yaw = pitch = 0: the frontal view; yaw > 0 sees
+    more of the subject's left, pitch > 0 looks from above); ``distance`` in metres
+    from ``target`` (default: the corpus' selfie framing); ``fov`` vertical, degrees.
+    """
+    import torch
+
+    distance = DEFAULT_DISTANCE if distance is None else float(distance)
+    if not distance > 0:
+        raise ValueError(f"distance must be > 0, got {distance}")
+    target = DEFAULT_TARGET if target is None else target
+    eye = orbit_position(math.radians(yaw), math.radians(pitch), distance, target)
+    w2c = look_at(eye, target)
+    K = intrinsics(width, height, DEFAULT_FOV_DEG if fov is None else float(fov))
+    return torch.tensor(w2c, dtype=torch.float32), torch.tensor(K, dtype=torch.float32)
