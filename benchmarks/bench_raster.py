@@ -72,6 +72,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--profile-iters", type=int, default=10)
     p.add_argument("--no-profile", action="store_true", help="skip the per-kernel profile")
     p.add_argument("--no-compare", action="store_true", help="skip the image agreement check")
+    p.add_argument("--no-graph", action="store_true",
+                   help="skip the CUDA-graph replay timing of dgtalker (peers that sync cannot be captured)")
     p.add_argument("--rotate", type=int, default=2,
                    help="cycle over this many scenes (different seeds) so timings do not replay one cached input")
     p.add_argument("--seed", type=int, default=0)
@@ -178,6 +180,44 @@ class Case:
                 t.grad = None
 
 
+def graph_ms(case: Case, iters: int) -> Dict[str, Dict[str, float]]:
+    """Forward, and forward+backward, captured once in a CUDA graph and replayed:
+    the time a training or rendering loop pays once the host is out of the way."""
+    scene = case.scenes[0]
+    params = scene.gaussian_tensors()
+    w_img, w_alpha = case.weights
+
+    def fb() -> None:
+        image, alpha, _ = case.backend.render(scene)
+        ((image * w_img).sum() + (alpha * w_alpha).sum()).backward()
+
+    def fwd() -> None:
+        with torch.no_grad():
+            case.backend.render(scene)
+
+    out = {}
+    for name, step in (("fwd_graph_ms", fwd), ("fb_graph_ms", fb)):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside capture sizes every buffer
+            for _ in range(3):
+                for t in params:
+                    t.grad = None
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        for t in params:
+            t.grad = None
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        graph.replay()
+        out[name] = summary(wall_ms(graph.replay, iters))
+        del graph
+        for t in params:
+            t.grad = None
+    return out
+
+
 def run_case(case: Case, args: argparse.Namespace) -> Dict[str, Any]:
     rec: Dict[str, Any] = {}
     for _ in range(args.warmup):
@@ -192,6 +232,9 @@ def run_case(case: Case, args: argparse.Namespace) -> Dict[str, Any]:
     case.zero_grad()
     rec["fb_peak_mib"] = peak_mib(case.fwd_bwd)
     case.zero_grad()
+    if not args.no_graph and case.backend.name == "dgtalker":
+        rec.update(graph_ms(case, args.iters))
+        case.zero_grad()
     if not args.no_profile:
         k_fwd = rb.kernel_times(case.fwd, args.profile_iters)
 
@@ -246,7 +289,8 @@ def _get(rec: Dict[str, Any], *path: str) -> Optional[float]:
 
 def markdown(results: List[Dict[str, Any]], libs: List[str]) -> str:
     head = ("| N | res | B | set | lib | fwd wall ms | fwd+bwd wall ms | fwd kernel ms | fwd+bwd kernel ms "
-            "| proj | sort/bin | rast fwd | rast bwd | other | peak MiB fwd | peak MiB f+b |")
+            "| proj | sort/bin | rast fwd | rast bwd | other | peak MiB fwd | peak MiB f+b "
+            "| graph fwd ms | graph f+b ms |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         c = r["config"]
@@ -256,7 +300,7 @@ def markdown(results: List[Dict[str, Any]], libs: List[str]) -> str:
             if rec is None:
                 continue
             if "error" in rec:
-                lines.append(key + f"| {lib} | error: {rec['error'][:80]} |" + " |" * 11)
+                lines.append(key + f"| {lib} | error: {rec['error'][:80]} |" + " |" * 13)
                 continue
             st = rec.get("fb_stages_ms", {})
             lines.append(key + "| " + " | ".join([
@@ -264,16 +308,19 @@ def markdown(results: List[Dict[str, Any]], libs: List[str]) -> str:
                 _fmt(_get(rec, "fwd_stages_ms", "total"), 3), _fmt(st.get("total"), 3),
                 _fmt(st.get("projection"), 3), _fmt(st.get("sort/binning"), 3), _fmt(st.get("raster fwd"), 3),
                 _fmt(st.get("raster bwd"), 3), _fmt(st.get("other"), 3),
-                _fmt(rec.get("fwd_peak_mib"), 1), _fmt(rec.get("fb_peak_mib"), 1)]) + " |")
+                _fmt(rec.get("fwd_peak_mib"), 1), _fmt(rec.get("fb_peak_mib"), 1),
+                _fmt(_get(rec, "fwd_graph_ms", "median")), _fmt(_get(rec, "fb_graph_ms", "median"))]) + " |")
         ratio = r.get("ratio")
         if ratio:
             lines.append(key + "| " + " | ".join([
                 "**dgt/gsplat**", _fmt(ratio.get("fwd_wall")), _fmt(ratio.get("fb_wall")),
                 _fmt(ratio.get("fwd_kernel")), _fmt(ratio.get("fb_kernel")), "", "", "", "", "",
-                _fmt(ratio.get("fwd_peak")), _fmt(ratio.get("fb_peak"))]) + " |")
+                _fmt(ratio.get("fwd_peak")), _fmt(ratio.get("fb_peak")), "", ""]) + " |")
     lines.append("")
     lines.append("Stage columns: kernel ms per forward+backward call. Wall: median per call, CUDA events, "
-                 "synchronized after each call. Peak: allocated above the pre-call level.")
+                 "synchronized after each call. Peak: allocated above the pre-call level. Graph: the same "
+                 "call captured once in a CUDA graph and replayed (dgtalker only: gsplat reads a count back "
+                 "to the host every call, so it cannot be captured).")
     return "\n".join(lines)
 
 
