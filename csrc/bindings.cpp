@@ -6,6 +6,8 @@
 
 #include "common/check.h"
 #include "common/parallel.h"
+#include "decode/decode.h"
+#include "latent/latent.h"
 #include "raster/raster.h"
 
 #ifdef DGT_WITH_CUDA
@@ -116,6 +118,44 @@ void def_buffers(py::class_<T>& cls) {
   cls.def(py::init<>());
 }
 
+// Runs `cpu` or `cuda` by device index (-1: CPU) with the GIL released.
+template <typename Params, typename Cpu, typename Cuda>
+void dispatch(const Params& p, int device, uintptr_t stream, Cpu cpu, Cuda cuda) {
+  py::gil_scoped_release release;
+  if (device < 0) return cpu(p);
+#ifdef DGT_WITH_CUDA
+  cuda(p, device, stream);
+#else
+  (void)cuda;
+  (void)stream;
+  no_cuda();
+#endif
+}
+
+void compose_forward(const dgt::latent::LatentShape& s, int device, const dgt::latent::LatentBuffers& b,
+                     uintptr_t stream) {
+  dispatch(dgt::latent::make_latent_params(s, b), device, stream, dgt::latent::cpu_compose_forward,
+           dgt::latent::cuda_compose_forward);
+}
+
+void compose_backward(const dgt::latent::LatentShape& s, int device, const dgt::latent::LatentBuffers& b,
+                      uintptr_t stream) {
+  dispatch(dgt::latent::make_latent_params(s, b), device, stream, dgt::latent::cpu_compose_backward,
+           dgt::latent::cuda_compose_backward);
+}
+
+void decode_forward(const dgt::decode::DecodeShape& s, int device, const dgt::decode::DecodeBuffers& b,
+                    uintptr_t stream) {
+  dispatch(dgt::decode::make_decode_params(s, b), device, stream, dgt::decode::cpu_decode_forward,
+           dgt::decode::cuda_decode_forward);
+}
+
+void decode_backward(const dgt::decode::DecodeShape& s, int device, const dgt::decode::DecodeBuffers& b,
+                     uintptr_t stream) {
+  dispatch(dgt::decode::make_decode_params(s, b), device, stream, dgt::decode::cpu_decode_backward,
+           dgt::decode::cuda_decode_backward);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -169,6 +209,51 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("v_means", &BackwardBuffers::v_means)
       .def_readwrite("v_quats", &BackwardBuffers::v_quats)
       .def_readwrite("v_scales", &BackwardBuffers::v_scales);
+
+  {
+    using namespace dgt::latent;
+    py::class_<LatentShape>(m, "LatentShape")
+        .def(py::init<>())
+        .def_readwrite("frames", &LatentShape::frames)
+        .def_readwrite("dim", &LatentShape::dim)
+        .def_readwrite("k_exp", &LatentShape::k_exp)
+        .def_readwrite("k_lip", &LatentShape::k_lip)
+        .def_readwrite("styles", &LatentShape::styles);
+    py::class_<LatentBuffers> lb(m, "LatentBuffers");
+    def_buffers(lb);
+#define DGT_FIELD(name) lb.def_readwrite(#name, &LatentBuffers::name);
+    DGT_FIELD(w_can) DGT_FIELD(b_exp) DGT_FIELD(b_lip) DGT_FIELD(c_exp) DGT_FIELD(c_lip) DGT_FIELD(weight)
+    DGT_FIELD(bias) DGT_FIELD(w) DGT_FIELD(styles) DGT_FIELD(v_styles) DGT_FIELD(v_w_out) DGT_FIELD(v_w)
+    DGT_FIELD(v_w_can) DGT_FIELD(v_b_exp) DGT_FIELD(v_b_lip) DGT_FIELD(v_c_exp) DGT_FIELD(v_c_lip)
+    DGT_FIELD(v_weight) DGT_FIELD(v_bias)
+#undef DGT_FIELD
+  }
+  {
+    using namespace dgt::decode;
+    py::class_<DecodeShape>(m, "DecodeShape")
+        .def(py::init<>())
+        .def_readwrite("frames", &DecodeShape::frames)
+        .def_readwrite("texels", &DecodeShape::texels)
+        .def_readwrite("per_texel", &DecodeShape::per_texel)
+        .def_readwrite("resolution", &DecodeShape::resolution)
+        .def_readwrite("offset_scale", &DecodeShape::offset_scale);
+    py::class_<DecodeBuffers> db(m, "DecodeBuffers");
+    def_buffers(db);
+#define DGT_FIELD(name) db.def_readwrite(#name, &DecodeBuffers::name);
+    DGT_FIELD(raw) DGT_FIELD(texel_index) DGT_FIELD(position) DGT_FIELD(frame) DGT_FIELD(log_size)
+    DGT_FIELD(means) DGT_FIELD(quats) DGT_FIELD(scales) DGT_FIELD(opacities) DGT_FIELD(colors)
+    DGT_FIELD(v_means) DGT_FIELD(v_quats) DGT_FIELD(v_scales) DGT_FIELD(v_opacities) DGT_FIELD(v_colors)
+    DGT_FIELD(v_raw)
+#undef DGT_FIELD
+  }
+  m.def("compose_forward", &compose_forward, py::arg("shape"), py::arg("device"), py::arg("buffers"),
+        py::arg("stream"), "w = w_can + c_exp B_exp + c_lip B_lip and styles = A w + b for F frames.");
+  m.def("compose_backward", &compose_backward, py::arg("shape"), py::arg("device"), py::arg("buffers"),
+        py::arg("stream"), "Gradients of compose_forward w.r.t. every input.");
+  m.def("decode_forward", &decode_forward, py::arg("shape"), py::arg("device"), py::arg("buffers"),
+        py::arg("stream"), "UV attribute maps + template -> Gaussians.");
+  m.def("decode_backward", &decode_backward, py::arg("shape"), py::arg("device"), py::arg("buffers"),
+        py::arg("stream"), "Gradient of decode_forward w.r.t. the raw maps.");
 
   m.def("raster_layout", &layout_sizes, py::arg("config"), py::arg("device"),
         "Byte sizes of the state, forward-scratch and backward-scratch buffers (device -1: CPU).");

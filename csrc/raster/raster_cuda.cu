@@ -8,6 +8,7 @@
 #include <cub/device/device_scan.cuh>
 
 #include "../common/check.h"
+#include "../common/cuda_launch.cuh"
 #include "raster.h"
 #include "raster_stages.h"
 
@@ -19,25 +20,7 @@ constexpr int kBlock = 256;               // threads per 1D launch
 constexpr int kTilePixels = kTileSize * kTileSize;
 constexpr int kWarps = kTilePixels / 32;
 
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    DGT_CUDA_CHECK(cudaGetDevice(&previous_));
-    if (previous_ != device) DGT_CUDA_CHECK(cudaSetDevice(device));
-  }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
-
- private:
-  int previous_ = 0;
-};
-
-unsigned blocks_for(int64_t n) { return unsigned((n + kBlock - 1) / kBlock); }
-
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(concat("CUDA launch of ", what, " failed: ", cudaGetErrorString(err)));
-}
+unsigned blocks_for(int64_t n) { return dgt::blocks_for(n, kBlock); }
 
 int bit_length(uint64_t v) {
   int n = 0;

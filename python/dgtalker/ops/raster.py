@@ -27,6 +27,7 @@ from torch import Tensor
 
 from dgtalker._engine import engine
 
+from ._engine_call import device_index, stream_handle
 from ._inputs import RasterInputs, prepare_inputs
 
 _INVALID_NAMES = {1: "means (non-finite)", 2: "quats (non-finite or zero norm)",
@@ -148,29 +149,21 @@ def _config(inp: RasterInputs, capacity: int, deterministic: bool):
     return cfg
 
 
-def _layout(cfg, device_index: int) -> dict:
+def _layout(cfg, device: int) -> dict:
     key = (cfg.batch, cfg.num_gaussians, cfg.channels, cfg.per_image, cfg.width, cfg.height,
-           cfg.capacity, cfg.deterministic, device_index)
+           cfg.capacity, cfg.deterministic, device)
     lay = _LAYOUTS.get(key)
     if lay is None:
         if len(_LAYOUTS) > 256:
             _LAYOUTS.clear()
-        lay = _LAYOUTS[key] = engine().raster_layout(cfg, device_index)
+        lay = _LAYOUTS[key] = engine().raster_layout(cfg, device)
     return lay
-
-
-def _device_index(t: Tensor) -> int:
-    return -1 if t.device.type == "cpu" else t.device.index if t.device.index is not None else torch.cuda.current_device()
-
-
-def _stream(t: Tensor) -> int:
-    return 0 if t.device.type == "cpu" else torch.cuda.current_stream(t.device).cuda_stream
 
 
 def _run_forward(inp: RasterInputs, background: Tensor | None, capacity: int, deterministic: bool):
     C = engine()
     dev = inp.means.device
-    index = _device_index(inp.means)
+    index = device_index(inp.means)
     cfg = _config(inp, capacity, deterministic)
     lay = _layout(cfg, index)
     state = torch.empty(lay["state_bytes"], dtype=torch.uint8, device=dev)
@@ -186,7 +179,7 @@ def _run_forward(inp: RasterInputs, background: Tensor | None, capacity: int, de
     bufs.background = 0 if background is None else background.data_ptr()
     bufs.state, bufs.scratch = state.data_ptr(), scratch.data_ptr()
     bufs.image, bufs.alpha, bufs.depth = image.data_ptr(), alpha.data_ptr(), depth.data_ptr()
-    C.raster_forward(cfg, index, bufs, _stream(inp.means))
+    C.raster_forward(cfg, index, bufs, stream_handle(inp.means))
     off = lay["status_offset"]
     status = state[off:off + 8 * _STATUS_WORDS].view(torch.int64)
     return cfg, state, status, image, alpha, depth
@@ -243,7 +236,7 @@ class _Rasterize(torch.autograd.Function):
         cfg = ctx.cfg
         B, N, Ch, per_image, H, W = ctx.shape
         dev = means.device
-        index = _device_index(means)
+        index = device_index(means)
         P = B * N
         lay = _layout(cfg, index)
         K = lay["grad2d_stride"]
@@ -269,7 +262,7 @@ class _Rasterize(torch.autograd.Function):
         bufs.v_depth = 0 if v_depth is None else v_depth.data_ptr()
         bufs.grad2d, bufs.v_means = grad2d.data_ptr(), v_means.data_ptr()
         bufs.v_quats, bufs.v_scales = v_quats.data_ptr(), v_scales.data_ptr()
-        C.raster_backward(cfg, index, bufs, _stream(means))
+        C.raster_backward(cfg, index, bufs, stream_handle(means))
 
         v_background = None
         if background is not None and ctx.needs_input_grad[7]:  # T_final-weighted sum, in torch
