@@ -50,8 +50,9 @@ class DecodeTemplate:
                              f"{list(self.texel_index.shape)}")
         for name, t, shape in (("position", self.position, (M, 3)), ("frame", self.frame, (M, 4)),
                                ("log_size", self.log_size, (M,))):
-            if t.dtype != torch.float32 or tuple(t.shape) != shape:
-                raise ValueError(f"template.{name} must be float32 {list(shape)}, got {t.dtype} {list(t.shape)}")
+            if t.dtype != self.position.dtype or not t.is_floating_point() or tuple(t.shape) != shape:
+                raise ValueError(f"template.{name} must be a floating tensor {list(shape)} of one dtype with "
+                                 f"the others, got {t.dtype} {list(t.shape)}")
         if self.gaussians_per_texel < 1 or R < 1:
             raise ValueError("template.resolution and template.gaussians_per_texel must be >= 1")
         if M and (int(self.texel_index.min()) < 0 or int(self.texel_index.max()) >= R * R):
@@ -114,6 +115,8 @@ def decode_gaussians(raw: Tensor, template: DecodeTemplate, *, offset_scale: flo
     if raw.shape[1:] != (CHANNELS_PER_GAUSSIAN * G, R, R):
         raise ValueError(f"raw must have shape [F, {CHANNELS_PER_GAUSSIAN * G}, {R}, {R}] "
                          f"(14 channels x {G} Gaussians per texel, R = {R}), got {list(raw.shape)}")
+    if template.position.dtype != torch.float32:
+        raise TypeError(f"template tensors must be float32 for the engine, got {template.position.dtype}")
     if template.position.device != raw.device:
         raise ValueError(f"template is on {template.position.device} but raw is on {raw.device}")
     if not offset_scale > 0:
