@@ -102,11 +102,15 @@ DGT_HD ElementIndex element_index(const DecodeParams& p, int64_t e) {
   return ix;
 }
 
+DGT_HD void load_raw(const DecodeParams& p, const ElementIndex& ix, float* r) {
+#pragma unroll
+  for (int c = 0; c < kChannelsPerGaussian; ++c) r[c] = p.raw[ix.raw0 + c * ix.stride];
+}
+
 DGT_HD void decode_element(const DecodeParams& p, int64_t e) {
   const ElementIndex ix = element_index(p, e);
   float r[kChannelsPerGaussian];
-#pragma unroll
-  for (int c = 0; c < kChannelsPerGaussian; ++c) r[c] = p.raw[ix.raw0 + c * ix.stride];
+  load_raw(p, ix, r);
   const float* pos = p.position + ix.m * 3;
   const float* fq = p.frame + ix.m * 4;
   const Vec4 frame{fq[0], fq[1], fq[2], fq[3]};
@@ -135,8 +139,7 @@ DGT_HD void decode_element(const DecodeParams& p, int64_t e) {
 DGT_HD void decode_element_vjp(const DecodeParams& p, int64_t e) {
   const ElementIndex ix = element_index(p, e);
   float r[kChannelsPerGaussian];
-#pragma unroll
-  for (int c = 0; c < kChannelsPerGaussian; ++c) r[c] = p.raw[ix.raw0 + c * ix.stride];
+  load_raw(p, ix, r);
   const float* fq = p.frame + ix.m * 4;
   const Vec4 frame{fq[0], fq[1], fq[2], fq[3]};
   const float log_size = p.log_size[ix.m];

@@ -25,6 +25,13 @@ constexpr int kProjStride = 8;  // floats per splat: mean.xy, conic.abc, opacity
 // Status words (int64) written by the forward.
 enum Status : int { kStatusTotal = 0, kStatusOverflow = 1, kStatusInvalid = 2, kStatusWords = 4 };
 
+// Number of bits needed to write v (0 for 0): how many key bits the sorts look at.
+inline int bit_length(uint64_t v) {
+  int n = 0;
+  for (; v; v >>= 1) ++n;
+  return n;
+}
+
 struct RasterConfig {
   int batch = 1;           // B images
   int num_gaussians = 0;   // N Gaussians per set

@@ -24,15 +24,6 @@ T* at(uintptr_t base, size_t offset) {
   return reinterpret_cast<T*>(base + offset);
 }
 
-int bit_length(uint64_t v) {
-  int n = 0;
-  while (v) {
-    ++n;
-    v >>= 1;
-  }
-  return n;
-}
-
 }  // namespace
 
 void RasterConfig::validate() const {

@@ -22,15 +22,6 @@ constexpr int kWarps = kTilePixels / 32;
 
 unsigned blocks_for(int64_t n) { return dgt::blocks_for(n, kBlock); }
 
-int bit_length(uint64_t v) {
-  int n = 0;
-  while (v) {
-    ++n;
-    v >>= 1;
-  }
-  return n;
-}
-
 // ----------------------------------------------------------------------------
 // forward stages
 // ----------------------------------------------------------------------------
@@ -78,6 +69,18 @@ __device__ __forceinline__ SharedSplat fetch_splat(const RasterParams& P, int32_
   return {a.x, a.y, a.z, a.w, b.x, b.y, b.z, p};
 }
 
+// Stages list entry k (splat and its features) in shared-memory slot `slot`.
+template <int MAXC>
+__device__ __forceinline__ void stage_splat(const RasterParams& P, int32_t k, int slot, SharedSplat* s_splat,
+                                            float* s_feat) {
+  const int32_t p = P.values[k];
+  s_splat[slot] = fetch_splat(P, p);
+  const float* feat = P.colors + gaussian_row(P.cfg, p) * P.cfg.channels;
+#pragma unroll
+  for (int c = 0; c < MAXC; ++c)
+    if (c < P.cfg.channels) s_feat[slot * MAXC + c] = feat[c];
+}
+
 // One block per (image, tile), one thread per pixel. Splats are staged in shared
 // memory a block-width batch at a time; the block leaves as soon as every pixel
 // is saturated.
@@ -104,15 +107,7 @@ __global__ void __launch_bounds__(kTilePixels) blend_forward_kernel(RasterParams
 
   for (int32_t base = start; base < end; base += kTilePixels) {
     if (__syncthreads_count(done) == kTilePixels) break;
-    const int32_t k = base + tid;
-    if (k < end) {
-      const int32_t p = P.values[k];
-      s_splat[tid] = fetch_splat(P, p);
-      const float* feat = P.colors + gaussian_row(cfg, p) * C;
-#pragma unroll
-      for (int c = 0; c < MAXC; ++c)
-        if (c < C) s_feat[tid * MAXC + c] = feat[c];
-    }
+    if (base + tid < end) stage_splat<MAXC>(P, base + tid, tid, s_splat, s_feat);
     __syncthreads();
     const int n = min(kTilePixels, end - base);
     for (int e = 0; e < n && !done; ++e) {
@@ -211,15 +206,7 @@ __global__ void __launch_bounds__(kTilePixels) blend_backward_kernel(RasterParam
   for (int32_t top = block_last; top > start; top -= kTilePixels) {
     const int32_t bottom = max(start, top - kTilePixels);
     __syncthreads();  // previous batch fully consumed
-    const int32_t k_load = top - 1 - tid;  // staged back to front
-    if (k_load >= bottom) {
-      const int32_t p = P.values[k_load];
-      s_splat[tid] = fetch_splat(P, p);
-      const float* feat = P.colors + gaussian_row(cfg, p) * C;
-#pragma unroll
-      for (int c = 0; c < MAXC; ++c)
-        if (c < C) s_feat[tid * MAXC + c] = feat[c];
-    }
+    if (top - 1 - tid >= bottom) stage_splat<MAXC>(P, top - 1 - tid, tid, s_splat, s_feat);  // back to front
     __syncthreads();
     const int n = top - bottom;
     // front-most entries first skipped: in atomic mode a warp starts at its own last
