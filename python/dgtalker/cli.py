@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS = {
     "demo": ("dgtalker.demo", "render a Gaussian head demo image with the engine"),
     "synth": ("dgtalker.data.synth_cli", "generate a synthetic talking-head dataset"),
+    "pretrain-prior": ("dgtalker.train.prior_cli", "train the Gaussian generative prior on a multi-identity corpus"),
     "info": ("dgtalker.info", "print how the engine was built and which backends run here"),
 }
 

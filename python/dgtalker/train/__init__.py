@@ -1,0 +1,1 @@
+"""Training: the generative prior (``prior``), and later identities. Losses in ``losses``."""
