@@ -55,16 +55,16 @@ def load_views(dataset, indices, resolution: int, *, novel: bool = False) -> Vie
     src = dataset.novel if novel else dataset
     rgb, fg, vm, Ks = [], [], [], []
     for i in indices:
-        fr = src[int(i)]
-        img = torch.from_numpy(np.ascontiguousarray(fr.image)).permute(2, 0, 1)[None].float() / 255
-        m = torch.from_numpy(np.ascontiguousarray(fr.masks[..., 3]))[None, None].float()
+        i = int(i)
+        img = torch.from_numpy(np.ascontiguousarray(src.image(i))).permute(2, 0, 1)[None].float() / 255
+        m = torch.from_numpy(np.ascontiguousarray(src.masks(i)[..., 3]))[None, None].float()
         rgb.append(F.interpolate(img, size=(resolution, resolution), mode="area")[0].permute(1, 2, 0))
         fg.append(F.interpolate(m, size=(resolution, resolution), mode="area")[0, 0])
-        K = torch.as_tensor(fr.K, dtype=torch.float32).clone()
+        K = torch.as_tensor(src.K[i], dtype=torch.float32).clone()
         K[0] *= resolution / dataset.width
         K[1] *= resolution / dataset.height
         Ks.append(K)
-        vm.append(torch.as_tensor(fr.w2c, dtype=torch.float32))
+        vm.append(torch.as_tensor(src.w2c[i], dtype=torch.float32))
     return Views(torch.stack(rgb), torch.stack(fg), torch.stack(vm), torch.stack(Ks))
 
 
