@@ -142,9 +142,26 @@ def test_save_argument_errors(gen, tmp_path):
         save_prior(tmp_path / "a.safetensors", gen, extra=[1])
 
 
-def test_no_default_prior_is_shipped_yet():
-    assert not prior.DEFAULT_PRIOR_PATH.exists()
+def test_shipped_default_prior_loads_and_renders_a_head():
+    import torch
+
+    import dgtalker
+    from dgtalker.camera import orbit
+    from dgtalker.checkpoint import read_prior_metadata
+
+    assert prior.DEFAULT_PRIOR_PATH.exists()
+    meta = read_prior_metadata(prior.DEFAULT_PRIOR_PATH)
+    assert any(isinstance(m, dict) and m.get("trained_steps", 0) > 1000 for m in meta), meta
+    G = dgtalker.load_prior()
+    w = prior.sample_w(1, G, truncation=0.5, seed=0)
+    vm, K = orbit(0.0, 0.0, width=64, height=64)
+    with torch.no_grad():
+        img, alpha, _ = dgtalker.rasterize(*(t[0] for t in prior.gaussians(w, G)), vm[None], K[None], 64, 64)
+    # a head and shoulders in the middle of the frame, background at the corners
+    assert alpha[0, 28:36, 28:36].mean() > 0.95 and alpha[0, :4, :4].mean() < 0.05
+
+
+def test_missing_default_prior_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(prior, "DEFAULT_PRIOR_PATH", tmp_path / "absent.safetensors")
     with pytest.raises(prior.NoDefaultPriorError, match="no default Gaussian prior is shipped"):
         prior.load_prior()
-    with pytest.raises(prior.NoDefaultPriorError):
-        prior.sample_w(1)

@@ -13,6 +13,7 @@ _LAZY = {
     "rasterize": ("dgtalker.ops.raster", "rasterize"),
     "reference": ("dgtalker.reference", None),
     "build_info": ("dgtalker.info", "build_info"),
+    "load_prior": ("dgtalker.prior", "load_prior"),
     "data": ("dgtalker.data", None),
     "audio": ("dgtalker.audio", None),
 }

@@ -6,9 +6,10 @@
     means, quats, scales, opacities, colors = prior.gaussians(w, G)
 
 ``load_prior()`` with no path loads the prior shipped with the package
-(``dgtalker/models/assets/prior_default.safetensors``). No trained prior is shipped
-yet, so that raises ``NoDefaultPriorError``; random weights are never passed off as
-a prior.
+(``dgtalker/models/assets/prior_default.safetensors``, trained by ``dgtalker
+pretrain-prior`` on the synthetic multi-identity corpus; see docs/benchmarks.md). An
+installation without that file raises ``NoDefaultPriorError``; random weights are
+never passed off as a prior.
 """
 from __future__ import annotations
 
