@@ -1,8 +1,8 @@
-"""`dgtalker demo`: renders a procedural Gaussian head from several viewpoints with
-the engine and writes them side by side into one PNG.
+"""`dgtalker demo`: samples heads from the shipped generative prior (or builds a
+procedural one) and renders each from several viewpoints with the engine, into one PNG.
 
-Until a trained identity ships, this is the quickest end-to-end check that the
-engine is installed and working (CPU or CUDA).
+The quickest end-to-end check that the prior, the kernels and the rasterizer are
+installed and working (CPU or CUDA).
 """
 from __future__ import annotations
 
@@ -57,7 +57,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="demo.png", help="PNG to write (default: demo.png)")
     parser.add_argument("--size", type=int, default=320, help="width and height of each view in pixels")
     parser.add_argument("--views", default="-35,0,35", help="comma-separated camera yaws in degrees")
-    parser.add_argument("--gaussians", type=int, default=40_000, help="number of Gaussians in the head")
+    parser.add_argument("--heads", type=int, default=3, help="heads sampled from the prior (rows of the PNG)")
+    parser.add_argument("--truncation", type=float, default=0.7,
+                        help="prior sampling truncation: 0 = the mean head, 1 = full variety")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled heads")
+    parser.add_argument("--procedural", action="store_true",
+                        help="render a procedural Gaussian head instead of the prior")
+    parser.add_argument("--gaussians", type=int, default=40_000, help="Gaussians of the procedural head")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available)")
 
 
@@ -72,24 +78,38 @@ def run(args) -> int:
         yaws = [float(v) for v in args.views.split(",") if v.strip()]
     except ValueError:
         raise SystemExit(f"dgtalker demo: --views must be comma-separated numbers, got {args.views!r}")
-    if not yaws or args.size < 16 or args.gaussians < 1:
-        raise SystemExit("dgtalker demo: need at least one view, --size >= 16 and --gaussians >= 1")
+    if not yaws or args.size < 16 or args.gaussians < 1 or args.heads < 1:
+        raise SystemExit("dgtalker demo: need at least one view, --size >= 16, --heads >= 1 and --gaussians >= 1")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    cams = [orbit(yaw, 5.0, width=args.size, height=args.size, distance=0.45, target=(0.0, 0.0, 0.0))
-            for yaw in yaws]
+    if args.procedural:
+        heads = [[t.to(device) for t in gaussian_head(args.gaussians)]]
+        cams = [orbit(yaw, 5.0, width=args.size, height=args.size, distance=0.45, target=(0.0, 0.0, 0.0))
+                for yaw in yaws]
+        what = f"a procedural head of {args.gaussians} Gaussians"
+    else:
+        from dgtalker import prior
+        G = prior.load_prior(device=device)
+        w = prior.sample_w(args.heads, G, truncation=args.truncation, seed=args.seed)
+        with torch.no_grad():
+            g = prior.gaussians(w, G)
+        heads = [[t[i] for t in g] for i in range(args.heads)]
+        cams = [orbit(yaw, 0.0, width=args.size, height=args.size) for yaw in yaws]
+        what = f"{args.heads} heads of {G.num_gaussians} Gaussians sampled from the prior"
     viewmats = torch.stack([c[0] for c in cams]).to(device)
     Ks = torch.stack([c[1] for c in cams]).to(device)
-    head = [t.to(device) for t in gaussian_head(args.gaussians)]
     start = time.perf_counter()
-    image, alpha, depth = dgtalker.rasterize(*head, viewmats, Ks, args.size, args.size,
+    rows = []
+    with torch.no_grad():
+        for head in heads:
+            image, _, _ = dgtalker.rasterize(*head, viewmats, Ks, args.size, args.size,
                                              background=torch.tensor([1.0, 1.0, 1.0], device=device))
+            rows.append(np.concatenate(list((image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()), axis=1))
     if device != "cpu":
         torch.cuda.synchronize()
     took = time.perf_counter() - start
-    strip = (image.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    strip = np.concatenate(list(strip), axis=1)
+    strip = np.concatenate(rows, axis=0)
     out = Path(args.out)
     atomic_write_bytes(out, encode_image(strip, "png"))
-    print(f"rendered {len(yaws)} views of {args.gaussians} Gaussians at {args.size}x{args.size} on {device} "
+    print(f"rendered {len(yaws)} views of {what} at {args.size}x{args.size} on {device} "
           f"in {took * 1000:.1f} ms -> {out}")
     return 0
