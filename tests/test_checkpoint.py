@@ -153,7 +153,8 @@ def test_shipped_default_prior_loads_and_renders_a_head():
     meta = read_prior_metadata(prior.DEFAULT_PRIOR_PATH)
     assert any(isinstance(m, dict) and m.get("trained_steps", 0) > 1000 for m in meta), meta
     G = dgtalker.load_prior()
-    w = prior.sample_w(1, G, truncation=0.5, seed=0)
+    w = G.sample_w(1, truncation=0.5, seed=0)
+    assert torch.equal(w, prior.sample_w(1, G, truncation=0.5, seed=0))
     vm, K = orbit(0.0, 0.0, width=64, height=64)
     with torch.no_grad():
         img, alpha, _ = dgtalker.rasterize(*(t[0] for t in prior.gaussians(w, G)), vm[None], K[None], 64, 64)

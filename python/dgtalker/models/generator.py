@@ -341,6 +341,11 @@ class Generator(nn.Module):
     def gaussians_from_styles(self, styles: Tensor):
         return self.decode(self.synthesize(styles))
 
+    def sample_w(self, n: int, *, truncation: float = 1.0, seed: int | None = None, rng=None) -> Tensor:
+        """``n`` latents of this prior; see ``dgtalker.prior.sample_w``."""
+        from ..prior import sample_w
+        return sample_w(n, self, truncation=truncation, seed=seed, rng=rng)
+
     # -- latent statistics -------------------------------------------------------------
     @torch.no_grad()
     def mean_w(self, num: int = 4096, seed: int = 0) -> Tensor:
