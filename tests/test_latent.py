@@ -4,7 +4,6 @@ import torch
 
 from dgtalker import reference
 from dgtalker.ops.latent import compose_latent
-from conftest import cuda_ready
 
 NAMES = ("w_can", "B_exp", "B_lip", "c_exp", "c_lip", "affine_weight", "affine_bias")
 

@@ -6,7 +6,6 @@ module runs in well under a minute on two CPU cores.
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 save leaves the last good checkpoint, and DDP over gloo matches one process."""
 import os
 import socket
-import sys
 from dataclasses import replace
 from pathlib import Path
 

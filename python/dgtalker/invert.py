@@ -95,7 +95,7 @@ def render(generator, w: Tensor, views: Views, background) -> tuple[Tensor, Tens
     import dgtalker
 
     means, quats, scales, opac, colors = generator.gaussians(w)
-    V, R = len(views), views.rgb.shape[1]
+    R = views.rgb.shape[1]
     bg = torch.tensor(background, dtype=torch.float32, device=w.device)
     image, alpha, _ = dgtalker.rasterize(means[0], quats[0], scales[0], opac[0], colors[0], views.viewmats, views.Ks,
                                          views.rgb.shape[2], R, background=bg)

@@ -413,7 +413,6 @@ class HeadModel:
             V[:, 0] += 0.004 * (d[:, 0] > 0) * rho ** 2
             V = V @ _rot_y(-0.25).T @ _rot_x(0.12).T  # tilt back a little
             V[:, 0] *= sx
-            xs = self.skin_z_at  # noqa: F841 - readability of the placement below
             ex = sx * (self._side_x(0.005, -0.012) + 0.0015)
             V = V + np.array([ex, 0.002, -0.012])
             if sx < 0:
@@ -571,7 +570,6 @@ class HeadModel:
         return np.stack([(th + np.pi) / (2 * np.pi), (ph + np.pi / 2) / np.pi], 1)
 
     def _meshes(self):
-        I = self.id
         L = lambda n, head, lo, up, person=1.0: np.tile([head, lo, up, person], (n, 1)).astype(np.float32)  # noqa: E731
         T = lambda n, rgb=(1, 1, 1), ao=1.0: np.tile([*rgb, ao], (n, 1)).astype(np.float32)  # noqa: E731
         skin_mat = Material(0.06, 18.0, 0.3)
@@ -639,7 +637,7 @@ class HeadModel:
         I = self.id
         s = {k: float(state[k]) for k in STATE_KEYS}
         P = self.skin_rest.copy()
-        x, y = self.skin_base[:, 0], self.skin_base[:, 1]
+        x = self.skin_base[:, 0]
         # lip shape first (rounding pulls the corners in and pushes the lips out)
         wl = self.w_lip
         P[:, 0] += x * wl * (0.22 * s["lip_spread"] - 0.30 * s["lip_round"])
