@@ -170,3 +170,23 @@ def test_input_errors_name_the_argument(tiny, tiny_template):
         prior.sample_w(1, tiny, truncation=-1.0)
     with pytest.raises(ValueError, match="n must be a positive int"):
         prior.sample_w(0, tiny)
+
+
+def test_modulated_conv_equals_per_sample_weights():
+    """The batched form equals convolving every sample with its own modulated weight."""
+    import torch.nn.functional as Fn
+
+    from dgtalker.models.generator import _modulated_conv
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 8, 9, 9, generator=g)
+    weight = torch.randn(5, 8, 3, 3, generator=g)
+    styles = torch.randn(3, 8, generator=g)
+    for demod in (True, False):
+        ref = []
+        for f in range(3):
+            w = weight * styles[f][None, :, None, None]
+            if demod:
+                w = w * torch.rsqrt(w.square().sum((1, 2, 3), keepdim=True) + 1e-8)
+            ref.append(Fn.conv2d(x[f:f + 1], w, padding=1))
+        assert torch.allclose(_modulated_conv(x, weight, styles, demod, 1), torch.cat(ref), atol=1e-4, rtol=1e-4)
