@@ -12,7 +12,7 @@ import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
-    "demo": ("dgtalker.demo", "render a Gaussian head demo image with the engine"),
+    "demo": ("dgtalker.demo", "render heads sampled from the shipped prior into a PNG (the engine end to end)"),
     "synth": ("dgtalker.data.synth_cli", "generate a synthetic talking-head dataset"),
     "pretrain-prior": ("dgtalker.train.prior_cli", "train the Gaussian generative prior on a multi-identity corpus"),
     "info": ("dgtalker.info", "print how the engine was built and which backends run here"),

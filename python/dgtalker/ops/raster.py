@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import torch
 from torch import Tensor
@@ -47,20 +47,28 @@ def _invalid_message(flags: int) -> str:
     return "rasterize received invalid values in: " + ", ".join(bad)
 
 
-class _CapacityBook:
-    """Intersection capacity per problem shape, and the deferred status checks.
+class _StatusRing:
+    """Pinned host slots for the status words of unchecked CUDA calls on one device,
+    with their events, inspected oldest first. Allocated once: a fresh pinned
+    allocation per call could itself synchronize."""
 
-    Each unchecked CUDA call copies its status words into a slot of a pinned ring
-    (allocated once per device: a fresh pinned allocation per call could itself
-    synchronize) and records an event; slots are inspected once their event is done.
-    """
+    def __init__(self, size: int):
+        self.host = torch.zeros(size, _STATUS_WORDS, dtype=torch.int64, pin_memory=True)
+        self.events = [torch.cuda.Event() for _ in range(size)]
+        self.keys: list = [None] * size
+        self.pending: deque[int] = deque()  # slot indices in submission order
+        self.next = 0
+
+
+class _CapacityBook:
+    """Intersection capacity per problem shape, and the deferred status checks."""
 
     RING = 64
 
     def __init__(self, max_shapes: int = 64):
         self.capacity: OrderedDict[tuple, int] = OrderedDict()
         self.max_shapes = max_shapes
-        self.rings: dict[torch.device, list] = {}   # device -> [host [R, 4], events, keys, next]
+        self.rings: dict[torch.device, _StatusRing] = {}
 
     def get(self, key: tuple) -> int | None:
         cap = self.capacity.get(key)
@@ -79,39 +87,44 @@ class _CapacityBook:
     def defer(self, device: torch.device, key: tuple, status: Tensor) -> None:
         ring = self.rings.get(device)
         if ring is None:
-            host = torch.zeros(self.RING, _STATUS_WORDS, dtype=torch.int64, pin_memory=True)
-            ring = self.rings[device] = [host, [None] * self.RING, [None] * self.RING, 0]
-        host, events, keys, i = ring
-        if keys[i] is not None:  # a full ring: the oldest call must be done first
-            events[i].synchronize()
-            self._inspect(host, keys, i)
-        host[i].copy_(status, non_blocking=True)
-        if events[i] is None:
-            events[i] = torch.cuda.Event()
-        events[i].record()
-        keys[i] = key
-        ring[3] = (i + 1) % self.RING
+            ring = self.rings[device] = _StatusRing(self.RING)
+        i = ring.next
+        if ring.keys[i] is not None:  # a full ring: the oldest call must be done first
+            error = self._drain(ring, wait=True, limit=1)
+            if error is not None:
+                raise error
+        ring.host[i].copy_(status, non_blocking=True)
+        ring.events[i].record()
+        ring.keys[i] = key
+        ring.pending.append(i)
+        ring.next = (i + 1) % self.RING
 
     def settle(self, device: torch.device | None = None, wait: bool = False) -> None:
-        """Inspects finished status copies (all of them with ``wait``)."""
+        """Inspects finished status copies, oldest first (all of them with ``wait``)."""
         error = None
-        for dev, (host, events, keys, _) in self.rings.items():
-            if device is not None and dev != device:
-                continue
-            for i, key in enumerate(keys):
-                if key is None:
-                    continue
-                if wait:
-                    events[i].synchronize()
-                elif not events[i].query():
-                    continue
-                error = self._inspect(host, keys, i) or error
+        for dev, ring in self.rings.items():
+            if device is None or dev == device:
+                error = self._drain(ring, wait) or error
         if error is not None:
             raise error
 
-    def _inspect(self, host: Tensor, keys: list, i: int) -> RasterInputError | None:
-        key, keys[i] = keys[i], None
-        total, overflow, invalid = (int(v) for v in host[i, :3].tolist())
+    def _drain(self, ring: _StatusRing, wait: bool, limit: int | None = None) -> RasterInputError | None:
+        error = None
+        done = 0
+        while ring.pending and (limit is None or done < limit):
+            i = ring.pending[0]
+            if wait:
+                ring.events[i].synchronize()
+            elif not ring.events[i].query():
+                break  # later calls are queued behind this one
+            ring.pending.popleft()
+            error = self._inspect(ring, i) or error
+            done += 1
+        return error
+
+    def _inspect(self, ring: _StatusRing, i: int) -> RasterInputError | None:
+        key, ring.keys[i] = ring.keys[i], None
+        total, overflow, invalid = (int(v) for v in ring.host[i, :3].tolist())
         if overflow:
             new_cap = self.grow(key, total)
             warnings.warn(f"rasterize: an earlier call needed {total} tile intersections but had room "
