@@ -146,22 +146,70 @@ __global__ void __launch_bounds__(kTilePixels) blend_forward_kernel(RasterParams
 // backward stages
 // ----------------------------------------------------------------------------
 
-__device__ __forceinline__ float warp_sum(float v) {
+// Gradient slots per splat, padded to a power of two for the warp reduction:
+// [mean.xy, conic.abc, opacity, MAXC colours, depth, zeros...].
+template <int MAXC>
+constexpr int grad_slots() {
+  return 6 + MAXC + 1 <= 16 ? 16 : 64;
+}
+
+// Sums N per-lane values over the warp by reduce-scatter: every step a lane keeps
+// half of its values and trades the other half with its partner, so the whole sum
+// costs N/2 + N/4 + ... shuffles instead of 5 N. Afterwards lane l holds the sums of
+// slots scatter_base(l) + j, j < max(N / 32, 1).
+template <int N, int OFF>
+struct WarpReduceScatter {
+  __device__ __forceinline__ static void run(float* v, int lane) {
+    if constexpr (OFF > 0) {
+      if constexpr (N > 1) {
+        constexpr int H = N / 2;
+        const bool upper = (lane & OFF) != 0;
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
+        for (int j = 0; j < H; ++j) {
+          const float send = upper ? v[j] : v[j + H];
+          const float keep = upper ? v[j + H] : v[j];
+          v[j] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
+        }
+        WarpReduceScatter<H, OFF / 2>::run(v, lane);
+      } else {
+        v[0] += __shfl_xor_sync(0xffffffffu, v[0], OFF);
+        WarpReduceScatter<1, OFF / 2>::run(v, lane);
+      }
+    }
+  }
+};
+
+template <int N, int OFF = 16>
+__device__ __forceinline__ int scatter_base(int lane) {
+  if constexpr (OFF == 0 || N <= 1) {
+    return 0;
+  } else {
+    return ((lane & OFF) ? N / 2 : 0) + scatter_base<N / 2, OFF / 2>(lane);
+  }
+}
+
+// Column of grad2d fed by slot q, or -1 for padding and switched-off channels.
+template <int MAXC>
+__device__ __forceinline__ int grad_column(int q, int C, bool depth_grad) {
+  if (q < 6) return q;
+  if (q < 6 + MAXC) return q - 6 < C ? q : -1;
+  if (q == 6 + MAXC) return depth_grad ? 6 + C : -1;
+  return -1;
 }
 
 // Back to front per pixel. Each lane computes its pixel's gradient for the
-// current splat; the warp sums the 32 lanes and lane 0 adds once per splat per
-// warp. In deterministic mode the warps' sums are instead added in a fixed order
-// in shared memory and stored, without atomics, in the splat's list slot.
+// current splat; the warp sums the 32 lanes (reduce-scatter) and each value is
+// added once per splat per warp, by the lane that ended up holding it. In
+// deterministic mode the warps' sums are instead added in a fixed order in shared
+// memory and stored, without atomics, in the splat's list slot.
 template <int MAXC, bool DETERMINISTIC>
 __global__ void __launch_bounds__(kTilePixels) blend_backward_kernel(RasterParams P) {
-  constexpr int KMAX = 6 + MAXC + 1;
+  constexpr int NV = grad_slots<MAXC>();
+  constexpr int PER_LANE = NV >= 32 ? NV / 32 : 1;
+  constexpr int DUP = NV >= 32 ? 1 : 32 / NV;  // lanes holding the same sums
   __shared__ SharedSplat s_splat[kTilePixels];
   __shared__ __align__(16) float s_feat[kTilePixels * MAXC];
-  __shared__ float s_part[DETERMINISTIC ? kWarps * KMAX : 1];
+  __shared__ float s_part[DETERMINISTIC ? kWarps * NV : 1];
   __shared__ int32_t s_last;
   const RasterConfig& cfg = P.cfg;
   const int C = cfg.channels, K = cfg.grad2d_stride();
@@ -220,9 +268,9 @@ __global__ void __launch_bounds__(kTilePixels) blend_backward_kernel(RasterParam
       const bool hit = alpha > 0.f;
       if (!DETERMINISTIC && !__any_sync(0xffffffffu, hit)) continue;
 
-      float g[KMAX];
+      float g[NV];
 #pragma unroll
-      for (int q = 0; q < KMAX; ++q) g[q] = 0.f;
+      for (int q = 0; q < NV; ++q) g[q] = 0.f;
       if (hit) {
         const float ra = 1.f / (1.f - alpha);
         T *= ra;
@@ -247,31 +295,28 @@ __global__ void __launch_bounds__(kTilePixels) blend_backward_kernel(RasterParam
         g[6 + MAXC] = w * v_depth;
         acc_depth += w * s.depth;
       }
-#pragma unroll
-      for (int q = 0; q < KMAX; ++q)
-        if (q < 6 + C || (q == 6 + MAXC && depth_grad)) g[q] = warp_sum(g[q]);
+      WarpReduceScatter<NV, 16>::run(g, lane);
+      const int base = scatter_base<NV>(lane);
+      const bool writer = lane % DUP == 0;
 
-      // row layout: [mean.xy, conic.abc, opacity, C colours, depth]
       if (!DETERMINISTIC) {
-        if (lane == 0) {
-          float* out = P.grad2d + int64_t(s.p) * K;
+        float* out = P.grad2d + int64_t(s.p) * K;
 #pragma unroll
-          for (int q = 0; q < 6 + MAXC; ++q)
-            if (q < 6 + C) atomicAdd(out + q, g[q]);
-          if (depth_grad) atomicAdd(out + 6 + C, g[6 + MAXC]);
+        for (int j = 0; j < PER_LANE; ++j) {
+          const int col = grad_column<MAXC>(base + j, C, depth_grad);
+          if (writer && col >= 0) atomicAdd(out + col, g[j]);
         }
       } else {
-        if (lane == 0) {
+        if (writer) {
 #pragma unroll
-          for (int q = 0; q < 6 + MAXC; ++q)
-            if (q < 6 + C) s_part[warp * KMAX + q] = g[q];
-          s_part[warp * KMAX + 6 + C] = g[6 + MAXC];
+          for (int j = 0; j < PER_LANE; ++j) s_part[warp * NV + base + j] = g[j];
         }
         __syncthreads();
-        if (tid < K) {
+        if (tid < K) {  // column tid of the row comes from slot tid, or the depth slot
+          const int slot = tid < 6 + C ? tid : 6 + MAXC;
           float sum = 0.f;
 #pragma unroll
-          for (int w = 0; w < kWarps; ++w) sum += s_part[w * KMAX + tid];
+          for (int w = 0; w < kWarps; ++w) sum += s_part[w * NV + slot];
           P.isect_grad[int64_t(k) * K + tid] = sum;
         }
         __syncthreads();
