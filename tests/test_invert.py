@@ -8,6 +8,10 @@ from dgtalker.invert import InversionConfig, Views, evaluate, invert, load_views
 from dgtalker.train.prior import PriorTrainConfig, pretrain_prior
 from priors import RES, TINY, write_corpus
 
+# Pinned to the CPU: exact resume and DDP equivalence are checked bit-for-bit or
+# nearly, which the CUDA backward's atomic adds would blur on a GPU machine.
+CPU = torch.device("cpu")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -16,7 +20,7 @@ def trained(tmp_path_factory):
     out = root / "prior.safetensors"
     cfg = PriorTrainConfig(steps=30, batch=4, resolution=RES, lr=5e-3, code_lr=2e-2, checkpoint_every=30,
                            preview_every=1000, generator=dict(TINY), amp=False)
-    pretrain_prior(corpus, out, cfg, progress=False)
+    pretrain_prior(corpus, out, cfg, device=CPU, progress=False)
     return corpus, out
 
 

@@ -16,6 +16,10 @@ from dgtalker.train.prior import PriorTrainConfig, pretrain_prior
 
 from priors import RES, TINY, write_corpus
 
+# Pinned to the CPU: exact resume and DDP equivalence are checked bit-for-bit or
+# nearly, which the CUDA backward's atomic adds would blur on a GPU machine.
+CPU = torch.device("cpu")
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
@@ -34,7 +38,7 @@ def params(path):
 
 def test_loss_goes_down(corpus, tmp_path):
     out = tmp_path / "p.safetensors"
-    pretrain_prior(corpus, out, config(steps=40, checkpoint_every=40), progress=False)
+    pretrain_prior(corpus, out, config(steps=40, checkpoint_every=40), device=CPU, progress=False)
     hist = torch.load(prior_train._state_path(out), weights_only=False)["history"]
     first = np.mean([h["loss"] for h in hist[:4]])
     last = np.mean([h["loss"] for h in hist[-4:]])
@@ -44,11 +48,11 @@ def test_loss_goes_down(corpus, tmp_path):
 
 def test_resume_continues_where_it_stopped(corpus, tmp_path):
     straight, resumed = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    pretrain_prior(corpus, straight, config(steps=6, checkpoint_every=3), progress=False)
-    pretrain_prior(corpus, resumed, config(steps=3, checkpoint_every=3), progress=False)
+    pretrain_prior(corpus, straight, config(steps=6, checkpoint_every=3), device=CPU, progress=False)
+    pretrain_prior(corpus, resumed, config(steps=3, checkpoint_every=3), device=CPU, progress=False)
     state = torch.load(prior_train._state_path(resumed), weights_only=False)
     assert state["step"] == 3
-    pretrain_prior(corpus, resumed, config(steps=6, checkpoint_every=3), progress=False)
+    pretrain_prior(corpus, resumed, config(steps=6, checkpoint_every=3), device=CPU, progress=False)
     a, b = params(straight), params(resumed)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
@@ -60,7 +64,7 @@ def test_resume_continues_where_it_stopped(corpus, tmp_path):
 
 def test_interrupted_save_leaves_last_good_checkpoint(corpus, tmp_path, monkeypatch):
     out = tmp_path / "p.safetensors"
-    pretrain_prior(corpus, out, config(steps=2, checkpoint_every=2), progress=False)
+    pretrain_prior(corpus, out, config(steps=2, checkpoint_every=2), device=CPU, progress=False)
     good = params(out)
 
     real = prior_train.atomic_write_bytes
@@ -72,7 +76,7 @@ def test_interrupted_save_leaves_last_good_checkpoint(corpus, tmp_path, monkeypa
 
     monkeypatch.setattr(prior_train, "atomic_write_bytes", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        pretrain_prior(corpus, out, config(steps=4, checkpoint_every=2), progress=False)
+        pretrain_prior(corpus, out, config(steps=4, checkpoint_every=2), device=CPU, progress=False)
     monkeypatch.setattr(prior_train, "atomic_write_bytes", real)
     after = params(out)
     for k in good:
@@ -84,13 +88,13 @@ def test_existing_out_without_state_is_refused(corpus, tmp_path):
     out = tmp_path / "p.safetensors"
     out.write_bytes(b"not a prior")
     with pytest.raises(FileExistsError, match="has no training state"):
-        pretrain_prior(corpus, out, config(), progress=False)
+        pretrain_prior(corpus, out, config(), device=CPU, progress=False)
 
 
 def test_single_view_corpus_is_refused(tmp_path):
     sample = Path(__file__).parent / "data" / "sample"
     with pytest.raises(ValueError, match="needs a multiview corpus"):
-        pretrain_prior(sample, tmp_path / "p.safetensors", config(), progress=False)
+        pretrain_prior(sample, tmp_path / "p.safetensors", config(), device=CPU, progress=False)
 
 
 def _ddp_worker(rank, world, port, corpus, out):
@@ -99,7 +103,7 @@ def _ddp_worker(rank, world, port, corpus, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        pretrain_prior(corpus, out, config(steps=3, checkpoint_every=3), device=torch.device("cpu"), progress=False)
+        pretrain_prior(corpus, out, config(steps=3, checkpoint_every=3), device=CPU, progress=False)
     finally:
         dist.destroy_process_group()
 
@@ -112,7 +116,7 @@ def _free_port():
 
 def test_ddp_two_processes_match_one(corpus, tmp_path):
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
-    pretrain_prior(corpus, one, config(steps=3, checkpoint_every=3), progress=False)
+    pretrain_prior(corpus, one, config(steps=3, checkpoint_every=3), device=CPU, progress=False)
     mp.start_processes(_ddp_worker, args=(2, _free_port(), str(corpus), str(two)), nprocs=2, join=True,
                        start_method="spawn")
     a, b = params(one), params(two)
