@@ -102,8 +102,7 @@ def compose_latent(w_can: Tensor, B_exp: Tensor, B_lip: Tensor, c_exp: Tensor, c
 def latent_styles(w: Tensor, affine_weight: Tensor, affine_bias: Tensor) -> Tensor:
     """Styles of given latents ``w [F, D]`` (no blendshapes): ``w @ affine_weight.T + affine_bias``.
 
-    Runs the same kernel with ``w_can = 0`` and each frame's latent as its only
-    "blendshape" coefficient row would be wasteful; the plain product is exactly the
-    fused kernel's second half, so it is computed with torch here.
+    This is the second half of ``compose_latent`` on its own: a plain matrix product,
+    which torch's GEMM already does well, so no engine kernel is involved.
     """
     return torch.addmm(affine_bias, w, affine_weight.T)

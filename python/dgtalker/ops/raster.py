@@ -28,23 +28,11 @@ from torch import Tensor
 from dgtalker._engine import engine
 
 from ._engine_call import device_index, stream_handle
+from ._raster_common import (RasterInputError, _invalid_message, grown_capacity, initial_capacity,
+                             set_input_addresses)
 from ._inputs import RasterInputs, prepare_inputs
 
-_INVALID_NAMES = {1: "means (non-finite)", 2: "quats (non-finite or zero norm)",
-                  4: "scales (non-finite or negative)", 8: "opacities (outside [0, 1])",
-                  16: "colors (non-finite)", 32: "viewmats/Ks (non-finite or fx, fy <= 0)"}
 _STATUS_WORDS = 4
-_MIN_CAPACITY = 1024
-_GROWTH = 1.5
-
-
-class RasterInputError(ValueError):
-    """The engine found invalid values in a rasterizer input."""
-
-
-def _invalid_message(flags: int) -> str:
-    bad = [name for bit, name in _INVALID_NAMES.items() if flags & bit]
-    return "rasterize received invalid values in: " + ", ".join(bad)
 
 
 class _StatusRing:
@@ -77,7 +65,7 @@ class _CapacityBook:
         return cap
 
     def grow(self, key: tuple, total: int) -> int:
-        cap = max(self.capacity.get(key, 0), int(total * _GROWTH) + _MIN_CAPACITY)
+        cap = max(self.capacity.get(key, 0), grown_capacity(total))
         self.capacity[key] = cap
         self.capacity.move_to_end(key)
         while len(self.capacity) > self.max_shapes:
@@ -186,11 +174,9 @@ def _run_forward(inp: RasterInputs, background: Tensor | None, capacity: int, de
     alpha = torch.empty(B, H, W, dtype=torch.float32, device=dev)
     depth = torch.empty(B, H, W, dtype=torch.float32, device=dev)
     bufs = C.ForwardBuffers()
-    bufs.means, bufs.quats, bufs.scales = inp.means.data_ptr(), inp.quats.data_ptr(), inp.scales.data_ptr()
-    bufs.opacities, bufs.colors = inp.opacities.data_ptr(), inp.colors.data_ptr()
-    bufs.viewmats, bufs.Ks = inp.viewmats.data_ptr(), inp.Ks.data_ptr()
-    bufs.background = 0 if background is None else background.data_ptr()
-    bufs.state, bufs.scratch = state.data_ptr(), scratch.data_ptr()
+    set_input_addresses(bufs, Tensor.data_ptr, inp.means, inp.quats, inp.scales, inp.opacities, inp.colors,
+                        inp.viewmats, inp.Ks, background, state)
+    bufs.scratch = scratch.data_ptr()
     bufs.image, bufs.alpha, bufs.depth = image.data_ptr(), alpha.data_ptr(), depth.data_ptr()
     C.raster_forward(cfg, index, bufs, stream_handle(inp.means))
     off = lay["status_offset"]
@@ -217,7 +203,7 @@ class _Rasterize(torch.autograd.Function):
             if capturing:
                 raise RuntimeError("rasterize: run this problem shape once outside CUDA-graph capture "
                                    "first, so its intersection capacity is known")
-            capacity = max(_MIN_CAPACITY, 4 * inp.batch * inp.num_gaussians)
+            capacity = initial_capacity(inp.batch, inp.num_gaussians)
         while True:
             cfg, state, status, image, alpha, depth = _run_forward(inp, background, capacity, deterministic)
             if capturing:
@@ -265,11 +251,9 @@ class _Rasterize(torch.autograd.Function):
         v_scales = torch.empty(P, 3, dtype=torch.float32, device=dev)
         scratch = torch.empty(lay["backward_scratch_bytes"], dtype=torch.uint8, device=dev)
         bufs = C.BackwardBuffers()
-        bufs.means, bufs.quats, bufs.scales = means.data_ptr(), quats.data_ptr(), scales.data_ptr()
-        bufs.opacities, bufs.colors = opacities.data_ptr(), colors.data_ptr()
-        bufs.viewmats, bufs.Ks = viewmats.data_ptr(), Ks.data_ptr()
-        bufs.background = 0 if background is None else background.data_ptr()
-        bufs.state, bufs.scratch = state.data_ptr(), scratch.data_ptr()
+        set_input_addresses(bufs, Tensor.data_ptr, means, quats, scales, opacities, colors, viewmats, Ks,
+                            background, state)
+        bufs.scratch = scratch.data_ptr()
         bufs.v_image = v_image.data_ptr()
         bufs.v_alpha = 0 if v_alpha is None else v_alpha.data_ptr()
         bufs.v_depth = 0 if v_depth is None else v_depth.data_ptr()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dgtalker._engine import engine
 
-_MIN_CAPACITY = 1024
+from ._raster_common import (RasterInputError, _invalid_message, grown_capacity, initial_capacity,
+                             set_input_addresses)
 
 
 def _check(name, a, shape, cp):
@@ -48,7 +49,7 @@ def rasterize_cupy(means, quats, scales, opacities, colors, viewmats, Ks, width:
     cfg = C_.RasterConfig()
     cfg.batch, cfg.num_gaussians, cfg.channels, cfg.per_image = B, N, C, per_image
     cfg.width, cfg.height, cfg.near_plane, cfg.far_plane = int(width), int(height), float(near), float(far)
-    cfg.capacity = max(_MIN_CAPACITY, 4 * B * N)
+    cfg.capacity = initial_capacity(B, N)
     bg = None
     if background is not None:
         bg = cp.ascontiguousarray(cp.broadcast_to(cp.asarray(background, dtype=cp.float32).reshape(-1, C), (B, C)))
@@ -63,19 +64,16 @@ def rasterize_cupy(means, quats, scales, opacities, colors, viewmats, Ks, width:
             alpha = cp.empty((B, height, width), dtype=cp.float32)
             depth = cp.empty((B, height, width), dtype=cp.float32)
             bufs = C_.ForwardBuffers()
-            bufs.means, bufs.quats, bufs.scales = means.data.ptr, quats.data.ptr, scales.data.ptr
-            bufs.opacities, bufs.colors = opacities.data.ptr, colors.data.ptr
-            bufs.viewmats, bufs.Ks = viewmats.data.ptr, Ks.data.ptr
-            bufs.background = 0 if bg is None else bg.data.ptr
-            bufs.state, bufs.scratch = state.data.ptr, scratch.data.ptr
+            set_input_addresses(bufs, lambda a: a.data.ptr, means, quats, scales, opacities, colors, viewmats, Ks,
+                                bg, state)
+            bufs.scratch = scratch.data.ptr
             bufs.image, bufs.alpha, bufs.depth = image.data.ptr, alpha.data.ptr, depth.data.ptr
             C_.raster_forward(cfg, device, bufs, stream)
             off = lay["status_offset"]
             total, overflow, invalid, _ = (int(v) for v in state[off:off + 32].view(cp.int64).get())
             if invalid:
-                from dgtalker.ops.raster import RasterInputError, _invalid_message
                 raise RasterInputError(_invalid_message(invalid))
             if not overflow:
                 break
-            cfg.capacity = int(total * 1.5) + _MIN_CAPACITY
+            cfg.capacity = grown_capacity(total)
     return image, alpha, depth
