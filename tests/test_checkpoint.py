@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from dgtalker import prior
-from dgtalker.checkpoint import PriorCheckpointError, load_prior, read_prior_metadata, save_prior
+from dgtalker import checkpoint
+from dgtalker.checkpoint import (CheckpointError, PriorCheckpointError, load_prior, read_checkpoint,
+                                 read_checkpoint_metadata, read_prior_metadata, save_prior, write_checkpoint)
 from dgtalker.models import Generator, GeneratorConfig, build_template
 
 TINY = GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, resolution=16, channel_base=64, channel_max=16)
@@ -166,3 +168,167 @@ def test_missing_default_prior_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(prior, "DEFAULT_PRIOR_PATH", tmp_path / "absent.safetensors")
     with pytest.raises(prior.NoDefaultPriorError, match="no default Gaussian prior is shipped"):
         prior.load_prior()
+
+# -- the generic reader/writer and untrusted files ------------------------------------
+def test_write_and_read_checkpoint_round_trip(tmp_path):
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    tensors = {"a": base, "a_t": base.T, "view": base[1], "i": torch.arange(5), "b": torch.ones(2, dtype=torch.bfloat16),
+               "flag": torch.tensor(True), "empty": torch.zeros(0, 3)}
+    p = write_checkpoint(tmp_path / "x.safetensors", tensors, format="dgtalker-test", version=3, meta={"k": "v"})
+    got, meta, version = read_checkpoint(p, format="dgtalker-test", max_version=3)
+    assert meta == {"k": "v"} and version == 3 and got.keys() == tensors.keys()
+    for k, v in tensors.items():
+        assert got[k].dtype == v.dtype and torch.equal(got[k], v), k
+    assert read_checkpoint_metadata(p, format="dgtalker-test", max_version=5) == ({"k": "v"}, 3)
+    with pytest.raises(CheckpointError, match="format version 3; this dgtalker reads version 2"):
+        read_checkpoint(p, format="dgtalker-test", max_version=2)
+    with pytest.raises(CheckpointError, match="not a dgtalker talker checkpoint"):
+        read_checkpoint(p, format="dgtalker-talker", max_version=1)
+
+
+def test_write_checkpoint_refuses_bad_input_and_writes_nothing(tmp_path):
+    p = tmp_path / "x.safetensors"
+    with pytest.raises(ValueError, match="tensor 'w' has non-finite values"):
+        write_checkpoint(p, {"ok": torch.zeros(2), "w": torch.tensor([1.0, float("inf")])}, format="f", version=1)
+    with pytest.raises(ValueError, match="meta key 'format' is reserved"):
+        write_checkpoint(p, {}, format="f", version=1, meta={"format": "g"})
+    with pytest.raises(TypeError, match="meta must map str to str"):
+        write_checkpoint(p, {}, format="f", version=1, meta={"n": 3})
+    with pytest.raises(ValueError, match="version must be an int >= 1"):
+        write_checkpoint(p, {}, format="f", version=0)
+    with pytest.raises(TypeError, match=r"tensors\['x'\] must be a Tensor"):
+        write_checkpoint(p, {"x": [1.0]}, format="f", version=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_errors_are_value_errors():
+    assert issubclass(PriorCheckpointError, CheckpointError) and issubclass(CheckpointError, ValueError)
+
+
+def _raw_safetensors(path, header: dict, data: bytes, meta=None):
+    """A file with exactly this header (no validation on the way out)."""
+    h = dict(header)
+    if meta is not None:
+        h["__metadata__"] = meta
+    blob = json.dumps(h).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
+    return path
+
+
+PRIOR_META = {"format": "dgtalker-prior", "version": "1", "config": json.dumps(TINY.to_dict()), "extra": "{}"}
+
+# Malformed headers: each must be a CheckpointError naming the file and the problem,
+# never a TypeError/KeyError from inside the reader or a crash inside safetensors.
+BAD_HEADERS = [
+    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": "0,8"}}, 8, "data_offsets '0,8'"),
+    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}, 8, r"data_offsets \[0\]"),
+    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, 8, "0 <= begin <= end"),
+    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, 8, "0 <= begin <= end"),
+    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0.0, 8.0]}}, 8, "data_offsets"),
+    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, True]}}, 8, "data_offsets"),
+    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 1 << 40]}}, 8, "truncated"),
+    ({"x": {"dtype": "F32", "shape": [2]}}, 8, r"lacks \['data_offsets'\]"),
+    ({"x": {"dtype": 7, "shape": [2], "data_offsets": [0, 8]}}, 8, "dtype 7"),
+    ({"x": {"dtype": "Q8", "shape": [2], "data_offsets": [0, 8]}}, 8, "dtype 'Q8'"),
+    ({"x": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}}, 8, "shape '2'"),
+    ({"x": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, 8, "shape"),
+    ({"x": {"dtype": "F32", "shape": [1 << 62, 1 << 62], "data_offsets": [0, 8]}}, 8, "shape and dtype need"),
+    ({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, 8, "spans 8 bytes but its shape and dtype need 12"),
+    ({"x": [0, 8]}, 8, "entry 'x' must be an object"),
+    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "y": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, 8, "overlaps"),
+    ({"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, 8, "gap of 4 bytes"),
+    ({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, 12, "4 bytes of data after the last tensor"),
+]
+
+
+@pytest.mark.parametrize("header,nbytes,message", BAD_HEADERS)
+def test_malformed_header_is_a_clear_error(tmp_path, header, nbytes, message):
+    p = _raw_safetensors(tmp_path / "bad.safetensors", header, bytes(nbytes), meta=PRIOR_META)
+    for read in (lambda: read_checkpoint(p, format="dgtalker-prior", max_version=1),
+                 lambda: read_checkpoint_metadata(p, format="dgtalker-prior", max_version=1)):
+        with pytest.raises(CheckpointError, match=message) as e:
+            read()
+        assert str(p) in str(e.value)
+    with pytest.raises(PriorCheckpointError, match=message):
+        load_prior(p)
+    with pytest.raises(PriorCheckpointError, match=message):
+        read_prior_metadata(p)
+
+
+@pytest.mark.parametrize("header,message", [
+    ([], "header is a JSON list, not an object"),
+    ({"__metadata__": {"format": 1}}, "__metadata__ must be an object of strings"),
+    ({"__metadata__": ["format"]}, "__metadata__ must be an object of strings"),
+])
+def test_malformed_header_structure(tmp_path, header, message):
+    p = tmp_path / "bad.safetensors"
+    blob = json.dumps(header).encode()
+    p.write_bytes(struct.pack("<Q", len(blob)) + blob)
+    with pytest.raises(PriorCheckpointError, match=message):
+        load_prior(p)
+
+
+def test_size_caps(saved, monkeypatch):
+    with pytest.raises(CheckpointError, match="more than the 100 a dgtalker checkpoint may have"):
+        read_checkpoint(saved, format="dgtalker-prior", max_version=1, max_bytes=100)
+    monkeypatch.setattr(checkpoint, "MAX_HEADER_BYTES", 64)
+    with pytest.raises(PriorCheckpointError, match="larger than the 64 bytes allowed"):
+        load_prior(saved)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (dict(w_dim=5000), "w_dim must be a positive int <= 4096"),
+    (dict(z_dim=1 << 30), "z_dim must be a positive int <= 4096"),
+    (dict(resolution=2048), "resolution must be a positive int <= 1024"),
+    (dict(mapping_layers=100), "mapping_layers must be a positive int <= 16"),
+    (dict(gaussians_per_texel=64), "gaussians_per_texel must be a positive int <= 8"),
+    (dict(channel_max=4096), "channel_max must be a positive int <= 2048"),
+    (dict(resolution=1024, gaussians_per_texel=8, channel_max=2048, channel_base=1 << 20),
+     "parameters, more than the 268,435,456 allowed"),
+    (dict(init_opacity="0.5"), "init_opacity must be in"),
+])
+def test_generator_config_is_bounded(bad, message):
+    with pytest.raises(ValueError, match=message):
+        GeneratorConfig(**bad)
+
+
+def test_num_parameters_counts_what_the_generator_builds():
+    for cfg in (TINY, GeneratorConfig(z_dim=8, w_dim=12, mapping_layers=3, resolution=32, base_resolution=8,
+                                      gaussians_per_texel=3, channel_base=128, channel_max=12)):
+        g = Generator(cfg, template=build_template(cfg.resolution, n_identities=2))
+        assert cfg.num_parameters() == sum(p.numel() for p in g.parameters())
+    assert GeneratorConfig().num_parameters() == 5_041_856  # the default prior (21 MB as float32)
+
+
+def test_hostile_config_is_refused_before_anything_is_built(saved, monkeypatch):
+    from dgtalker.models import generator as generator_module
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the generator was built before its config was checked")
+
+    monkeypatch.setattr(generator_module.Generator, "__init__", no_build)
+    huge = dict(TINY.to_dict(), w_dim=1 << 20, z_dim=1 << 20)
+    _rewrite(saved, meta_update={"config": json.dumps(huge)})
+    with pytest.raises(PriorCheckpointError, match="invalid generator config: GeneratorConfig.z_dim must be"):
+        load_prior(saved)
+    _rewrite(saved, meta_update={"config": json.dumps(dict(TINY.to_dict(), w_dim="16"))})
+    with pytest.raises(PriorCheckpointError, match="w_dim must be a positive int"):
+        load_prior(saved)
+
+
+def test_template_with_repeated_texels_is_refused(saved):
+    def dup(t):
+        ti = t["template_texel_index"].clone()
+        ti[1] = ti[0]
+        return {**t, "template_texel_index": ti}
+
+    _rewrite(saved, tensors=dup)
+    with pytest.raises(PriorCheckpointError, match="texel_index has 1 repeated texel"):
+        load_prior(saved)
+
+
+def test_template_with_wrong_shapes_is_refused(saved):
+    _rewrite(saved, tensors=lambda t: {**t, "template_frame": t["template_frame"][:, :3].contiguous()})
+    with pytest.raises(PriorCheckpointError, match=r"template_frame must have shape \[\d+, 4\]"):
+        load_prior(saved)

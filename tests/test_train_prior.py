@@ -39,7 +39,7 @@ def params(path):
 def test_loss_goes_down(corpus, tmp_path):
     out = tmp_path / "p.safetensors"
     pretrain_prior(corpus, out, config(steps=40, checkpoint_every=40), device=CPU, progress=False)
-    hist = torch.load(prior_train._state_path(out), weights_only=False)["history"]
+    hist = prior_train.load_training_state(out)["history"]
     first = np.mean([h["loss"] for h in hist[:4]])
     last = np.mean([h["loss"] for h in hist[-4:]])
     assert last < 0.8 * first, (first, last)
@@ -50,14 +50,14 @@ def test_resume_continues_where_it_stopped(corpus, tmp_path):
     straight, resumed = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     pretrain_prior(corpus, straight, config(steps=6, checkpoint_every=3), device=CPU, progress=False)
     pretrain_prior(corpus, resumed, config(steps=3, checkpoint_every=3), device=CPU, progress=False)
-    state = torch.load(prior_train._state_path(resumed), weights_only=False)
+    state = prior_train.load_training_state(resumed)
     assert state["step"] == 3
     pretrain_prior(corpus, resumed, config(steps=6, checkpoint_every=3), device=CPU, progress=False)
     a, b = params(straight), params(resumed)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
-    sa = torch.load(prior_train._state_path(straight), weights_only=False)
-    sb = torch.load(prior_train._state_path(resumed), weights_only=False)
+    sa = prior_train.load_training_state(straight)
+    sb = prior_train.load_training_state(resumed)
     assert sa["step"] == sb["step"] == 6
     assert torch.allclose(sa["model"]["codes"], sb["model"]["codes"], atol=1e-6)
 
@@ -67,21 +67,85 @@ def test_interrupted_save_leaves_last_good_checkpoint(corpus, tmp_path, monkeypa
     pretrain_prior(corpus, out, config(steps=2, checkpoint_every=2), device=CPU, progress=False)
     good = params(out)
 
-    real = prior_train.atomic_write_bytes
+    import dgtalker.io
+
+    real = dgtalker.io.atomic_write_bytes
+    calls = []
 
     def dying_write(path, data):  # the process dies halfway through writing the next state
+        calls.append(Path(path).name)
         tmp = Path(path).with_name("." + Path(path).name + ".partial")
         tmp.write_bytes(data[: len(data) // 2])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prior_train, "atomic_write_bytes", dying_write)
+    monkeypatch.setattr(dgtalker.io, "atomic_write_bytes", dying_write)
     with pytest.raises(KeyboardInterrupt):
         pretrain_prior(corpus, out, config(steps=4, checkpoint_every=2), device=CPU, progress=False)
-    monkeypatch.setattr(prior_train, "atomic_write_bytes", real)
+    monkeypatch.setattr(dgtalker.io, "atomic_write_bytes", real)
+    assert calls and calls[0] == out.name + prior_train.STATE_SUFFIX  # the state is written first
     after = params(out)
     for k in good:
         assert torch.equal(good[k], after[k])
-    assert torch.load(prior_train._state_path(out), weights_only=False)["step"] == 2
+    assert prior_train.load_training_state(out)["step"] == 2
+
+
+def test_resume_unpickles_nothing(corpus, tmp_path, monkeypatch):
+    import pickle
+
+    out = tmp_path / "p.safetensors"
+    pretrain_prior(corpus, out, config(steps=2, checkpoint_every=2), device=CPU, progress=False)
+    assert prior_train._state_path(out).name == "p.safetensors.state.safetensors"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training state must not be unpickled")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    pretrain_prior(corpus, out, config(steps=3, checkpoint_every=3), device=CPU, progress=False)
+    state = prior_train.load_training_state(out)
+    assert state["step"] == 3 and [h["step"] for h in state["history"]] == [1, 2, 3]
+    assert state["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.99)
+
+
+def test_tampered_training_state_is_a_clear_error(corpus, tmp_path):
+    import json
+    import struct
+
+    from dgtalker.checkpoint import CheckpointError
+
+    out = tmp_path / "p.safetensors"
+    pretrain_prior(corpus, out, config(steps=2, checkpoint_every=2), device=CPU, progress=False)
+    path = prior_train._state_path(out)
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    good = header["__metadata__"]["state"]
+
+    def rewrite(state_json):
+        header["__metadata__"]["state"] = state_json
+        blob = json.dumps(header).encode()
+        path.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + n:])
+
+    rewrite(json.dumps({**json.loads(good), "step": "two"}))
+    with pytest.raises(CheckpointError, match="unreadable training state metadata"):
+        pretrain_prior(corpus, out, config(), device=CPU, progress=False)
+    rewrite(json.dumps({**json.loads(good), "config": {**json.loads(good)["config"], "generator": {"w_dim": 1 << 20}}}))
+    with pytest.raises(CheckpointError, match="invalid training config"):
+        pretrain_prior(corpus, out, config(), device=CPU, progress=False)
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        pretrain_prior(corpus, out, config(), device=CPU, progress=False)
+
+
+def test_old_pickled_state_is_not_loaded(corpus, tmp_path):
+    from dgtalker.checkpoint import CheckpointError
+
+    out = tmp_path / "p.safetensors"
+    out.write_bytes(b"a prior")
+    out.with_name(out.name + ".state.pt").write_bytes(b"a pickle")
+    with pytest.raises(CheckpointError, match="a pickle, which is not loaded"):
+        pretrain_prior(corpus, out, config(), device=CPU, progress=False)
 
 
 def test_existing_out_without_state_is_refused(corpus, tmp_path):

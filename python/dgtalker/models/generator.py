@@ -29,6 +29,13 @@ from torch import Tensor, nn
 RAW_CHANNELS = 14  # per Gaussian, see the module docstring
 _SQRT2 = math.sqrt(2.0)
 
+# Upper bounds of GeneratorConfig (a checkpoint's config is untrusted input). The
+# default prior uses 256 / 256 / 4 / 128 / 2 / 4 / 4096 / 256: these leave room for
+# far larger priors while keeping a hostile config from exhausting memory.
+_INT_BOUNDS = {"z_dim": 4096, "w_dim": 4096, "mapping_layers": 16, "resolution": 1024,
+               "gaussians_per_texel": 8, "base_resolution": 64, "channel_base": 1 << 20, "channel_max": 2048}
+MAX_PARAMETERS = 1 << 28  # 268M parameters, 1 GiB as float32
+
 
 @dataclass(frozen=True)
 class GeneratorConfig:
@@ -52,21 +59,50 @@ class GeneratorConfig:
     init_thickness: float = 0.2  # initial normal standard deviation, in texel sizes
 
     def __post_init__(self):
-        ints = ("z_dim", "w_dim", "mapping_layers", "resolution", "gaussians_per_texel", "base_resolution",
-                "channel_base", "channel_max")
-        for name in ints:
+        # Every size is bounded and the parameter count is computed from the sizes,
+        # so a config read from an untrusted file is refused before anything is allocated.
+        for name, hi in _INT_BOUNDS.items():
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"GeneratorConfig.{name} must be a positive int, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
+                raise ValueError(f"GeneratorConfig.{name} must be a positive int <= {hi}, got {v!r}")
         r, b = self.resolution, self.base_resolution
         if b < 2 or r < b or r % b or (r // b) & (r // b - 1):
             raise ValueError(f"GeneratorConfig.resolution must be base_resolution ({b}) times a power of two, got {r}")
         for name in ("mapping_lr_mul", "offset_scale", "output_gain", "init_scale", "init_thickness"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
                 raise ValueError(f"GeneratorConfig.{name} must be a finite number > 0, got {v!r}")
-        if not 0.0 < self.init_opacity < 1.0:
-            raise ValueError(f"GeneratorConfig.init_opacity must be in (0, 1), got {self.init_opacity!r}")
+        v = self.init_opacity
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v < 1.0):
+            raise ValueError(f"GeneratorConfig.init_opacity must be in (0, 1), got {v!r}")
+        n = self.num_parameters()
+        if n > MAX_PARAMETERS:
+            raise ValueError(f"GeneratorConfig describes {n:,} parameters, more than the {MAX_PARAMETERS:,} allowed")
+
+    def num_parameters(self) -> int:
+        """Parameters of the ``Generator`` this config builds (buffers not counted: the
+        template holds at most R*R texels). Computed from the sizes alone."""
+        out = RAW_CHANNELS * self.gaussians_per_texel
+        dims = [self.z_dim] + [self.w_dim] * self.mapping_layers
+        n = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))  # mapping
+        b = self.base_resolution
+        n += self.channels(b) * b * b  # learned constant
+        styles, res, cin = 0, b, self.channels(b)
+        while True:
+            c = self.channels(res)
+            convs = [(cin, c)] if res == b else [(cin, c), (c, c)]
+            for i, o in convs:
+                n += 9 * i * o + o
+                styles += i
+            n += c * out  # to-raw 1x1
+            styles += c
+            cin = c
+            if res >= self.resolution:
+                break
+            res *= 2
+        n += styles * self.w_dim + styles  # stacked style affine
+        n += out * self.resolution ** 2  # output bias map
+        return n
 
     def channels(self, res: int) -> int:
         return max(1, min(self.channel_max, self.channel_base // res))

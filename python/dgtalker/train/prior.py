@@ -14,12 +14,13 @@ Runs on CPU or CUDA, on one process or under ``torchrun`` (DDP; NCCL on GPUs, gl
 on the CPU). The global batch of every step is drawn from a seeded RNG and split
 across ranks, so one process and N processes see exactly the same samples.
 Checkpoints: ``OUT`` (the prior, safetensors; ``dgtalker.load_prior(OUT)``) and
-``OUT.state.pt`` (optimizer, codes, step), both written atomically; a run resumes
-from them, and Ctrl-C saves before exiting.
+``OUT.state.safetensors`` (codes, optimizer, step, history), both written atomically;
+a run resumes from them, and Ctrl-C saves before exiting. Neither is a pickle: the
+state's tensors are safetensors entries, everything else JSON in its metadata.
 """
 from __future__ import annotations
 
-import io
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -33,8 +34,10 @@ import torch.nn.functional as F
 from ..io import atomic_write_bytes, encode_image
 from .losses import photometric_loss, psnr
 
-STATE_SUFFIX = ".state.pt"
-STATE_VERSION = 1
+STATE_SUFFIX = ".state.safetensors"
+STATE_FORMAT = "dgtalker-prior-train-state"
+STATE_VERSION = 2  # 1 was a torch pickle (OUT.state.pt), no longer read
+_OLD_STATE_SUFFIX = ".state.pt"
 
 
 @dataclass
@@ -60,8 +63,14 @@ class PriorTrainConfig:
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         for name in ("lr", "code_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if not isinstance(self.generator, dict):
+            raise ValueError(f"generator must be a dict of GeneratorConfig overrides, got {self.generator!r}")
+        from ..models.generator import GeneratorConfig
+
+        GeneratorConfig.from_dict(dict(self.generator))  # bounded: raises ValueError naming the field
 
 
 class CorpusImages:
@@ -183,33 +192,82 @@ def _state_path(out: Path) -> Path:
 def save_training(out: Path, model: PriorModel, opt, step: int, cfg: PriorTrainConfig, data: CorpusImages,
                   history: list) -> None:
     """Training state first, then the prior: a crash between the two leaves a state
-    that is ahead of the prior, and resuming uses the state."""
-    from ..checkpoint import save_prior
+    that is ahead of the prior, and resuming uses the state.
 
-    state = {"version": STATE_VERSION, "step": step, "config": asdict(cfg), "model": model.state_dict(),
-             "optimizer": opt.state_dict(), "corpus": data.root, "pairs": list(data.pair_index),
-             "history": history[-10000:]}
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(_state_path(out), buf.getvalue())
+    The state file holds the model's tensors as ``model/<name>``, the optimizer's
+    per-parameter tensors as ``optimizer/<index>/<key>``, and in the metadata entry
+    ``state`` a JSON object with the step, the run's config, the corpus, its
+    (identity, expression) pairs, the loss history, the optimizer's param groups and
+    any non-tensor per-parameter values."""
+    from ..checkpoint import save_prior, write_checkpoint
+
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    osd = opt.state_dict()
+    scalars: dict = {}
+    for idx, st in osd["state"].items():
+        for key, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optimizer/{idx}/{key}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[key] = v
+    state = {"step": step, "config": asdict(cfg), "corpus": data.root, "pairs": [list(p) for p in data.pair_index],
+             "history": history[-10000:], "optimizer": {"param_groups": osd["param_groups"], "scalars": scalars}}
+    write_checkpoint(_state_path(out), tensors, format=STATE_FORMAT, version=STATE_VERSION,
+                     meta={"state": json.dumps(state)})
     save_prior(out, model.generator, extra={"trained_steps": step, "corpus": data.root,
                                              "train_config": asdict(cfg)})
 
 
 def load_training_state(out: Path) -> dict | None:
+    """The training state saved next to ``out`` (None when there is none) as a dict:
+    ``step``, ``config``, ``corpus``, ``pairs``, ``history``, ``model`` (a state dict of
+    ``PriorModel``) and ``optimizer`` (a state dict for ``torch.optim.Adam``). A bad
+    file raises ``CheckpointError`` (a ValueError) naming it."""
+    from ..checkpoint import CheckpointError, read_checkpoint
+
     path = _state_path(out)
     if not path.exists():
+        old = out.with_name(out.name + _OLD_STATE_SUFFIX)
+        if old.exists():
+            raise CheckpointError(f"{old} is a training state of an older dgtalker (a pickle, which is not loaded); "
+                                  f"train to a new --out, or start from the prior {out} with a fresh run")
         if out.exists():
             raise FileExistsError(f"{out} exists but has no training state ({path.name}); choose another --out "
                                   f"or remove it to train from scratch")
         return None
+    tensors, meta, _ = read_checkpoint(path, format=STATE_FORMAT, max_version=STATE_VERSION)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{path}: unreadable training state ({exc}); it may be truncated") from None
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise ValueError(f"{path}: not a dgtalker prior training state of version {STATE_VERSION}")
-    return state
+        state = json.loads(meta["state"])
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+        step, config, pairs, history = state["step"], state["config"], state["pairs"], state["history"]
+        groups, scalars = state["optimizer"]["param_groups"], state["optimizer"]["scalars"]
+        if not (isinstance(step, int) and step >= 0 and isinstance(config, dict) and isinstance(history, list)
+                and isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 for p in pairs)
+                and isinstance(groups, list) and all(isinstance(g, dict) for g in groups)
+                and isinstance(scalars, dict)):
+            raise ValueError("fields of the wrong type")
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: unreadable training state metadata ({type(exc).__name__}: {exc})") from None
+    model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    opt_state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("optimizer/"):
+            parts = k.split("/")
+            if len(parts) != 3 or not parts[1].isdigit():
+                raise CheckpointError(f"{path}: unexpected tensor {k!r}")
+            opt_state.setdefault(int(parts[1]), {})[parts[2]] = v
+        elif not k.startswith("model/"):
+            raise CheckpointError(f"{path}: unexpected tensor {k!r}")
+    for idx, st in scalars.items():
+        if not (isinstance(idx, str) and idx.isdigit() and isinstance(st, dict)):
+            raise CheckpointError(f"{path}: unreadable optimizer values for parameter {idx!r}")
+        opt_state.setdefault(int(idx), {}).update(st)
+    # JSON has no tuples; Adam's betas (and any other pair) were tuples
+    groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()} for g in groups]
+    return {"version": STATE_VERSION, "step": step, "config": config, "corpus": state.get("corpus"),
+            "pairs": pairs, "history": history, "model": model,
+            "optimizer": {"state": opt_state, "param_groups": groups}}
 
 
 def save_preview(path: Path, model: PriorModel, data: CorpusImages, cfg: PriorTrainConfig, device) -> None:
@@ -245,6 +303,7 @@ def pretrain_prior(data_dir, out, cfg: PriorTrainConfig, *, device=None, progres
     """
     from tqdm import tqdm
 
+    from ..checkpoint import CheckpointError
     from ..models.generator import Generator, GeneratorConfig
 
     cfg.validate()
@@ -254,22 +313,32 @@ def pretrain_prior(data_dir, out, cfg: PriorTrainConfig, *, device=None, progres
         device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     state = load_training_state(out)
     if state is not None:
-        saved = PriorTrainConfig(**{**state["config"], "background": tuple(state["config"]["background"])})
+        try:
+            saved = PriorTrainConfig(**{**state["config"], "background": tuple(state["config"]["background"])})
+            saved.validate()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{_state_path(out)}: invalid training config ({exc})") from None
         # the run's shape comes from the checkpoint; only the length may change
         cfg = PriorTrainConfig(**{**asdict(saved), "steps": cfg.steps})
     data = CorpusImages(data_dir, cfg.resolution, progress=progress and rank == 0)
     if state is not None and [tuple(p) for p in state["pairs"]] != list(data.pair_index):
         raise ValueError(f"{out}: it was trained on a corpus with other identities/expressions than {data_dir}")
-    generator = Generator(GeneratorConfig(**cfg.generator), seed=cfg.seed)
+    generator = Generator(GeneratorConfig.from_dict(dict(cfg.generator)), seed=cfg.seed)
     model = PriorModel(generator, data.num_codes, seed=cfg.seed)
     if state is not None:
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{_state_path(out)} does not match the model it describes: {exc}") from None
     model.to(device)
     gen_params = [p for n, p in model.named_parameters() if n != "codes"]
     opt = torch.optim.Adam([{"params": gen_params, "lr": cfg.lr},
                             {"params": [model.codes], "lr": cfg.code_lr}], betas=(0.9, 0.99))
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{_state_path(out)}: optimizer state does not match the model: {exc}") from None
     start = state["step"] if state is not None else 0
     history = state["history"] if state is not None else []
     if world > 1:

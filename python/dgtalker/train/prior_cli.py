@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
     p.description = __doc__
     p.add_argument("--data", required=True, help="multi-identity corpus directory (dgtalker synth --multi N)")
     p.add_argument("--out", required=True,
-                   help="prior checkpoint to write (safetensors); OUT.state.pt holds the training state")
+                   help="prior checkpoint to write (safetensors); OUT.state.safetensors holds the training state")
     p.add_argument("--steps", type=int, default=2000, help="total optimizer steps (default 2000)")
     p.add_argument("--batch", type=int, default=8, help="global batch of images per step (default 8)")
     p.add_argument("--res", type=int, default=128, help="training image size in pixels (default 128)")
