@@ -339,10 +339,7 @@ def load_prior(path, *, device=None, return_extra: bool = False):
     file that is not a prior, a config out of ``GeneratorConfig``'s bounds (checked
     before anything is allocated), an invalid head template, or weights that do not
     match the stored config."""
-    import torch
-
-    from .models.generator import Generator, GeneratorConfig
-    from .models.template import HeadTemplate
+    from .models.generator import GeneratorConfig
 
     path = Path(path)
     _check_file(path, "prior checkpoint")
@@ -354,11 +351,29 @@ def load_prior(path, *, device=None, return_extra: bool = False):
         raise PriorCheckpointError(f"{path} has an invalid generator config: {exc}") from None
     tensors, _, _ = read_checkpoint(path, format=FORMAT, max_version=FORMAT_VERSION, error=PriorCheckpointError)
 
-    tpl = _template_from_tensors(path, tensors, config)
+    gen = generator_from_tensors(path, config, tensors, error=PriorCheckpointError)
+    gen.eval()
+    if device is not None:
+        gen.to(device)
+    return (gen, extra) if return_extra else gen
+
+
+def generator_from_tensors(path, config, tensors: dict, *, error=PriorCheckpointError):
+    """A ``Generator`` of ``config`` holding ``tensors`` (its state dict as read from
+    ``path``): the stored head template is checked first, then every tensor's name,
+    shape, dtype and finiteness. Shared by the prior and the talker files; raises
+    ``error`` naming ``path``."""
+    import torch
+
+    from .models.generator import Generator
+    from .models.template import HeadTemplate
+
+    path = Path(path)
+    tpl = _template_from_tensors(path, tensors, config, error)
     try:
         gen = Generator(config, template=HeadTemplate(**tpl))
     except (ValueError, RuntimeError, IndexError) as exc:
-        raise PriorCheckpointError(f"{path}: cannot build the generator its config describes ({exc})") from None
+        raise error(f"{path}: cannot build the generator its config describes ({exc})") from None
     expected = gen.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -372,18 +387,15 @@ def load_prior(path, *, device=None, return_extra: bool = False):
             parts.append(f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
         if wrong:
             parts.append("wrong shapes/dtypes: " + "; ".join(wrong[:4]) + (" ..." if len(wrong) > 4 else ""))
-        raise PriorCheckpointError(f"{path} does not match its config: " + ", ".join(parts))
+        raise error(f"{path} does not match its config: " + ", ".join(parts))
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise PriorCheckpointError(f"{path} has non-finite values in {bad[:8]}")
+        raise error(f"{path} has non-finite values in {bad[:8]}")
     gen.load_state_dict(tensors, strict=True)
-    gen.eval()
-    if device is not None:
-        gen.to(device)
-    return (gen, extra) if return_extra else gen
+    return gen
 
 
-def _template_from_tensors(path: Path, tensors: dict, config) -> dict:
+def _template_from_tensors(path: Path, tensors: dict, config, error=PriorCheckpointError) -> dict:
     """The stored head template as ``HeadTemplate`` fields, checked the way the decode
     kernel needs it: M texels with distinct indices in [0, R*R), finite positions,
     unit-norm frames, finite sizes."""
@@ -394,30 +406,30 @@ def _template_from_tensors(path: Path, tensors: dict, config) -> dict:
             "template_frame": (torch.float32, 2), "template_log_size": (torch.float32, 1)}
     missing = [k for k in need if k not in tensors]
     if missing:
-        raise PriorCheckpointError(f"{path} does not match its config: missing tensors {missing}")
+        raise error(f"{path} does not match its config: missing tensors {missing}")
     for k, (dt, nd) in need.items():
         if tensors[k].dtype != dt or tensors[k].dim() != nd:
-            raise PriorCheckpointError(f"{path}: {k} must be a {dt} tensor of rank {nd}, got {tensors[k].dtype} "
+            raise error(f"{path}: {k} must be a {dt} tensor of rank {nd}, got {tensors[k].dtype} "
                                        f"{list(tensors[k].shape)}")
     ti = tensors["template_texel_index"]
     M, R = ti.shape[0], config.resolution
     shapes = {"template_position": [M, 3], "template_frame": [M, 4], "template_log_size": [M]}
     for k, s in shapes.items():
         if list(tensors[k].shape) != s:
-            raise PriorCheckpointError(f"{path}: {k} must have shape {s} (M = {M} texels), got "
+            raise error(f"{path}: {k} must have shape {s} (M = {M} texels), got "
                                        f"{list(tensors[k].shape)}")
     if M < 1 or int(ti.min()) < 0 or int(ti.max()) >= R * R:
-        raise PriorCheckpointError(f"{path}: template_texel_index must be a non-empty int64 [M] with values in "
+        raise error(f"{path}: template_texel_index must be a non-empty int64 [M] with values in "
                                    f"[0, {R * R}), got {ti.dtype} {list(ti.shape)}")
     if int(torch.unique(ti).numel()) != M:
-        raise PriorCheckpointError(f"{path}: template_texel_index has {M - int(torch.unique(ti).numel())} "
+        raise error(f"{path}: template_texel_index has {M - int(torch.unique(ti).numel())} "
                                    f"repeated texel(s); every texel may appear once")
     for k in shapes:
         if not bool(torch.isfinite(tensors[k]).all()):
-            raise PriorCheckpointError(f"{path} has non-finite values in [{k!r}]")
+            raise error(f"{path} has non-finite values in [{k!r}]")
     norm = tensors["template_frame"].norm(dim=1)
     if not bool(((norm - 1).abs() < 1e-3).all()):
-        raise PriorCheckpointError(f"{path}: template_frame must hold unit quaternions (norms between "
+        raise error(f"{path}: template_frame must hold unit quaternions (norms between "
                                    f"{float(norm.min()):.4g} and {float(norm.max()):.4g})")
     # the template's anisotropy only seeds the initial output bias, which the stored one replaces
     return dict(texel_index=ti.numpy(), position=tensors["template_position"].numpy(),
