@@ -134,3 +134,91 @@ def test_streaming_equals_whole_clip(fps):
         s.push(x[:10])
     with pytest.raises(A.AudioError, match="16000 Hz chunks"):
         A.StreamingFeatures(sample_rate=8000)
+
+
+def test_channels_first_stereo_is_averaged():
+    x = _tone(16000, 1.0, channels=2)  # [S, 2], soundfile layout
+    mono = A.features(x.mean(1), 16000).windows
+    np.testing.assert_array_equal(A.features(x, 16000).windows, mono)
+    np.testing.assert_array_equal(A.features(np.ascontiguousarray(x.T), 16000).windows, mono)  # [2, S]
+    np.testing.assert_array_equal(A.to_mono(x.T), x.mean(1))
+    assert A.features(x.T, 16000).windows.shape == (25, 61, 80)
+    s = A.StreamingFeatures()
+    got = np.concatenate([s.push(x[i:i + 4000].T) for i in range(0, 16000, 4000)] + [s.flush()])
+    np.testing.assert_allclose(got, mono, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (8, 3), (1, 1)])
+def test_ambiguous_layout_is_refused(shape):
+    with pytest.raises(A.AudioError, match=rf"samples of shape \[{shape[0]}, {shape[1]}\] is ambiguous"):
+        A.features(np.zeros(shape, np.float32), 16000)
+    with pytest.raises(A.AudioError, match="chunk of shape"):
+        A.StreamingFeatures().push(np.zeros(shape, np.float32))
+
+
+def test_no_channel_axis_is_refused():
+    with pytest.raises(A.AudioError, match=r"samples of shape \[100, 200\] has no channel axis"):
+        A.features(np.zeros((100, 200), np.float32), 16000)
+
+
+@pytest.mark.parametrize("dtype, scale, offset", [(np.int16, 32768, 0), (np.int32, 2 ** 31, 0), (np.int8, 128, 0),
+                                                  (np.uint8, 128, 128)])
+def test_integer_pcm_is_scaled(dtype, scale, offset):
+    x = _tone(16000, 0.5, channels=2)
+    pcm = (np.round(x * (scale - 1)) + offset).astype(dtype)
+    want = A.features((pcm.astype(np.float64) - offset) / scale, 16000).windows
+    got = A.features(pcm, 16000).windows
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    s = A.StreamingFeatures()
+    np.testing.assert_allclose(np.concatenate([s.push(pcm), s.flush()]), want, rtol=0, atol=1e-4)
+
+
+def test_non_pcm_integers_are_refused():
+    with pytest.raises(A.AudioError, match="samples has integer dtype int64, which is not a PCM sample format"):
+        A.features(np.ones(1600, np.int64), 16000)
+    with pytest.raises(A.AudioError, match="samples must be numeric, got dtype bool"):
+        A.features(np.ones(1600, bool), 16000)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_truncated_wav_warns_with_the_duration_read(tmp_path, subtype):
+    import warnings
+
+    p = tmp_path / "a.wav"
+    sf.write(p, _tone(16000, 2.0, channels=2), 16000, subtype=subtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a complete file loads without a word
+        full, _ = A.load(p)
+    data = p.read_bytes()
+    cut = tmp_path / "truncated.wav"
+    start = data.index(b"data") + 8  # float wavs carry extra chunks before the samples
+    cut.write_bytes(data[: start + (len(data) - start) // 4])
+    with pytest.warns(A.TruncatedAudioWarning, match=r"declares 2\.000 s of audio, only 0\.500 s could be read"):
+        part, rate = A.load(cut)
+    assert rate == 16000 and abs(len(part) - 8000) <= 2
+    np.testing.assert_allclose(part[:7000], full[:7000], atol=1e-6)
+
+
+def test_streaming_memory_is_flat():
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    s = A.StreamingFeatures(fps=25)
+    n_out = 0
+
+    def feed(seconds):
+        nonlocal n_out
+        for _ in range(seconds):
+            n_out += len(s.push((0.1 * rng.standard_normal(16000)).astype(np.float32)))
+
+    tracemalloc.start()
+    try:
+        feed(10)
+        at_10s = tracemalloc.get_traced_memory()[0]
+        feed(120)
+        at_130s = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert n_out >= 130 * 25 - 10
+    # keeping the stream would grow by 120 s x (64 KB of samples + 32 KB of mel) = 11 MB
+    assert at_130s - at_10s < 200_000, (at_10s, at_130s)
