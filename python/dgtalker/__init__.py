@@ -14,6 +14,9 @@ _LAZY = {
     "reference": ("dgtalker.reference", None),
     "build_info": ("dgtalker.info", "build_info"),
     "load_prior": ("dgtalker.prior", "load_prior"),
+    "load_talker": ("dgtalker.talker", "load_talker"),
+    "Talker": ("dgtalker.talker", "Talker"),
+    "camera": ("dgtalker.camera", None),
     "data": ("dgtalker.data", None),
     "audio": ("dgtalker.audio", None),
 }

@@ -1,0 +1,180 @@
+"""Speech -> blendshape coefficients.
+
+Input: the log-mel windows of ``dgtalker.audio.features`` (``[T, 2h+1, 80]``, one
+window of ±``h`` mel frames, 10 ms each, around every video frame). Output per video
+frame: ``c_lip [Kl]`` and the speech-driven part of ``c_exp [Ke]``.
+
+Two stages:
+
+1. **Per frame**: the window is cut to the mel frames the encoder may see (all of it,
+   or the past plus ``lookahead_mel`` future frames for the causal variant),
+   normalized per mel band with the training clip's statistics, and run through a
+   small strided 1-D convolution stack over time -> an embedding ``[E]``.
+2. **Across frames** (the smoothing that keeps lips from jittering): the embeddings
+   of frames ``t - past .. t + future`` are mixed by one learned temporal
+   convolution, then a small MLP gives the coefficients of frame t. At the clip's
+   ends the first/last embedding is repeated.
+
+The causal variant (``future`` and ``lookahead_mel`` small) sees at most
+``lookahead_seconds()`` of audio after a frame's time: mel frames up to
+``lookahead_mel`` hops later, each reaching half an FFT window (16 ms) further, plus
+``future`` video frames. Streaming uses it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor, nn
+
+from .. import audio as _audio
+
+
+@dataclass(frozen=True)
+class AudioEncoderConfig:
+    k_exp: int = 8
+    k_lip: int = 8
+    half_window: int = 30           # h of the input windows (0.3 s of context at 100 mel frames/s)
+    lookahead_mel: int = 30         # mel frames after the centre the encoder reads (<= half_window)
+    past: int = 3                   # video frames of temporal context before ...
+    future: int = 3                 # ... and after the frame
+    channels: int = 128
+    embed: int = 128
+    fps: float = 25.0
+
+    def __post_init__(self):
+        for name in ("k_exp", "k_lip", "half_window", "lookahead_mel", "past", "future", "channels", "embed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"AudioEncoderConfig.{name} must be a non-negative int, got {v!r}")
+        if self.k_exp + self.k_lip < 1:
+            raise ValueError("AudioEncoderConfig needs k_exp + k_lip >= 1")
+        if self.lookahead_mel > self.half_window:
+            raise ValueError(f"lookahead_mel ({self.lookahead_mel}) cannot exceed half_window ({self.half_window})")
+        if not (1 <= self.channels <= 1024 and 1 <= self.embed <= 1024 and self.half_window <= 200
+                and self.past <= 16 and self.future <= 16):
+            raise ValueError("AudioEncoderConfig sizes out of range (channels/embed <= 1024, half_window <= 200, "
+                             "past/future <= 16)")
+        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and 0 < self.fps <= 240):
+            raise ValueError(f"AudioEncoderConfig.fps must be in (0, 240], got {self.fps!r}")
+
+    @property
+    def window(self) -> int:
+        return 2 * self.half_window + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AudioEncoderConfig":
+        known = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or set(d) - known:
+            raise ValueError(f"audio encoder config must be an object with keys from {sorted(known)}")
+        return cls(**d)
+
+    def causal(self, max_lookahead_s: float = 0.2) -> "AudioEncoderConfig":
+        """The streaming variant of this config: the largest look-ahead within
+        ``max_lookahead_s`` (one future video frame of smoothing, the rest mel frames)."""
+        future = 1
+        budget = max_lookahead_s - future / self.fps - _audio.N_FFT / 2 / _audio.SAMPLE_RATE
+        la = int(math.floor(budget * _audio.SAMPLE_RATE / _audio.HOP + 1e-9))
+        if la < 0:
+            future, la = 0, int(math.floor((max_lookahead_s - _audio.N_FFT / 2 / _audio.SAMPLE_RATE)
+                                           * _audio.SAMPLE_RATE / _audio.HOP))
+        return AudioEncoderConfig(**{**self.to_dict(), "future": future, "lookahead_mel": min(la, self.half_window)})
+
+    def lookahead_seconds(self) -> float:
+        """The most audio after a frame's time that can change its coefficients."""
+        return (self.future / self.fps + self.lookahead_mel * _audio.HOP / _audio.SAMPLE_RATE
+                + _audio.N_FFT / 2 / _audio.SAMPLE_RATE)
+
+
+class AudioEncoder(nn.Module):
+    """log-mel windows -> (c_exp, c_lip); see the module docstring."""
+
+    def __init__(self, config: AudioEncoderConfig | None = None, seed: int = 0):
+        super().__init__()
+        cfg = config or AudioEncoderConfig()
+        self.config = cfg
+        gen = torch.Generator().manual_seed(int(seed))  # leaves torch's global RNG alone
+        L = cfg.half_window + 1 + cfg.lookahead_mel
+        C = cfg.channels
+        self.convs = nn.ModuleList([nn.Conv1d(_audio.N_MELS, C, 3, padding=1)])
+        n = L
+        while n > 8:
+            self.convs.append(nn.Conv1d(C, C, 3, stride=2, padding=1))
+            n = (n - 1) // 2 + 1
+        self.flat = nn.Linear(C * n, cfg.embed)
+        span = cfg.past + 1 + cfg.future
+        self.temporal = nn.Conv1d(cfg.embed, cfg.embed, span)
+        self.head = nn.Sequential(nn.Linear(cfg.embed, cfg.embed), nn.GELU(),
+                                  nn.Linear(cfg.embed, cfg.k_exp + cfg.k_lip))
+        self.register_buffer("mel_mean", torch.zeros(_audio.N_MELS))
+        self.register_buffer("mel_std", torch.ones(_audio.N_MELS))
+        with torch.no_grad():
+            for p in self.parameters():
+                if p.dim() > 1:
+                    fan_in = p[0].numel()
+                    p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                else:
+                    p.zero_()
+            self.head[-1].weight.mul_(0.1)  # start near zero coefficients: the neutral face
+
+    # -- statistics ------------------------------------------------------------------
+    @torch.no_grad()
+    def set_normalization(self, mel: Tensor) -> None:
+        """Per-band mean and spread of a clip's log-mel frames ``[M, 80]``."""
+        mel = torch.as_tensor(mel, dtype=torch.float32)
+        self.mel_mean.copy_(mel.mean(0).to(self.mel_mean.device))
+        self.mel_std.copy_(mel.std(0).clamp_min(1e-2).to(self.mel_std.device))
+
+    # -- stages ----------------------------------------------------------------------
+    def _check_windows(self, windows: Tensor) -> Tensor:
+        cfg = self.config
+        if not isinstance(windows, Tensor) or windows.dim() < 3 or windows.shape[-2:] != (cfg.window, _audio.N_MELS):
+            got = list(windows.shape) if isinstance(windows, Tensor) else type(windows).__name__
+            raise ValueError(f"windows must be [..., {cfg.window}, {_audio.N_MELS}] log-mel windows "
+                             f"(dgtalker.audio.features with context {cfg.half_window / 100:g} s), got {got}")
+        return windows
+
+    def frame_embedding(self, windows: Tensor) -> Tensor:
+        """``[..., 2h+1, 80]`` -> ``[..., E]``, one window at a time."""
+        cfg = self.config
+        windows = self._check_windows(windows)
+        lead = windows.shape[:-2]
+        L = cfg.half_window + 1 + cfg.lookahead_mel  # the past, the centre and the look-ahead
+        x = windows[..., :L, :].reshape(-1, L, _audio.N_MELS)
+        x = ((x - self.mel_mean) / self.mel_std).transpose(1, 2)  # [B, 80, L]
+        for conv in self.convs:
+            x = Fn.gelu(conv(x))
+        x = self.flat(x.flatten(1))
+        return x.reshape(*lead, -1)
+
+    def from_embeddings(self, emb: Tensor) -> tuple[Tensor, Tensor]:
+        """``[B, past + 1 + future, E]`` embeddings around B frames -> (c_exp [B, Ke], c_lip [B, Kl])."""
+        cfg = self.config
+        x = Fn.gelu(self.temporal(emb.transpose(1, 2)))[..., 0]  # [B, E]
+        out = self.head(x)
+        return out[:, : cfg.k_exp], out[:, cfg.k_exp:]
+
+    def neighbours(self, frames: Tensor, num_frames: int) -> Tensor:
+        """Indices ``[B, past + 1 + future]`` of the frames around ``frames``, clamped to the clip."""
+        cfg = self.config
+        off = torch.arange(-cfg.past, cfg.future + 1, device=frames.device)
+        return (frames[:, None] + off[None]).clamp(0, num_frames - 1)
+
+    def forward(self, windows: Tensor) -> tuple[Tensor, Tensor]:
+        """All frames of a clip: ``windows [T, 2h+1, 80]`` -> (c_exp [T, Ke], c_lip [T, Kl])."""
+        windows = self._check_windows(windows)
+        if windows.dim() != 3 or windows.shape[0] < 1:
+            raise ValueError(f"windows must be [T, {self.config.window}, {_audio.N_MELS}] with T >= 1, "
+                             f"got {list(windows.shape)}")
+        T = windows.shape[0]
+        emb = self.frame_embedding(windows)
+        idx = self.neighbours(torch.arange(T, device=windows.device), T)
+        return self.from_embeddings(emb[idx])
+
+    def lookahead_seconds(self) -> float:
+        return self.config.lookahead_seconds()

@@ -1,0 +1,369 @@
+"""A trained talking identity: ``Talker``.
+
+A talker is the prior's generator tuned to one person plus what drives it:
+
+    w = w_can + (c_exp * s_exp) @ B_exp + (c_lip * s_lip) @ B_lip      (compose_latent kernel)
+      -> styles -> synthesis -> decode kernel -> Gaussians -> rasterizer
+
+- ``w_can [D]``: the identity's anchor latent (found by inversion, then trained);
+- ``blendshapes``: orthonormal ``B_exp [Ke, D]`` (upper face) and ``B_lip [Kl, D]``
+  (lips, jaw, mouth) with per-component scales (``dgtalker.models.blendshapes``);
+- ``encoder``: speech windows -> ``c_lip`` and the speech-driven part of ``c_exp``
+  (two-sided smoothing); ``causal_encoder``: the same with at most
+  ``causal_encoder.lookahead_seconds()`` (<= 0.2 s) of look-ahead, for streaming;
+- ``residual_track [T, Ke]``: the learned per-frame expression residual of the
+  training clip (blinks, gaze, brow motion that speech does not determine). At
+  inference ``c_exp = encoder(speech) + residual``; the residual is zero (the
+  clip's mean expression), a seeded excerpt of this track (``sample_residual``:
+  natural blinks and brow motion at the clip's own rates, different per seed), or
+  set by the caller; ``blink_direction [Ke]`` closes both eyes (learned from the
+  clip's eyelid landmarks when it has them);
+- the torso: template Gaussians of the shoulders follow a fixed *body camera*
+  (the clip's mean camera), those of the head follow the head's camera, and the
+  neck blends between the two by height (linear blend skinning), so a turning head
+  does not swing the shoulders or tear the neck;
+- ``background [H, W, 3]``: the plate estimated from the clip's pixels outside the
+  foreground mask; renders are composited over it.
+
+Checkpoints: one safetensors file (``save_talker`` / ``load_talker``), format
+``dgtalker-talker``, with the tuned generator, everything above, the configs and what
+the talker was trained on in its metadata. Never a pickle.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor, nn
+
+from .models.audio_encoder import AudioEncoder, AudioEncoderConfig
+from .models.blendshapes import Blendshapes
+
+FORMAT = "dgtalker-talker"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TalkerConfig:
+    k_exp: int = 8
+    k_lip: int = 8
+    width: int = 512                 # the clip's frame size (background plate, default camera)
+    height: int = 512
+    fps: float = 25.0
+    encoder: dict | None = None      # AudioEncoderConfig overrides (k_exp/k_lip/fps come from here)
+    max_lookahead_s: float = 0.2     # the causal encoder's bound
+
+    def __post_init__(self):
+        for name in ("k_exp", "k_lip", "width", "height"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name.startswith("k_") else 1):
+                raise ValueError(f"TalkerConfig.{name} must be a {'non-negative' if name.startswith('k_') else 'positive'} "
+                                 f"int, got {v!r}")
+        if self.k_exp + self.k_lip < 1 or self.k_exp + self.k_lip > 256:
+            raise ValueError(f"TalkerConfig needs 1 <= k_exp + k_lip <= 256, got {self.k_exp} + {self.k_lip}")
+        if self.width > 4096 or self.height > 4096:
+            raise ValueError(f"TalkerConfig frame size must be <= 4096, got {self.width}x{self.height}")
+        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and 0 < self.fps <= 240):
+            raise ValueError(f"TalkerConfig.fps must be in (0, 240], got {self.fps!r}")
+        if not 0 < self.max_lookahead_s <= 1.0:
+            raise ValueError(f"TalkerConfig.max_lookahead_s must be in (0, 1], got {self.max_lookahead_s!r}")
+
+    def encoder_config(self) -> AudioEncoderConfig:
+        return AudioEncoderConfig(**{**(self.encoder or {}), "k_exp": self.k_exp, "k_lip": self.k_lip,
+                                     "fps": float(self.fps)})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TalkerConfig":
+        known = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or set(d) - known:
+            raise ValueError(f"talker config must be an object with keys from {sorted(known)}")
+        return cls(**d)
+
+
+def neck_skin_weights(generator) -> Tensor:
+    """Per Gaussian ``[N]``: 1 for the shoulders (posed by the body camera), 0 for the
+    head (posed by the head camera), a smooth ramp up the neck. From the template's
+    UV rows, whose bands are torso, neck, head from the bottom (models/template.py)."""
+    from .models.template import _band_rows
+
+    R, G = generator.config.resolution, generator.config.gaussians_per_texel
+    (_, _), (n0, nn_), (_, _) = _band_rows(R)
+    row = (generator.template_texel_index // R).float()
+    t = ((row + 0.5 - n0) / nn_).clamp(0, 1)  # 0 at the bottom of the neck band, 1 at its top
+    w = 1 - t * t * (3 - 2 * t)               # smoothstep: shoulders 1, head 0
+    return w.repeat_interleave(G)
+
+
+def _quat_mul(a: Tensor, b: Tensor) -> Tensor:
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
+                        aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], -1)
+
+
+def _quat_from_rotation(Rm: Tensor) -> Tensor:
+    """Unit quaternions (w, x, y, z) of rotation matrices ``[..., 3, 3]`` near the identity."""
+    w = torch.sqrt((1 + Rm[..., 0, 0] + Rm[..., 1, 1] + Rm[..., 2, 2]).clamp_min(1e-8)) / 2
+    x = (Rm[..., 2, 1] - Rm[..., 1, 2]) / (4 * w)
+    y = (Rm[..., 0, 2] - Rm[..., 2, 0]) / (4 * w)
+    z = (Rm[..., 1, 0] - Rm[..., 0, 1]) / (4 * w)
+    return Fn.normalize(torch.stack([w, x, y, z], -1), dim=-1)
+
+
+def skin(means: Tensor, quats: Tensor, weight: Tensor, body: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Poses the torso: ``body [F, 4, 4]`` moves the shoulders (weight 1) within the head
+    frame; the neck blends linearly. ``None`` (or identity) leaves everything in place."""
+    if body is None:
+        return means, quats
+    Rm, t = body[:, None, :3, :3], body[:, None, :3, 3]
+    moved = (Rm @ means[..., None])[..., 0] + t
+    wgt = weight[None, :, None]
+    means = means + wgt * (moved - means)
+    q_body = _quat_from_rotation(body[:, :3, :3])[:, None].expand_as(quats)
+    quats = Fn.normalize(quats + wgt * (_quat_mul(q_body, quats) - quats), dim=-1)
+    return means, quats
+
+
+def body_transforms(w2c: Tensor, body_w2c: Tensor) -> Tensor:
+    """``inv(w2c_f) @ body_w2c`` for cameras ``[F, 4, 4]``: where the torso sits in the head
+    frame when the head is seen by w2c_f and the body by the (fixed) body camera."""
+    return torch.linalg.inv(w2c.double()).float() @ body_w2c.to(w2c)
+
+
+def mean_camera(w2c: Tensor) -> Tensor:
+    """The rigid mean of cameras ``[F, 4, 4]``: the rotation nearest the mean rotation
+    matrix (SVD projection) and the mean camera centre."""
+    w2c = torch.as_tensor(w2c, dtype=torch.float64)
+    U, _, Vh = torch.linalg.svd(w2c[:, :3, :3].mean(0))
+    Rm = U @ Vh
+    if torch.det(Rm) < 0:
+        U[:, -1] *= -1
+        Rm = U @ Vh
+    centres = -(w2c[:, :3, :3].transpose(1, 2) @ w2c[:, :3, 3:])[..., 0]
+    out = torch.eye(4, dtype=torch.float64)
+    out[:3, :3] = Rm
+    out[:3, 3] = -Rm @ centres.mean(0)
+    return out.float()
+
+
+class Talker(nn.Module):
+    """A trained identity; see the module docstring. Build one with ``dgtalker train``
+    (``dgtalker.train.identity``) and load it with ``load_talker``."""
+
+    def __init__(self, generator, config: TalkerConfig | None = None, *, seed: int = 0, residual_frames: int = 1):
+        super().__init__()
+        cfg = config or TalkerConfig()
+        self.config = cfg
+        self.generator = generator
+        D = generator.config.w_dim
+        self.w_can = nn.Parameter(generator.mean_w().detach().clone().float())
+        self.blendshapes = Blendshapes(D, cfg.k_exp, cfg.k_lip, seed=seed)
+        enc = cfg.encoder_config()
+        self.encoder = AudioEncoder(enc, seed=seed)
+        self.causal_encoder = AudioEncoder(enc.causal(cfg.max_lookahead_s), seed=seed + 1)
+        self.residual_track = nn.Parameter(torch.zeros(max(1, int(residual_frames)), cfg.k_exp))
+        self.register_buffer("blink_direction", torch.zeros(cfg.k_exp))
+        self.register_buffer("background", torch.ones(cfg.height, cfg.width, 3))
+        self.register_buffer("body_w2c", torch.eye(4))
+        self.register_buffer("default_w2c", torch.eye(4))
+        self.register_buffer("default_K", torch.eye(3))
+        self.register_buffer("skin_weight", neck_skin_weights(generator), persistent=False)
+        self.source: dict = {}
+
+    # -- coefficients ------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.w_can.device
+
+    def coefficients(self, windows: Tensor, *, causal: bool = False) -> tuple[Tensor, Tensor]:
+        """Speech-driven ``(c_exp [T, Ke], c_lip [T, Kl])`` of a clip's windows ``[T, 2h+1, 80]``."""
+        enc = self.causal_encoder if causal else self.encoder
+        return enc(windows.to(self.device, torch.float32))
+
+    def sample_residual(self, num_frames: int, seed: int | None = None) -> Tensor:
+        """``[T, Ke]`` expression residual for a new clip: consecutive excerpts of the
+        training clip's residual track, chosen by ``seed``, joined with short
+        crossfades, so blinks and brow motion keep the clip's timing and rates."""
+        track = self.residual_track.detach()
+        n = track.shape[0]
+        g = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        if n < 2:
+            return track[:1].expand(num_frames, -1).clone()
+        seg = max(2, min(n, int(4 * self.config.fps)))  # ~4 s excerpts
+        fade = min(5, seg // 2)
+        out = torch.empty(num_frames, track.shape[1], device=track.device)
+        t = 0
+        prev = None
+        while t < num_frames:
+            s = int(torch.randint(0, n - seg + 1, (1,), generator=g))
+            piece = track[s:s + seg].clone()
+            if prev is not None:  # crossfade into the new excerpt
+                a = torch.linspace(0, 1, fade + 2, device=track.device)[1:-1, None]
+                piece[:fade] = (1 - a) * prev + a * piece[:fade]
+            k = min(seg, num_frames - t)
+            out[t:t + k] = piece[:k]
+            prev = piece[-fade:] if k == seg else None
+            t += k
+        return out
+
+    # -- the frame path ----------------------------------------------------------------
+    def latents(self, c_exp: Tensor, c_lip: Tensor) -> tuple[Tensor, Tensor]:
+        """``(w [F, D], styles [F, S])`` of coefficients, through the compose_latent kernel."""
+        from .ops.latent import compose_latent
+
+        B_exp, B_lip = self.blendshapes.bases()
+        se, sl = self.blendshapes.scaled(c_exp.float(), c_lip.float())
+        G = self.generator
+        return compose_latent(self.w_can, B_exp.contiguous(), B_lip.contiguous(), se.contiguous(), sl.contiguous(),
+                              G.affine_weight, G.affine_bias)
+
+    def gaussians(self, c_exp: Tensor, c_lip: Tensor, *, amp: bool = False):
+        """Gaussians ``(means, quats, scales, opacities, colors)`` ``[F, N, ...]`` of the
+        head at rest on its torso (use ``pose_torso`` for a moving head)."""
+        _, styles = self.latents(c_exp, c_lip)
+        use_amp = amp and styles.is_cuda
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            raw = self.generator.synthesize(styles)
+        return self.generator.decode(raw.float())
+
+    def pose_torso(self, gaussians, body: Tensor | None):
+        means, quats, scales, opac, colors = gaussians
+        means, quats = skin(means, quats, self.skin_weight.to(means.device), body)
+        return means, quats, scales, opac, colors
+
+    def rasterize(self, gaussians, viewmats: Tensor, Ks: Tensor, width: int, height: int, *,
+                  background: Tensor | None = None, checked: bool | None = None) -> tuple[Tensor, Tensor]:
+        """Images ``[B, H, W, 3]`` composited over ``background`` (the plate resized to the
+        image, if None; or a ``[3]`` colour, or ``[H, W, 3]`` / ``[B, H, W, 3]`` images) and
+        alphas ``[B, H, W]``. ``gaussians`` have one set per image."""
+        import dgtalker
+
+        means, quats, scales, opac, colors = gaussians
+        zero = torch.zeros(3, device=means.device)
+        image, alpha, _ = dgtalker.rasterize(means, quats, scales, opac, colors, viewmats, Ks, width, height,
+                                             background=zero, checked=checked)
+        if background is None:
+            background = self.plate(width, height)
+        return image + (1 - alpha[..., None]) * background.to(image.device), alpha
+
+    def plate(self, width: int, height: int) -> Tensor:
+        """The background plate at ``width x height``."""
+        bg = self.background
+        if bg.shape[:2] == (height, width):
+            return bg
+        return Fn.interpolate(bg.permute(2, 0, 1)[None], size=(height, width), mode="area")[0].permute(1, 2, 0)
+
+    def camera(self, width: int | None = None, height: int | None = None) -> tuple[Tensor, Tensor]:
+        """The training framing ``(viewmat [4, 4], K [3, 3])`` for an image of this size."""
+        W, H = width or self.config.width, height or self.config.height
+        K = self.default_K.clone()
+        K[0] *= W / self.config.width
+        K[1] *= H / self.config.height
+        return self.default_w2c.clone(), K
+
+    def frames(self, c_exp: Tensor, c_lip: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int, *,
+               body: Tensor | None = None, background: Tensor | None = None, amp: bool = False,
+               checked: bool | None = None) -> tuple[Tensor, Tensor]:
+        """Renders F frames from coefficients ``[F, K]`` and cameras ``[F, 4, 4]``/``[F, 3, 3]``;
+        ``body [F, 4, 4]`` poses the torso (``body_transforms``), None keeps it at rest."""
+        g = self.pose_torso(self.gaussians(c_exp, c_lip, amp=amp), body)
+        return self.rasterize(g, viewmats, Ks, width, height, background=background, checked=checked)
+
+    # -- parameters by role (the trainer gives them different learning rates) ---------
+    def parameter_groups(self) -> dict[str, list]:
+        G = self.generator
+        synth = [p for n, p in G.named_parameters() if not n.startswith("mapping.") and n != "output_bias"]
+        return {"synthesis": synth, "output_bias": [G.output_bias], "w_can": [self.w_can],
+                "blendshapes": list(self.blendshapes.parameters()), "encoder": list(self.encoder.parameters()),
+                "causal_encoder": list(self.causal_encoder.parameters()), "residual": [self.residual_track]}
+
+
+# ----------------------------------------------------------------------------------
+# checkpoints
+
+
+from .checkpoint import CheckpointError  # noqa: E402
+
+
+class TalkerCheckpointError(CheckpointError):
+    """A talker file that cannot be read: truncated, not a talker, hostile or inconsistent.
+    The message names the file and the problem."""
+
+
+_KEEP_FLOAT32 = ("w_can", "blendshapes.", "body_w2c", "default_w2c", "default_K", "encoder.mel_", "causal_encoder.mel_")
+
+
+def save_talker(path, talker: Talker, *, half: bool = False) -> Path:
+    """Writes ``talker`` to ``path`` atomically (one safetensors file). ``half=True`` stores
+    the generator, encoders and plate as float16 (about half the size; the latent
+    anchor, bases and cameras stay float32)."""
+    from .checkpoint import write_checkpoint
+
+    if not isinstance(talker, Talker):
+        raise TypeError(f"talker must be a dgtalker.talker.Talker, got {type(talker).__name__}")
+    path = Path(path)
+    tensors = {}
+    for k, v in talker.state_dict().items():
+        v = v.detach()
+        if half and v.is_floating_point() and not k.startswith(_KEEP_FLOAT32):
+            v = v.half()
+        tensors[k] = v
+    meta = {"talker_config": json.dumps(talker.config.to_dict(), sort_keys=True),
+            "generator_config": json.dumps(talker.generator.config.to_dict(), sort_keys=True),
+            "residual_frames": str(talker.residual_track.shape[0]),
+            "source": json.dumps(talker.source, sort_keys=True)}
+    return write_checkpoint(path, tensors, format=FORMAT, version=FORMAT_VERSION, meta=meta)
+
+
+def read_talker_metadata(path) -> dict:
+    """The talker's configs and training source, without building it."""
+    from .checkpoint import read_checkpoint
+
+    _, meta, version = read_checkpoint(path, format=FORMAT, max_version=FORMAT_VERSION, error=TalkerCheckpointError)
+    return {"version": version, **{k: json.loads(v) for k, v in meta.items() if k != "format" and k != "version"}}
+
+
+def load_talker(path, *, device=None) -> Talker:
+    """Reads a talker written by ``save_talker`` (float32 in memory, eval mode, on
+    ``device``). Raises FileNotFoundError or ``TalkerCheckpointError``."""
+    from .checkpoint import generator_from_tensors, read_checkpoint
+    from .models.generator import GeneratorConfig
+
+    path = Path(path)
+    tensors, meta, _ = read_checkpoint(path, format=FORMAT, max_version=FORMAT_VERSION, error=TalkerCheckpointError)
+    try:
+        cfg = TalkerConfig.from_dict(json.loads(meta["talker_config"]))
+        gcfg = GeneratorConfig.from_dict(json.loads(meta["generator_config"]))
+        n_res = int(meta["residual_frames"])
+        source = json.loads(meta.get("source", "{}"))
+        if not 1 <= n_res <= 10_000_000:
+            raise ValueError(f"residual_frames {n_res} out of range")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise TalkerCheckpointError(f"{path}: unreadable talker metadata ({exc})") from None
+    gen_tensors = {k[len("generator."):]: v.float() if v.is_floating_point() else v
+                   for k, v in tensors.items() if k.startswith("generator.")}
+    generator = generator_from_tensors(path, gcfg, gen_tensors, error=TalkerCheckpointError)
+    talker = Talker(generator, cfg, residual_frames=n_res)
+    expected = talker.state_dict()
+    rest = {k: v for k, v in tensors.items()}
+    missing = sorted(set(expected) - set(rest))
+    unexpected = sorted(set(rest) - set(expected))
+    wrong = [k for k, v in expected.items() if k in rest and tuple(rest[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        raise TalkerCheckpointError(f"{path} does not match its config: missing {missing[:6]}, unexpected "
+                                    f"{unexpected[:6]}, wrong shapes {wrong[:6]}")
+    talker.load_state_dict({k: v.to(expected[k].dtype) for k, v in rest.items()}, strict=True)
+    talker.source = source if isinstance(source, dict) else {}
+    talker.eval()
+    for p in talker.parameters():
+        p.requires_grad_(False)
+    if device is not None:
+        talker.to(device)
+    return talker
