@@ -45,3 +45,25 @@ def test_inversion_improves_psnr(trained):
 def test_views_validate_shapes():
     with pytest.raises(ValueError, match=r"fg must have shape \[2, 8, 8\]"):
         Views(torch.rand(2, 8, 8, 3), torch.rand(2, 8, 7), torch.eye(4).repeat(2, 1, 1), torch.eye(3).repeat(2, 1, 1))
+
+
+def test_invert_gives_the_generator_back_as_it_came(trained, monkeypatch):
+    corpus, out = trained
+    gen = load_prior(out)
+    views = load_views(load(corpus), [4, 5], RES)
+    params = list(gen.parameters())
+    for i, p in enumerate(params):  # a caller that trains some parameters and froze others
+        p.requires_grad_(i % 3 != 0)
+    flags = [p.requires_grad for p in params]
+    invert(gen, views, InversionConfig(steps=2, batch=2, tune_steps=1), progress=False)
+    assert [p.requires_grad for p in params] == flags
+    # also when the fit is interrupted halfway
+    import dgtalker.invert as inv
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inv, "photometric_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        invert(gen, views, InversionConfig(steps=2, batch=2), progress=False)
+    assert [p.requires_grad for p in params] == flags

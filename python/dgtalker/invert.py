@@ -124,9 +124,11 @@ def evaluate(generator, w: Tensor, views: Views, background=(1.0, 1.0, 1.0), chu
 
 
 def invert(generator, views: Views, cfg: InversionConfig | None = None, *, progress: bool = True) -> InversionResult:
-    """Fits ``w`` (then optionally the generator) to ``views``; see the module docstring."""
-    from tqdm import tqdm
+    """Fits ``w`` (then optionally the generator) to ``views``; see the module docstring.
 
+    ``generator`` is left as it came: its weights are never changed (pivotal tuning
+    works on a copy) and every parameter's ``requires_grad`` is restored on return,
+    also when the fit raises or is interrupted."""
     cfg = cfg or InversionConfig()
     if len(views) == 0:
         raise ValueError("views must hold at least one frame")
@@ -134,12 +136,25 @@ def invert(generator, views: Views, cfg: InversionConfig | None = None, *, progr
     views = views.to(device)
     w_avg = (generator.w_avg if bool(generator.w_avg_valid) else generator.mean_w()).detach().to(device)[None]
     w = w_avg.clone().requires_grad_(True)
-    opt = torch.optim.Adam([w], lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
     history = []
     D = w.shape[1]
-    for p in generator.parameters():
-        p.requires_grad_(False)
+    # the caller's generator is frozen while w is fitted, and given back as it came
+    # (requires_grad of every parameter restored, also when fitting fails or is interrupted)
+    trainable = [(p, p.requires_grad) for p in generator.parameters()]
+    try:
+        for p, _ in trainable:
+            p.requires_grad_(False)
+        return _fit(generator, views, cfg, w, w_avg, D, rng, history, device, progress)
+    finally:
+        for p, flag in trainable:
+            p.requires_grad_(flag)
+
+
+def _fit(generator, views, cfg, w, w_avg, D, rng, history, device, progress) -> InversionResult:
+    from tqdm import tqdm
+
+    opt = torch.optim.Adam([w], lr=cfg.lr)
 
     def step_loss(gen) -> Tensor:
         idx = torch.from_numpy(rng.choice(len(views), size=min(cfg.batch, len(views)), replace=False))
