@@ -324,11 +324,22 @@ def test_template_with_repeated_texels_is_refused(saved):
         return {**t, "template_texel_index": ti}
 
     _rewrite(saved, tensors=dup)
-    with pytest.raises(PriorCheckpointError, match="texel_index has 1 repeated texel"):
+    with pytest.raises(PriorCheckpointError, match="invalid head template: template.texel_index has 1 repeated texel"):
         load_prior(saved)
 
 
 def test_template_with_wrong_shapes_is_refused(saved):
     _rewrite(saved, tensors=lambda t: {**t, "template_frame": t["template_frame"][:, :3].contiguous()})
-    with pytest.raises(PriorCheckpointError, match=r"template_frame must have shape \[\d+, 4\]"):
+    with pytest.raises(PriorCheckpointError, match=r"template.frame must be a floating tensor \[\d+, 4\]"):
+        load_prior(saved)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("template_frame", lambda t: t * 2, "template.frame must hold unit quaternions"),
+    ("template_position", lambda t: t.index_fill(0, torch.tensor([3]), float("nan")), "template.position must be finite"),
+    ("template_texel_index", lambda t: t.index_fill(0, torch.tensor([0]), 16 * 16), r"must lie in \[0, R\*R\)"),
+])
+def test_template_is_checked_by_the_decode_rules(saved, field, value, message):
+    _rewrite(saved, tensors=lambda t: {**t, field: value(t[field]).contiguous()})
+    with pytest.raises(PriorCheckpointError, match=message):
         load_prior(saved)

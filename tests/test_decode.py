@@ -78,3 +78,49 @@ def test_template_validation():
     tpl.texel_index[0] = 64
     with pytest.raises(ValueError, match=r"texel_index must lie in \[0, R\*R\)"):
         tpl.validate()
+
+
+def test_repeated_texels_are_refused():
+    """A repeated texel gets two Gaussians from one raw entry: the reference sums their
+    gradients, the kernel's backward writes each raw entry once. Such templates are
+    refused at construction and, if a template is changed afterwards, at the call."""
+    tpl = template(8, 1)
+    dup = tpl.texel_index.clone()
+    dup[1] = dup[0]
+    with pytest.raises(ValueError, match=r"template.texel_index has 1 repeated texel\(s\)"):
+        DecodeTemplate(dup, tpl.position, tpl.frame, tpl.log_size, 8, 1)
+    raw = torch.randn(1, 14, 8, 8)
+    decode_gaussians(raw, tpl, offset_scale=1.0)
+    tpl.texel_index[1] = tpl.texel_index[0]  # in place, after validation
+    with pytest.raises(ValueError, match="repeated texel"):
+        decode_gaussians(raw, tpl, offset_scale=1.0)
+    tpl.texel_index = dup.clone()  # replaced
+    with pytest.raises(ValueError, match="repeated texel"):
+        decode_gaussians(raw, tpl, offset_scale=1.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_distinct_texels_in_any_order_match_the_reference(device):
+    """The engine's gradient equals the reference's for a template listing its texels
+    out of order (the backward's one write per raw entry is exact when texels are distinct)."""
+    tpl = template(10, 2, seed=7)
+    perm = torch.randperm(tpl.texel_index.numel(), generator=torch.Generator().manual_seed(1))
+    shuffled = DecodeTemplate(tpl.texel_index[perm], tpl.position[perm], tpl.frame[perm], tpl.log_size[perm], 10, 2)
+    raw = torch.randn(2, 28, 10, 10, generator=torch.Generator().manual_seed(2))
+    out_e, grad_e = run(decode_gaussians, raw, shuffled, device, torch.float32)
+    ref = DecodeTemplate(shuffled.texel_index, shuffled.position.double(), shuffled.frame.double(),
+                         shuffled.log_size.double(), 10, 2)
+    out_r, grad_r = run(reference.decode_gaussians, raw, ref, "cpu", torch.float64)
+    assert ((grad_e - grad_r).norm() / grad_r.norm()) < 1e-5
+    for a, b in zip(out_e, out_r):
+        assert (a - b).abs().max() <= 1e-5 * max(1.0, b.abs().max().item())
+
+
+def test_template_values_are_checked():
+    tpl = template(8, 1)
+    with pytest.raises(ValueError, match="template.frame must hold unit quaternions"):
+        DecodeTemplate(tpl.texel_index, tpl.position, tpl.frame * 1.5, tpl.log_size, 8, 1)
+    pos = tpl.position.clone()
+    pos[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="template.position must be finite"):
+        DecodeTemplate(tpl.texel_index, pos, tpl.frame, tpl.log_size, 8, 1)

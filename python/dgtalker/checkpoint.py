@@ -396,11 +396,14 @@ def generator_from_tensors(path, config, tensors: dict, *, error=PriorCheckpoint
 
 
 def _template_from_tensors(path: Path, tensors: dict, config, error=PriorCheckpointError) -> dict:
-    """The stored head template as ``HeadTemplate`` fields, checked the way the decode
-    kernel needs it: M texels with distinct indices in [0, R*R), finite positions,
-    unit-norm frames, finite sizes."""
+    """The stored head template as ``HeadTemplate`` fields, validated by the decode
+    kernel's own rules (``dgtalker.ops.decode.DecodeTemplate``: shapes, indices in
+    [0, R*R) and distinct, finite positions and sizes, unit frames), not against
+    itself."""
     import numpy as np
     import torch
+
+    from .ops.decode import DecodeTemplate
 
     need = {"template_texel_index": (torch.int64, 1), "template_position": (torch.float32, 2),
             "template_frame": (torch.float32, 2), "template_log_size": (torch.float32, 1)}
@@ -410,27 +413,17 @@ def _template_from_tensors(path: Path, tensors: dict, config, error=PriorCheckpo
     for k, (dt, nd) in need.items():
         if tensors[k].dtype != dt or tensors[k].dim() != nd:
             raise error(f"{path}: {k} must be a {dt} tensor of rank {nd}, got {tensors[k].dtype} "
-                                       f"{list(tensors[k].shape)}")
+                        f"{list(tensors[k].shape)}")
     ti = tensors["template_texel_index"]
     M, R = ti.shape[0], config.resolution
-    shapes = {"template_position": [M, 3], "template_frame": [M, 4], "template_log_size": [M]}
-    for k, s in shapes.items():
-        if list(tensors[k].shape) != s:
-            raise error(f"{path}: {k} must have shape {s} (M = {M} texels), got "
-                                       f"{list(tensors[k].shape)}")
-    if M < 1 or int(ti.min()) < 0 or int(ti.max()) >= R * R:
-        raise error(f"{path}: template_texel_index must be a non-empty int64 [M] with values in "
-                                   f"[0, {R * R}), got {ti.dtype} {list(ti.shape)}")
-    if int(torch.unique(ti).numel()) != M:
-        raise error(f"{path}: template_texel_index has {M - int(torch.unique(ti).numel())} "
-                                   f"repeated texel(s); every texel may appear once")
-    for k in shapes:
-        if not bool(torch.isfinite(tensors[k]).all()):
-            raise error(f"{path} has non-finite values in [{k!r}]")
-    norm = tensors["template_frame"].norm(dim=1)
-    if not bool(((norm - 1).abs() < 1e-3).all()):
-        raise error(f"{path}: template_frame must hold unit quaternions (norms between "
-                                   f"{float(norm.min()):.4g} and {float(norm.max()):.4g})")
+    if M < 1:
+        raise error(f"{path}: template_texel_index is empty (a template needs at least one texel)")
+    try:
+        DecodeTemplate(texel_index=ti, position=tensors["template_position"], frame=tensors["template_frame"],
+                       log_size=tensors["template_log_size"], resolution=R,
+                       gaussians_per_texel=config.gaussians_per_texel)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{path}: invalid head template: {exc}") from None
     # the template's anisotropy only seeds the initial output bias, which the stored one replaces
     return dict(texel_index=ti.numpy(), position=tensors["template_position"].numpy(),
                 frame=tensors["template_frame"].numpy(), log_size=tensors["template_log_size"].numpy(),

@@ -28,7 +28,13 @@ from .decode_ref import CHANNELS_PER_GAUSSIAN
 
 @dataclass
 class DecodeTemplate:
-    """The template's valid texels, as the decode kernel reads them."""
+    """The template's valid texels, as the decode kernel reads them.
+
+    Validated on construction, and again by ``decode_gaussians`` whenever one of its
+    tensors was replaced or modified in place since (tracked by data pointer and
+    torch's version counter, so the check, which reads values back, does not run
+    per call). Every texel may appear once: the backward writes each raw entry's
+    gradient once, so a repeated texel would lose all but one contribution."""
     texel_index: Tensor  # [M] int64, flat index into the R x R UV grid
     position: Tensor     # [M, 3] surface points, head frame, metres
     frame: Tensor        # [M, 4] unit quaternions (w, x, y, z): x = tangent (u), y = along v, z = outward normal
@@ -43,7 +49,18 @@ class DecodeTemplate:
         return DecodeTemplate(self.texel_index.to(device), self.position.to(device), self.frame.to(device),
                               self.log_size.to(device), self.resolution, self.gaussians_per_texel)
 
+    def _key(self) -> tuple:
+        return (self.resolution, self.gaussians_per_texel) + tuple(
+            (t.data_ptr(), t._version, t.device) if isinstance(t, Tensor) else id(t)
+            for t in (self.texel_index, self.position, self.frame, self.log_size))
+
     def validate(self) -> None:
+        """Raises ValueError/TypeError naming the field: shapes and dtypes, resolution
+        and G, texel indices in [0, R*R) and distinct, finite positions and sizes,
+        unit-norm frames (within 1e-3)."""
+        for name in ("texel_index", "position", "frame", "log_size"):
+            if not isinstance(getattr(self, name), Tensor):
+                raise TypeError(f"template.{name} must be a torch.Tensor, got {type(getattr(self, name)).__name__}")
         M, R = self.texel_index.shape[0] if self.texel_index.dim() == 1 else -1, self.resolution
         if self.texel_index.dtype != torch.int64 or self.texel_index.dim() != 1:
             raise ValueError(f"template.texel_index must be a 1-D int64 tensor, got {self.texel_index.dtype} "
@@ -53,10 +70,28 @@ class DecodeTemplate:
             if t.dtype != self.position.dtype or not t.is_floating_point() or tuple(t.shape) != shape:
                 raise ValueError(f"template.{name} must be a floating tensor {list(shape)} of one dtype with "
                                  f"the others, got {t.dtype} {list(t.shape)}")
-        if self.gaussians_per_texel < 1 or R < 1:
-            raise ValueError("template.resolution and template.gaussians_per_texel must be >= 1")
+            if t.device != self.texel_index.device:
+                raise ValueError(f"template.{name} is on {t.device} but template.texel_index is on "
+                                 f"{self.texel_index.device}")
+        for name in ("resolution", "gaussians_per_texel"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"template.{name} must be an int >= 1, got {v!r}")
         if M and (int(self.texel_index.min()) < 0 or int(self.texel_index.max()) >= R * R):
             raise ValueError(f"template.texel_index must lie in [0, R*R) = [0, {R * R})")
+        if M:
+            repeats = M - int(torch.unique(self.texel_index).numel())
+            if repeats:
+                raise ValueError(f"template.texel_index has {repeats} repeated texel(s); every texel may appear "
+                                 f"once (the decode backward writes each texel's gradient once)")
+        for name, t in (("position", self.position), ("log_size", self.log_size), ("frame", self.frame)):
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"template.{name} must be finite")
+        if M:
+            err = float((self.frame.norm(dim=1) - 1).abs().max())
+            if err > 1e-3:
+                raise ValueError(f"template.frame must hold unit quaternions; a norm differs from 1 by {err:.3g}")
+        self._validated = self._key()
 
 
 def _shape(F, M, G, R, offset_scale):
@@ -119,6 +154,8 @@ def decode_gaussians(raw: Tensor, template: DecodeTemplate, *, offset_scale: flo
         raise TypeError(f"template tensors must be float32 for the engine, got {template.position.dtype}")
     if template.position.device != raw.device:
         raise ValueError(f"template is on {template.position.device} but raw is on {raw.device}")
+    if getattr(template, "_validated", None) != template._key():
+        template.validate()  # changed since it was last checked
     if not offset_scale > 0:
         raise ValueError(f"offset_scale must be > 0, got {offset_scale}")
     return _Decode.apply(raw, template, float(offset_scale))
