@@ -153,3 +153,25 @@ def test_mixed_devices_named_on_cuda():
     args[6] = args[6].cpu()
     with pytest.raises(ValueError, match="Ks is on cpu but means is on cuda"):
         dgtalker.rasterize(*args, 48, 40)
+
+
+@pytest.mark.parametrize("what", ["skew", "K row 2", "background"])
+def test_camera_and_background_checked_like_the_cpu(what):
+    """Inputs the CPU refuses (tests/test_raster_errors.py) are reported on CUDA too:
+    in the call with checked=True, at the next check otherwise."""
+    args = [a.cuda() for a in scene(batch=2, n=100, seed=38)]
+    bg = torch.rand(2, 3, device="cuda")
+    dgtalker.rasterize(*args, 48, 40, background=bg)  # sizes this shape
+    raster_ops.check_status(wait=True)
+    if what == "skew":
+        args[6][1, 0, 1] = 2.0
+    elif what == "K row 2":
+        args[6][0, 2, 0] = 0.5
+    else:
+        bg[1, 0] = float("nan")
+    name = "background" if what == "background" else "viewmats/Ks"
+    with pytest.raises(raster_ops.RasterInputError, match=name):
+        dgtalker.rasterize(*args, 48, 40, background=bg, checked=True)
+    dgtalker.rasterize(*args, 48, 40, background=bg)  # deferred
+    with pytest.raises(raster_ops.RasterInputError, match=name):
+        raster_ops.check_status(wait=True)

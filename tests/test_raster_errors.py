@@ -108,3 +108,39 @@ def test_mixed_devices_named():
     args[6] = args[6].to("meta")
     with pytest.raises(ValueError, match="Ks is on meta but means is on cpu"):
         call(args)
+
+
+# The per-camera checks are one set for both backends: the CPU raises from them at
+# once; CUDA turns the same checks into status bits on the device (checked on the GPU
+# in test_raster_cuda.py::test_camera_and_background_checked_like_the_cpu).
+BAD_CAMERAS = [
+    ("skew", lambda vm, K, bg: K.__setitem__((1, 0, 1), 3.0), "Ks must be finite pinhole intrinsics", 32),
+    ("K row 2", lambda vm, K, bg: K.__setitem__((0, 2, 0), 0.5), "Ks must be finite pinhole intrinsics", 32),
+    ("K[2,2]", lambda vm, K, bg: K.__setitem__((1, 2, 2), 2.0), "Ks must be finite pinhole intrinsics", 32),
+    ("fy <= 0", lambda vm, K, bg: K.__setitem__((1, 1, 1), -5.0), "Ks must be finite pinhole intrinsics", 32),
+    ("viewmat nan", lambda vm, K, bg: vm.__setitem__((0, 3, 3), float("nan")), "viewmats must be finite", 32),
+    ("background inf", lambda vm, K, bg: bg.__setitem__((1, 2), float("inf")), "background must be finite", 64),
+]
+
+
+@pytest.mark.parametrize("case,spoil,pattern,bit", BAD_CAMERAS, ids=[c[0] for c in BAD_CAMERAS])
+def test_camera_checks_are_shared_by_both_backends(case, spoil, pattern, bit):
+    from dgtalker.ops._inputs import prepare_inputs
+
+    args = [a.clone() for a in good()]
+    bg = torch.rand(2, 3)
+    spoil(args[5], args[6], bg)
+    for fn in (dgtalker.rasterize, reference.rasterize):  # the CPU path raises, naming the argument
+        with pytest.raises(ValueError, match=pattern):
+            call(args, fn, background=bg)
+    # the CUDA path's checks: the same predicates as a bit mask, computed without reading anything back
+    inp = prepare_inputs(*args, 48, 40, 0.01, 1e10, bg, check_values=False)
+    assert int(inp.invalid_flags) == bit
+    ok = prepare_inputs(*good(), 48, 40, 0.01, 1e10, torch.rand(2, 3), check_values=False)
+    assert int(ok.invalid_flags) == 0
+
+
+def test_status_names_the_camera_and_background_bits():
+    from dgtalker.ops._raster_common import _invalid_message
+
+    assert "skew" in _invalid_message(32) and "background (non-finite)" in _invalid_message(64)

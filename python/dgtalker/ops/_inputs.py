@@ -1,5 +1,14 @@
 """Validation and normalization of rasterizer inputs, shared by the engine wrapper
-and the dense reference so both accept and reject exactly the same things."""
+and the dense reference so both accept and reject exactly the same things.
+
+Values are checked the same way for every backend. The per-camera inputs (viewmats,
+Ks: finite, fx, fy > 0, no skew, last row [0, 0, 1]; background: finite) are checked
+here by ``camera_checks`` for CPU and CUDA alike: on the CPU each failed check raises
+at once; on CUDA the same checks become a bit mask on the device
+(``RasterInputs.invalid_flags``, no GPU->CPU sync, capturable in a CUDA graph) that
+the wrapper ORs into the call's status word, reported like the engine's own flags.
+Per-Gaussian values are checked here on the CPU and, with the same predicates, by the
+engine's project stage on CUDA (``csrc/raster/raster_stages.h``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +17,10 @@ import torch
 from torch import Tensor
 
 MAX_CHANNELS = 32
+# Bits of the status word's invalid-input field (csrc/raster/raster_math.h, InvalidInput)
+# that the per-camera checks set; INVALID_BACKGROUND is set by Python only.
+INVALID_CAMERAS = 32
+INVALID_BACKGROUND = 64
 
 
 @dataclass
@@ -28,6 +41,9 @@ class RasterInputs:
     height: int
     near: float
     far: float
+    # CUDA only: bit mask (0-dim int64 on the device) of failed per-camera checks, to be
+    # ORed into the status word; None when the checks already ran (and raised) here
+    invalid_flags: Tensor | None = None
 
 
 def _shape(t: Tensor) -> str:
@@ -132,21 +148,45 @@ def prepare_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width,
         _check_values("scales", scales, "finite and >= 0 (standard deviations)", torch.isfinite(scales) & (scales >= 0))
         _check_values("opacities", opacities, "in [0, 1] (already activated)", (opacities >= 0) & (opacities <= 1))
         _check_values("colors", colors, "finite", torch.isfinite(colors))
-        _check_values("viewmats", viewmats, "finite", torch.isfinite(viewmats))
-        k_ok = torch.isfinite(Ks).all(dim=(1, 2)) & (Ks[:, 0, 0] > 0) & (Ks[:, 1, 1] > 0) & (Ks[:, 0, 1] == 0)
-        k_ok &= (Ks[:, 1, 0] == 0) & (Ks[:, 2, 0] == 0) & (Ks[:, 2, 1] == 0) & (Ks[:, 2, 2] == 1)
-        if not bool(k_ok.all()):
-            raise ValueError("Ks must be finite pinhole intrinsics [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] "
-                             "with fx, fy > 0")
-        if background is not None:
-            _check_values("background", background, "finite", torch.isfinite(background))
+    checks = camera_checks(viewmats, Ks, background)
+    invalid_flags = None
+    if check_values:
+        for name, what, ok, _ in checks:
+            if not bool(ok.all()):
+                raise ValueError(f"{name} must be {what}; {int((~ok).sum())} camera(s) are not")
+    else:
+        invalid_flags = camera_flags(checks)
 
     S = B if per_image else 1
     return RasterInputs(
         means=means.reshape(S, N, 3), quats=quats.reshape(S, N, 4), scales=scales.reshape(S, N, 3),
         opacities=opacities.reshape(S, N), colors=colors.reshape(S, N, C), viewmats=viewmats, Ks=Ks,
         background=background, batch=B, num_gaussians=N, channels=C, per_image=per_image,
-        width=width, height=height, near=near, far=far)
+        width=width, height=height, near=near, far=far, invalid_flags=invalid_flags)
+
+
+def camera_checks(viewmats: Tensor, Ks: Tensor, background: Tensor | None) -> list[tuple[str, str, Tensor, int]]:
+    """The per-camera value checks, for every backend: ``(argument, requirement,
+    ok [B] bool on the inputs' device, status bit)``. Nothing is read back."""
+    finite_k = torch.isfinite(Ks).all(dim=(1, 2))
+    k_ok = finite_k & (Ks[:, 0, 0] > 0) & (Ks[:, 1, 1] > 0) & (Ks[:, 0, 1] == 0) & (Ks[:, 1, 0] == 0)
+    k_ok &= (Ks[:, 2, 0] == 0) & (Ks[:, 2, 1] == 0) & (Ks[:, 2, 2] == 1)
+    checks = [("viewmats", "finite", torch.isfinite(viewmats).all(dim=(1, 2)), INVALID_CAMERAS),
+              ("Ks", "finite pinhole intrinsics [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0 (no skew)",
+               k_ok, INVALID_CAMERAS)]
+    if background is not None:
+        checks.append(("background", "finite", torch.isfinite(background).all(dim=1), INVALID_BACKGROUND))
+    return checks
+
+
+def camera_flags(checks) -> Tensor:
+    """The failed checks of ``camera_checks`` as a status bit mask: a 0-dim int64
+    tensor on the inputs' device (no synchronization)."""
+    flags = None
+    for _, _, ok, bit in checks:
+        f = (~ok).any().to(torch.int64) * bit
+        flags = f if flags is None else flags | f
+    return flags
 
 
 def _check_size(name: str, value) -> int:

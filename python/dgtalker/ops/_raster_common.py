@@ -8,7 +8,9 @@ _GROWTH = 1.5
 
 _INVALID_NAMES = {1: "means (non-finite)", 2: "quats (non-finite or zero norm)",
                   4: "scales (non-finite or negative)", 8: "opacities (outside [0, 1])",
-                  16: "colors (non-finite)", 32: "viewmats/Ks (non-finite or fx, fy <= 0)"}
+                  16: "colors (non-finite)",
+                  32: "viewmats/Ks (non-finite, fx or fy <= 0, skew, or a last row of K other than [0, 0, 1])",
+                  64: "background (non-finite)"}
 
 
 class RasterInputError(ValueError):

@@ -181,6 +181,8 @@ def _run_forward(inp: RasterInputs, background: Tensor | None, capacity: int, de
     C.raster_forward(cfg, index, bufs, stream_handle(inp.means))
     off = lay["status_offset"]
     status = state[off:off + 8 * _STATUS_WORDS].view(torch.int64)
+    if inp.invalid_flags is not None:  # the per-camera checks of _inputs, on the same stream
+        status[2:3].bitwise_or_(inp.invalid_flags)
     return cfg, state, status, image, alpha, depth
 
 
