@@ -186,3 +186,65 @@ def test_ddp_two_processes_match_one(corpus, tmp_path):
     a, b = params(one), params(two)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=2e-5, rtol=1e-4), k
+
+
+def _spy_rasterize(monkeypatch):
+    import dgtalker
+
+    real, seen = dgtalker.rasterize, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("checked"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dgtalker, "rasterize", spy)
+    return seen
+
+
+def test_training_steps_render_checked(corpus, tmp_path, monkeypatch):
+    """Every training forward waits for its status, so on CUDA an overflowed forward is
+    redone before its gradient exists (the behaviour is tested on the GPU below)."""
+    seen = _spy_rasterize(monkeypatch)
+    pretrain_prior(corpus, tmp_path / "p.safetensors", config(steps=2, checkpoint_every=2), device=CPU,
+                   progress=False)
+    assert seen == [True, True]
+
+
+def _fresh_model(data, device, seed=0):
+    from dgtalker.models.generator import Generator, GeneratorConfig
+
+    model = prior_train.PriorModel(Generator(GeneratorConfig.from_dict(dict(TINY)), seed=seed), data.num_codes,
+                                   seed=seed).to(device)
+    gen_params = [p for n, p in model.named_parameters() if n != "codes"]
+    opt = torch.optim.Adam([{"params": gen_params, "lr": 5e-3}, {"params": [model.codes], "lr": 2e-2}],
+                           betas=(0.9, 0.99))
+    return model, opt
+
+
+@pytest.mark.gpu
+def test_no_step_from_an_overflowed_forward_on_cuda(corpus):
+    """Starve the intersection capacity of the training shape: the step's forward
+    overflows, is redone at once, and the step (its loss and its update) is the one a
+    well-sized forward gives; no 'missed some Gaussians' warning is ever due."""
+    import warnings
+
+    from dgtalker.ops import raster as raster_ops
+
+    dev = torch.device("cuda")
+    cfg = config()
+    data = prior_train.CorpusImages(corpus, cfg.resolution, progress=False)
+    ref_model, ref_opt = _fresh_model(data, dev)
+    ref = prior_train.train_step(ref_model, ref_opt, data, 0, cfg, dev)  # sizes the shape's capacity
+    model, opt = _fresh_model(data, dev)
+    for key in list(raster_ops._BOOK.capacity):
+        raster_ops._BOOK.capacity[key] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = prior_train.train_step(model, opt, data, 0, cfg, dev)
+        raster_ops.check_status(wait=True)
+    assert abs(got["loss"] - ref["loss"]) < 1e-5, (got, ref)
+    assert max(raster_ops._BOOK.capacity.values()) > 1  # the overflow was seen and the capacity grown
+    # Adam's first update is lr * sign(gradient): equal wherever the gradients are not ~0
+    same = [torch.isclose(a, b, atol=1e-6).float().mean().item() for a, b in zip(model.parameters(),
+                                                                                 ref_model.parameters())]
+    assert min(same) > 0.95, same

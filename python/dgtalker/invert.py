@@ -91,14 +91,18 @@ class InversionResult:
 
 
 def render(generator, w: Tensor, views: Views, background) -> tuple[Tensor, Tensor]:
-    """Images and alphas of latent ``w [1, D]`` from every view in one batched call."""
+    """Images and alphas of latent ``w [1, D]`` from every view in one batched call.
+
+    Checked (on CUDA it waits for the forward's status): a forward that ran out of
+    intersection room is redone at once, so no fitting step and no metric ever uses
+    an image that missed Gaussians."""
     import dgtalker
 
     means, quats, scales, opac, colors = generator.gaussians(w)
     R = views.rgb.shape[1]
     bg = torch.tensor(background, dtype=torch.float32, device=w.device)
     image, alpha, _ = dgtalker.rasterize(means[0], quats[0], scales[0], opac[0], colors[0], views.viewmats, views.Ks,
-                                         views.rgb.shape[2], R, background=bg)
+                                         views.rgb.shape[2], R, background=bg, checked=True)
     return image, alpha
 
 

@@ -162,8 +162,11 @@ def train_step(model, opt, data: CorpusImages, step: int, cfg: PriorTrainConfig,
     (means, quats, scales, opac, colors), z, w = model(b["code"], cfg.amp)
     bg = torch.tensor(cfg.background, dtype=torch.float32, device=device)
     R = cfg.resolution
+    # checked: on CUDA this waits for the forward's status, so a forward that ran out of
+    # intersection room is redone before any gradient exists, and a step is never taken
+    # from an image that missed Gaussians (the CPU backend always works this way)
     image, alpha, _ = dgtalker.rasterize(means, quats, scales, opac, colors, b["w2c"], b["K"], R, R,
-                                         background=bg)
+                                         background=bg, checked=True)
     target = b["rgb"] * b["fg"][..., None] + bg * (1 - b["fg"][..., None])
     photo = photometric_loss(image, target, ssim_weight=cfg.ssim_weight)
     mask = (alpha - b["fg"]).abs().mean()
