@@ -57,55 +57,141 @@ def test_deterministic_mode_is_bit_identical():
         assert rel_err(a.double(), b.double()) < 1e-4
 
 
-def test_cuda_graph_capture_matches_eager():
-    args = [a.cuda() for a in scene(batch=2, n=3000, width=128, height=96, seed=32, scale=(0.005, 0.05))]
-    params = [a.clone().requires_grad_(True) for a in args[:5]]
-    cams = args[5:]
-
+def _graph_step(params, cams, W, H):
     def step():
         for p in params:
             p.grad = None
-        img, alpha, depth = dgtalker.rasterize(*params, *cams, 128, 96, deterministic=True)
+        img, alpha, depth = dgtalker.rasterize(*params, *cams, W, H, deterministic=True)
         (img.square().sum() + alpha.sum() + 0.1 * depth.sum()).backward()
         return img, alpha, depth
+    return step
 
+
+def _capture(step, status):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):  # warm-up sizes the capacity outside capture
             step()
     torch.cuda.current_stream().wait_stream(side)
-    eager_out = [t.detach().clone() for t in step()]
-    eager_grads = [p.grad.clone() for p in params]
-
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = step()
+    with status, torch.cuda.graph(graph):
+        out = step()
+    return graph, out
+
+
+def test_cuda_graph_capture_matches_eager():
+    """Replays with inputs other than the captured ones equal eager calls on them."""
+    first = [a.cuda() for a in scene(batch=2, n=3000, width=128, height=96, seed=32, scale=(0.005, 0.05))]
+    second = [a.cuda() for a in scene(batch=2, n=3000, width=128, height=96, seed=39, scale=(0.005, 0.05))]
+    second[5:] = first[5:]  # the cameras are captured as they are
+    params = [a.clone().requires_grad_(True) for a in first[:5]]
+    step = _graph_step(params, first[5:], 128, 96)
+    status = raster_ops.GraphStatus()
+    graph, static_out = _capture(step, status)
     with torch.no_grad():  # new inputs, same buffers
-        for p, a in zip(params, args[:5]):
+        for p, a in zip(params, second[:5]):
             p.copy_(a)
     graph.replay()
     torch.cuda.synchronize()
-    for a, b in zip(static_out, eager_out):
+    assert status.check() is False
+    replay_out = [t.clone() for t in static_out]
+    replay_grads = [p.grad.clone() for p in params]
+    eager_out = [t.detach() for t in step()]  # the same new inputs, eagerly
+    for a, b in zip(replay_out, eager_out):
         assert torch.equal(a, b)
-    for p, g in zip(params, eager_grads):
+    for p, g in zip(params, replay_grads):
         assert torch.equal(p.grad, g)
+    assert not torch.equal(replay_out[0], _graph_first_image(first))  # the replay did use the new inputs
+
+
+def _graph_first_image(args):
+    return dgtalker.rasterize(*args, 128, 96, deterministic=True)[0].detach()
+
+
+def test_graph_replay_reports_overflow_and_bad_input():
+    """A replay whose inputs need more intersections than the capture had room for is
+    detected by GraphStatus.check(), which grows the capacity; a re-capture then fits.
+    Invalid values in a replay raise at the check."""
+    small = [a.cuda() for a in scene(n=400, width=160, height=128, seed=40, scale=(0.002, 0.004))]
+    params = [a.clone().requires_grad_(True) for a in small[:5]]
+    step = _graph_step(params, small[5:], 160, 128)
+    status = raster_ops.GraphStatus()
+    graph, out = _capture(step, status)
+    with torch.no_grad():
+        params[2].mul_(60.0)  # same shapes, far more tile intersections
+    graph.replay()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert status.check() is True  # reported here, not lost
+    big = [p.detach().clone() for p in params]
+    graph, out = _capture(step, status)  # re-capture with the grown capacity
+    graph.replay()
+    assert status.check() is False
+    ref = dgtalker.rasterize(*big, *small[5:], 160, 128, deterministic=True, checked=True)
+    assert torch.allclose(out[0], ref[0], atol=1e-5)
+    with torch.no_grad():
+        params[0][3, 0] = float("nan")
+    graph.replay()
+    with pytest.raises(raster_ops.RasterInputError, match="means.*CUDA-graph replay"):
+        status.check()
 
 
 def test_non_default_stream():
+    """The inputs are written on a side stream behind a long queue: a kernel launched on
+    any other stream would read them before they exist (zeros), and differ."""
     args = scene(batch=2, n=4000, width=128, height=96, seed=33, scale=(0.005, 0.05))
     ref = [t.detach().clone() for t in dgtalker.rasterize(*[a.cuda() for a in args], 128, 96)]
+    gpu = [a.cuda() for a in args]
+    torch.cuda.synchronize()
     stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        xs = [a.cuda(non_blocking=True) for a in args]
-        # a long queue on the stream first, so a wrong-stream launch would read stale data
-        busy = torch.randn(4096, 4096, device="cuda")
-        for _ in range(10):
-            busy = busy @ busy * 1e-3
-        out = dgtalker.rasterize(*xs, 128, 96)
-    stream.synchronize()
-    for a, b in zip(out, ref):
-        assert torch.allclose(a, b, atol=1e-6)
+    for checked in (True, False):
+        with torch.cuda.stream(stream):
+            xs = [torch.zeros_like(a) for a in gpu]
+            busy = torch.randn(4096, 4096, device="cuda")
+            for _ in range(20):  # ~tens of ms of queued work before the inputs are written
+                busy = busy @ busy * 1e-3
+            for x, a in zip(xs, gpu):
+                x.copy_(a + 0 * busy[0, 0])
+            out = dgtalker.rasterize(*xs, 128, 96, checked=checked)
+            out = [t.clone() for t in out]
+        stream.synchronize()
+        for a, b in zip(out, ref):
+            assert torch.allclose(a, b, atol=1e-6)
+    raster_ops.check_status(wait=True)
+
+
+def test_threads_render_concurrently_on_their_own_streams():
+    """The engine releases the GIL: threads rendering unchecked on their own streams get
+    the same images as one thread, and the deferred checks stay consistent."""
+    args = [a.cuda() for a in scene(batch=2, n=2000, width=96, height=80, seed=41, scale=(0.005, 0.05))]
+    ref = dgtalker.rasterize(*args, 96, 80, checked=True)[0]
+    results, errors = [], []
+
+    def worker():
+        try:
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.default_stream())
+            with torch.cuda.stream(s):
+                for _ in range(100):  # more than the ring's first block in flight
+                    img = dgtalker.rasterize(*args, 96, 80)[0]
+            s.synchronize()
+            results.append(img)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    import threading
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert raster_ops.check_status(wait=True) == 0
+    for img in results:
+        assert torch.allclose(img, ref, atol=1e-6)
+    for ring in raster_ops._BOOK.rings.values():
+        assert not ring.pending
 
 
 def test_cupy_forward_matches_torch():

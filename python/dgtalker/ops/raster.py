@@ -3,7 +3,7 @@
 ``rasterize`` validates at the boundary, sizes buffers from torch's allocator and
 calls ``dgtalker._C`` once for the forward and once for the backward; each call runs
 the whole pipeline (project, scan, emit, sort, tile ranges, blend) on CPU tensors
-(OpenMP) or CUDA tensors (the caller's current stream).
+(the engine's thread pool) or CUDA tensors (the current stream of their device).
 
 Intersection capacity and synchronization (CUDA): the number of (tile, Gaussian)
 intersections is only known on the device. The buffers for them are sized ahead
@@ -15,10 +15,17 @@ there grows the capacity (with a warning: that one result missed intersections).
 Invalid input found there raises. Pass ``checked=True`` (or set DGTALKER_CHECKED=1)
 to wait for each call's status instead: then an overflow is redone at once and bad
 values raise in the call that received them. On the CPU every call is checked.
+
+The deferred checks are thread-safe; each call's status copy and event go on the
+stream of its tensors' device; a call never waits for the GPU because earlier calls
+are still in flight (the ring of status slots grows instead). Calls captured into a
+CUDA graph report through a ``GraphStatus`` open during the capture, which the
+caller checks after replays (an overflow there means: re-capture).
 """
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections import OrderedDict, deque
 
@@ -35,106 +42,258 @@ from ._inputs import RasterInputs, prepare_inputs
 _STATUS_WORDS = 4
 
 
-class _StatusRing:
-    """Pinned host slots for the status words of unchecked CUDA calls on one device,
-    with their events, inspected oldest first. Allocated once: a fresh pinned
-    allocation per call could itself synchronize."""
+class _CudaStatusBackend:
+    """Where the status ring's host slots, events and streams come from (CUDA). Tests
+    of the ring logic substitute a host-only stand-in."""
 
-    def __init__(self, size: int):
-        self.host = torch.zeros(size, _STATUS_WORDS, dtype=torch.int64, pin_memory=True)
-        self.events = [torch.cuda.Event() for _ in range(size)]
-        self.keys: list = [None] * size
-        self.pending: deque[int] = deque()  # slot indices in submission order
-        self.next = 0
+    def host_block(self, n: int) -> Tensor:
+        return torch.zeros(n, _STATUS_WORDS, dtype=torch.int64, pin_memory=True)
+
+    def event(self):
+        return torch.cuda.Event()
+
+    def stream(self, device: torch.device):
+        return torch.cuda.current_stream(device)
+
+
+class _StatusRing:
+    """Pinned host slots for the status words of unchecked calls on one device, with
+    their events, inspected oldest first.
+
+    Slots come in blocks of ``BLOCK``, allocated once and reused: a fresh pinned
+    allocation per call could itself synchronize. When every slot holds a call still
+    in flight another block is added rather than waiting for the GPU, up to
+    ``MAX_SLOTS`` calls in flight (then the oldest is waited for)."""
+
+    BLOCK = 64
+    MAX_SLOTS = 4096
+
+    def __init__(self, device: torch.device, backend):
+        self.device = device
+        self.backend = backend
+        self.host: list[Tensor] = []       # one [_STATUS_WORDS] row per slot
+        self.events: list = []
+        self.free: deque[int] = deque()
+        self.pending: deque[tuple[int, tuple]] = deque()  # (slot, shape key), submission order
+
+    def _add_block(self) -> None:
+        block = self.backend.host_block(self.BLOCK)
+        first = len(self.host)
+        self.host.extend(block[j] for j in range(self.BLOCK))
+        self.events.extend(self.backend.event() for _ in range(self.BLOCK))
+        self.free.extend(range(first, first + self.BLOCK))
+
+    def push(self, key: tuple, status: Tensor) -> bool:
+        """Queues the asynchronous copy of ``status`` and its event on the stream of
+        the ring's device. False when no slot is free (MAX_SLOTS in flight)."""
+        if not self.free:
+            if len(self.host) >= self.MAX_SLOTS:
+                return False
+            self._add_block()
+        i = self.free.popleft()
+        self.host[i].copy_(status, non_blocking=True)
+        self.events[i].record(self.backend.stream(self.device))  # the stream the copy was queued on
+        self.pending.append((i, key))
+        return True
 
 
 class _CapacityBook:
-    """Intersection capacity per problem shape, and the deferred status checks."""
+    """Intersection capacity per problem shape, and the deferred status checks.
 
-    RING = 64
+    Thread-safe: the engine releases the GIL, so several threads may render at once;
+    one lock guards the capacities and the rings (never held while waiting on the GPU,
+    except beyond ``_StatusRing.MAX_SLOTS`` calls in flight on one device)."""
 
-    def __init__(self, max_shapes: int = 64):
+    def __init__(self, max_shapes: int = 64, backend=None):
         self.capacity: OrderedDict[tuple, int] = OrderedDict()
         self.max_shapes = max_shapes
         self.rings: dict[torch.device, _StatusRing] = {}
+        self.backend = backend or _CudaStatusBackend()
+        self.lock = threading.RLock()
 
     def get(self, key: tuple) -> int | None:
-        cap = self.capacity.get(key)
-        if cap is not None:
-            self.capacity.move_to_end(key)
-        return cap
+        with self.lock:
+            cap = self.capacity.get(key)
+            if cap is not None:
+                self.capacity.move_to_end(key)
+            return cap
 
     def grow(self, key: tuple, total: int) -> int:
-        cap = max(self.capacity.get(key, 0), grown_capacity(total))
-        self.capacity[key] = cap
-        self.capacity.move_to_end(key)
-        while len(self.capacity) > self.max_shapes:
-            self.capacity.popitem(last=False)
-        return cap
+        with self.lock:
+            cap = max(self.capacity.get(key, 0), grown_capacity(total))
+            self.capacity[key] = cap
+            self.capacity.move_to_end(key)
+            while len(self.capacity) > self.max_shapes:
+                self.capacity.popitem(last=False)
+            return cap
 
     def defer(self, device: torch.device, key: tuple, status: Tensor) -> None:
-        ring = self.rings.get(device)
-        if ring is None:
-            ring = self.rings[device] = _StatusRing(self.RING)
-        i = ring.next
-        if ring.keys[i] is not None:  # a full ring: the oldest call must be done first
-            error = self._drain(ring, wait=True, limit=1)
-            if error is not None:
-                raise error
-        ring.host[i].copy_(status, non_blocking=True)
-        ring.events[i].record()
-        ring.keys[i] = key
-        ring.pending.append(i)
-        ring.next = (i + 1) % self.RING
+        with self.lock:
+            ring = self.rings.get(device)
+            if ring is None:
+                ring = self.rings[device] = _StatusRing(device, self.backend)
+            if not ring.push(key, status):  # MAX_SLOTS calls in flight: the oldest must finish first
+                error, _ = self._drain(ring, wait=True, limit=1)
+                ring.push(key, status)
+                if error is not None:
+                    raise error
 
-    def settle(self, device: torch.device | None = None, wait: bool = False) -> None:
-        """Inspects finished status copies, oldest first (all of them with ``wait``)."""
-        error = None
-        for dev, ring in self.rings.items():
-            if device is None or dev == device:
-                error = self._drain(ring, wait) or error
+    def settle(self, device: torch.device | None = None, wait: bool = False) -> int:
+        """Inspects finished status copies, oldest first (all of them with ``wait``).
+        Returns how many of the inspected calls overflowed; raises the first invalid
+        input found."""
+        with self.lock:
+            rings = [r for dev, r in self.rings.items() if device is None or dev == device]
+            waits = [r.events[i] for r in rings for i, _ in r.pending] if wait else []
+        for event in waits:  # outside the lock: other threads keep rendering meanwhile
+            event.synchronize()
+        error, overflows = None, 0
+        with self.lock:
+            for ring in rings:
+                e, n = self._drain(ring, wait=False)
+                error = error or e
+                overflows += n
         if error is not None:
             raise error
+        return overflows
 
-    def _drain(self, ring: _StatusRing, wait: bool, limit: int | None = None) -> RasterInputError | None:
-        error = None
-        done = 0
+    def _drain(self, ring: _StatusRing, wait: bool, limit: int | None = None) -> tuple[RasterInputError | None, int]:
+        """Inspects finished calls oldest first: (first invalid-input error, overflow count)."""
+        error, done, overflows = None, 0, 0
         while ring.pending and (limit is None or done < limit):
-            i = ring.pending[0]
+            i, key = ring.pending[0]
             if wait:
                 ring.events[i].synchronize()
             elif not ring.events[i].query():
                 break  # later calls are queued behind this one
             ring.pending.popleft()
-            error = self._inspect(ring, i) or error
+            e, overflowed = self._inspect(key, ring.host[i].tolist())
+            ring.free.append(i)
+            error = error or e
+            overflows += overflowed
             done += 1
-        return error
+        return error, overflows
 
-    def _inspect(self, ring: _StatusRing, i: int) -> RasterInputError | None:
-        key, ring.keys[i] = ring.keys[i], None
-        total, overflow, invalid = (int(v) for v in ring.host[i, :3].tolist())
+    def _inspect(self, key: tuple, words) -> tuple[RasterInputError | None, bool]:
+        total, overflow, invalid = (int(v) for v in words[:3])
         if overflow:
             new_cap = self.grow(key, total)
             warnings.warn(f"rasterize: an earlier call needed {total} tile intersections but had room "
                           f"for fewer; its image missed some Gaussians. Capacity is now {new_cap}. "
-                          f"Use checked=True to redo such calls at once.", RuntimeWarning, stacklevel=5)
+                          f"Use checked=True to redo such calls at once.", RuntimeWarning, stacklevel=6)
         if invalid:
             return RasterInputError(_invalid_message(invalid) + " (found in an earlier CUDA call; "
-                                    "pass checked=True to catch it in the offending call)")
-        return None
+                                    "pass checked=True to catch it in the offending call)"), bool(overflow)
+        return None, bool(overflow)
 
 
 _BOOK = _CapacityBook()
 
 
-def check_status(wait: bool = True) -> None:
+def check_status(wait: bool = True) -> int:
     """Inspects the status of earlier unchecked CUDA calls now.
 
     With ``wait`` it first waits for them to finish. Raises :class:`RasterInputError`
-    if any of them received invalid values; warns (and grows the capacity) if any of
-    them overflowed its intersection buffers.
+    if any of them received invalid values; warns (and grows the capacity) for each of
+    them that overflowed its intersection buffers, and returns how many did (0 on a
+    machine that made no unchecked CUDA call).
     """
-    _BOOK.settle(wait=wait)
+    return _BOOK.settle(wait=wait)
+
+
+_CAPTURE = threading.local()  # .collectors: the GraphStatus objects open on this thread
+_WARNED_UNWATCHED_CAPTURE = False
+
+
+class GraphStatus:
+    """The status of rasterize calls captured into a CUDA graph, for its replays.
+
+    A captured call cannot be checked by the wrapper (replays happen without it), so
+    every call captured while a ``GraphStatus`` is open also captures three tiny
+    kernels that fold its status words into this object's device buffer: the largest
+    intersection count needed, the overflow flag and the invalid-input flags,
+    accumulated over every replay until ``check()`` reads and clears them::
+
+        status = GraphStatus()
+        with status, torch.cuda.graph(graph):
+            out = step()              # after one eager warm-up call per shape
+        ...
+        graph.replay()
+        if status.check():            # one sync; raises RasterInputError on bad input
+            ...                       # a replay overflowed: its images missed Gaussians.
+                                      # Capacities have grown: capture the graph again.
+
+    ``check()`` may run after every replay or every few (flags accumulate). Entering
+    the object again (for a re-capture) clears what it held. A call captured while no
+    ``GraphStatus`` is open warns once: its replays cannot report anything.
+
+    Args:
+        device: the CUDA device of the captured calls (default: the current one).
+        slots: the most rasterize calls one capture may hold.
+    """
+
+    def __init__(self, device=None, slots: int = 256):
+        self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+        self.acc = torch.zeros(slots, _STATUS_WORDS, dtype=torch.int64, device=self.device)
+        self.keys: list[tuple] = []
+
+    def __enter__(self) -> "GraphStatus":
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("enter GraphStatus before the CUDA-graph capture begins, not inside it")
+        self.keys.clear()
+        self.acc.zero_()
+        if not hasattr(_CAPTURE, "collectors"):
+            _CAPTURE.collectors = []
+        _CAPTURE.collectors.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _CAPTURE.collectors.remove(self)
+
+    def _record(self, key: tuple, status: Tensor) -> None:
+        if status.device != self.acc.device:
+            raise ValueError(f"rasterize captured on {status.device} but the open GraphStatus is for "
+                             f"{self.acc.device}")
+        i = len(self.keys)
+        if i >= self.acc.shape[0]:
+            raise RuntimeError(f"more than {self.acc.shape[0]} rasterize calls captured in one graph; "
+                               f"use GraphStatus(slots=...)")
+        self.keys.append(key)
+        row = self.acc[i]
+        torch.maximum(row[:2], status[:2], out=row[:2])  # intersections needed, overflow flag
+        row[2:3].bitwise_or_(status[2:3])                # invalid-input bits
+
+    def check(self) -> bool:
+        """Reads what the replays since the last check recorded (waits for the
+        current stream of the device) and clears it. Raises RasterInputError if a
+        replay received invalid values; returns True if one overflowed, after growing
+        the capacities so that a re-capture has room."""
+        n = len(self.keys)
+        if n == 0:
+            return False
+        words = self.acc[:n].tolist()
+        self.acc.zero_()
+        overflowed, invalid = False, 0
+        for key, (total, overflow, flags, _) in zip(self.keys, words):
+            if overflow:
+                _BOOK.grow(key, total)
+                overflowed = True
+            invalid |= flags
+        if invalid:
+            raise RasterInputError(_invalid_message(invalid) + " (found in a CUDA-graph replay)")
+        return overflowed
+
+
+def _captured(key: tuple, status: Tensor) -> None:
+    global _WARNED_UNWATCHED_CAPTURE
+    collectors = getattr(_CAPTURE, "collectors", None)
+    if collectors:
+        collectors[-1]._record(key, status)
+    elif not _WARNED_UNWATCHED_CAPTURE:
+        _WARNED_UNWATCHED_CAPTURE = True
+        warnings.warn("rasterize was captured into a CUDA graph with no dgtalker.ops.raster.GraphStatus open: "
+                      "replays of that graph cannot report intersection overflows or invalid input",
+                      RuntimeWarning, stacklevel=4)
 
 
 _LAYOUTS: dict[tuple, dict] = {}
@@ -209,6 +368,7 @@ class _Rasterize(torch.autograd.Function):
         while True:
             cfg, state, status, image, alpha, depth = _run_forward(inp, background, capacity, deterministic)
             if capturing:
+                _captured(key, status)
                 break
             if on_cpu or checked or not sized:
                 total, overflow, invalid = (int(v) for v in status[:3].tolist())  # waits on CUDA
