@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io import atomic_write_bytes, encode_image
+from ..io import atomic_write_bytes, atomic_write_json, encode_image
 from .losses import photometric_loss, psnr
 
 STATE_SUFFIX = ".state.safetensors"
@@ -87,13 +87,15 @@ class IdentityTrainConfig:
     checkpoint_every: int = 500
     preview_every: int = 500
     half: bool = False                # store OUT's generator in float16 (the state stays float32)
+    validate_every: int = 0           # steps between held-out checks (PSNR from audio alone; 0: off)
+    validate_frames: int = 8          # held-out frames used by that check
 
     def validate(self) -> None:
         for name in ("steps", "resolution", "pairs", "checkpoint_every", "preview_every", "locality_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        for name in ("k_exp", "k_lip", "invert_steps", "invert_views"):
+        for name in ("k_exp", "k_lip", "invert_steps", "invert_views", "validate_every", "validate_frames"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
@@ -345,6 +347,22 @@ def locality_loss(generator, reference, step: int, cfg: IdentityTrainConfig, n: 
     return (out.float() - ref.float()).pow(2).mean()
 
 
+@torch.no_grad()
+def validate_heldout(talker, val: ClipFrames, cfg: IdentityTrainConfig) -> dict:
+    """PSNR (whole frame and lower face) of held-out frames rendered from their audio
+    alone (residual zero), at training resolution."""
+    from ..talker import body_transforms
+
+    k = torch.arange(len(val))
+    b = val.batch(k)
+    f = val.indices.to(talker.device)
+    ce, cl = speech_coefficients(talker.encoder, val.windows, f, val.num_frames)
+    body = body_transforms(b["w2c"], talker.body_w2c)
+    img, _ = talker.frames(ce, cl, b["w2c"], b["K"], cfg.resolution, cfg.resolution, body=body, amp=cfg.amp)
+    img = img.clamp(0, 1)
+    return {"val_psnr": float(psnr(img, b["rgb"])), "val_psnr_lower": float(psnr(img, b["rgb"], mask=b["lower"]))}
+
+
 # ----------------------------------------------------------------------------------
 # optimizer, state, previews
 
@@ -378,6 +396,7 @@ def save_training(out: Path, talker, opt, step: int, cfg: IdentityTrainConfig, h
             "residual_frames": str(talker.residual_track.shape[0]), "source": json.dumps(talker.source)}
     write_checkpoint(_state_path(out), tensors, format=STATE_FORMAT, version=STATE_VERSION, meta=meta)
     save_talker(out, talker, half=cfg.half)
+    atomic_write_json(out.with_name(out.name + ".history.json"), history)
 
 
 def load_training_state(out: Path):
@@ -505,6 +524,11 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
     dataset = load(data_dir)
     split = dataset.splits["train"] if dataset.splits["train"].size else np.arange(len(dataset))
     data = ClipFrames(dataset, split, cfg.resolution, device=device, progress=progress)
+    val = None
+    held = dataset.splits["heldout"]
+    if cfg.validate_every > 0 and held.size >= 2 and cfg.validate_frames >= 2:
+        pick = held[np.linspace(0, held.size - 1, min(cfg.validate_frames, held.size)).round().astype(int)]
+        val = ClipFrames(dataset, pick, cfg.resolution, device=device, progress=False)
     reference = prior if prior is not None else load_default_prior()
     reference = reference.to(device).eval()
     for p in reference.parameters():
@@ -555,7 +579,10 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
             if not math.isfinite(metrics["loss"]):
                 raise FloatingPointError(f"loss became {metrics['loss']} at step {step}; lower the learning rates")
             step += 1
-            history.append({"step": step, "minutes": round(elapsed() / 60, 4), **{k: round(v, 5) for k, v in metrics.items()}})
+            row = {"step": step, "minutes": round(elapsed() / 60, 4), **{k: round(v, 5) for k, v in metrics.items()}}
+            if val is not None and (step % cfg.validate_every == 0 or step == 1):
+                row.update(validate_heldout(talker, val, cfg))
+            history.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", psnr=f"{metrics['psnr']:.2f}")
             if step % cfg.checkpoint_every == 0:

@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     p.add_argument("--preview-every", type=int, default=d.preview_every, help="steps between preview images")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
+    p.add_argument("--validate-every", type=int, default=0, metavar="STEPS",
+                   help="every STEPS steps, log the PSNR of a few held-out frames rendered from audio alone "
+                        "(in OUT.state.safetensors' history; default: off)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -56,7 +59,7 @@ def run(args) -> int:
     cfg = IdentityTrainConfig(steps=args.steps, minutes=args.minutes, resolution=args.resolution, pairs=args.pairs,
                               k_exp=args.k_exp, k_lip=args.k_lip, cross_view=not args.no_cross_view, seed=args.seed,
                               half=args.half, preview_every=args.preview_every,
-                              checkpoint_every=args.checkpoint_every)
+                              checkpoint_every=args.checkpoint_every, validate_every=args.validate_every)
     prior = None
     try:
         cfg.validate()

@@ -1,0 +1,229 @@
+"""Evaluating a talker against a clip's ground truth.
+
+Every evaluated frame is rendered from the clip's audio alone (the talker's
+encoder over the whole clip's windows; the expression residual at zero, the
+clip's mean expression) at that frame's camera, with the torso posed by that
+frame's head pose, composited over the talker's background plate, and compared with
+the ground-truth frame:
+
+- ``psnr`` (whole frame), ``psnr_head``, ``psnr_lower_face``, ``psnr_upper_face``
+  (inside the ground truth's masks), ``ssim``;
+- mouth motion: ``mouth_corr`` and ``mouth_lag_frames`` between the mouth opening
+  measured on renders and on ground truth (``metrics.mouth_opening``, the same
+  measurement on both), over the evaluated frames in time order;
+- ``static`` baseline: the same metrics for ``w_can`` alone (no audio);
+- optional ``fit_upper``: the upper face fitted to each frame (test-time fit of
+  ``c_exp`` alone on the upper-face mask; lips still from audio);
+- ``novel_views`` (a dataset with ``novel/``): renders at the novel cameras, both
+  sides composited over one grey (the plate is only valid for the training camera),
+  per |yaw| bucket.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import metrics as M
+
+
+def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
+    """[H, W, C] -> [size, size, C] (area)."""
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    return F.interpolate(img.permute(2, 0, 1)[None], size=(size, size), mode="area")[0].permute(1, 2, 0)
+
+
+def clip_coefficients(talker, dataset, *, causal: bool = False):
+    """Speech-driven (c_exp, c_lip) ``[N, K]`` of every frame of a talking dataset."""
+    from .. import audio as A
+
+    samples, rate = dataset.audio
+    enc = talker.causal_encoder if causal else talker.encoder
+    feats = A.features(samples, rate, fps=dataset.fps, context=enc.config.half_window / 100.0,
+                       num_frames=len(dataset))
+    with torch.no_grad():
+        return talker.coefficients(torch.from_numpy(feats.windows), causal=causal)
+
+
+class _GroundTruth:
+    def __init__(self, viewset, size: int, device):
+        self.v, self.size, self.device = viewset, size, device
+
+    def __call__(self, idx):
+        imgs, masks = [], []
+        for i in idx:
+            img = torch.from_numpy(np.ascontiguousarray(self.v.image(int(i)))).float() / 255
+            m = torch.from_numpy(np.ascontiguousarray(self.v.masks(int(i))))
+            imgs.append(_resize(img, self.size))
+            masks.append(_resize(m, self.size))
+        return torch.stack(imgs).to(self.device), torch.stack(masks).to(self.device)
+
+
+def _cameras(viewset, idx, size: int, width: int, height: int, device):
+    K = torch.as_tensor(viewset.K[idx], dtype=torch.float32).clone()
+    K[:, 0] *= size / width
+    K[:, 1] *= size / height
+    return torch.as_tensor(viewset.w2c[idx], dtype=torch.float32).to(device), K.to(device)
+
+
+def _frame_metrics(render, gt, masks) -> list[dict]:
+    out = []
+    for r, g, m in zip(render, gt, masks):
+        out.append({"psnr": M.psnr(r, g), "psnr_head": M.psnr(r, g, m[..., 0]),
+                    "psnr_lower_face": M.psnr(r, g, m[..., 1]), "psnr_upper_face": M.psnr(r, g, m[..., 2]),
+                    "ssim": M.ssim(r, g), "mouth_render": M.mouth_opening(r, m[..., 1]),
+                    "mouth_truth": M.mouth_opening(g, m[..., 1])})
+    return out
+
+
+def _summary(rows: list[dict]) -> dict:
+    keys = ("psnr", "psnr_head", "psnr_lower_face", "psnr_upper_face", "ssim")
+    out = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+    truth = [r["mouth_truth"] for r in rows]
+    pred = [r["mouth_render"] for r in rows]
+    out["mouth_corr"] = M.pearson(truth, pred)
+    lag, corr = M.best_lag(truth, pred)
+    out["mouth_lag_frames"], out["mouth_best_corr"] = lag, corr
+    out["frames"] = len(rows)
+    return out
+
+
+def fit_upper_face(talker, c_exp, c_lip, w2c, K, body, gt, upper, size: int, steps: int = 40, lr: float = 0.05):
+    """Test-time fit of ``c_exp`` alone to frames on their upper-face masks (lips fixed)."""
+    from ..train.identity import masked_l1
+
+    c = c_exp.clone().requires_grad_(True)
+    opt = torch.optim.Adam([c], lr=lr)
+    for _ in range(steps):
+        img, _ = talker.frames(c, c_lip, w2c, K, size, size, body=body)
+        loss = masked_l1(img, gt, upper)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return c.detach()
+
+
+def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bool = True, fit_upper_steps: int = 0,
+             fit_every: int = 1, batch: int = 4, device=None, progress: bool = True) -> dict:
+    """Metrics of ``talker`` on ``frames`` of ``dataset`` (default: its held-out split, or all
+    frames if it has none); see the module docstring."""
+    from tqdm import tqdm
+
+    from ..talker import body_transforms
+
+    device = torch.device(device) if device is not None else talker.device
+    talker = talker.to(device).eval()
+    size = size or dataset.width
+    if frames is None:
+        frames = dataset.splits["heldout"] if dataset.splits["heldout"].size else np.arange(len(dataset))
+    frames = np.asarray(frames, np.int64)
+    ce_all, cl_all = clip_coefficients(talker, dataset)
+    gt_of = _GroundTruth(dataset, size, device)
+    rows, static_rows, fit_rows = [], [], []
+    for s in tqdm(range(0, len(frames), batch), desc="evaluating", disable=not progress, unit="batch"):
+        idx = frames[s:s + batch]
+        w2c, K = _cameras(dataset, idx, size, dataset.width, dataset.height, device)
+        body = body_transforms(w2c, talker.body_w2c)
+        gt, masks = gt_of(idx)
+        ce, cl = ce_all[idx].to(device), cl_all[idx].to(device)
+        with torch.no_grad():
+            img, _ = talker.frames(ce, cl, w2c, K, size, size, body=body)
+            rows += _frame_metrics(img.clamp(0, 1), gt, masks)
+            img0, _ = talker.frames(torch.zeros_like(ce), torch.zeros_like(cl), w2c, K, size, size, body=body)
+            static_rows += _frame_metrics(img0.clamp(0, 1), gt, masks)
+        if fit_upper_steps > 0:
+            keep = (np.arange(s, s + len(idx)) % fit_every) == 0
+            if keep.any():
+                k = torch.from_numpy(np.nonzero(keep)[0]).to(device)
+                c_fit = fit_upper_face(talker, ce[k], cl[k], w2c[k], K[k], body[k], gt[k], masks[k][..., 2], size,
+                                       steps=fit_upper_steps)
+                with torch.no_grad():
+                    img, _ = talker.frames(c_fit, cl[k], w2c[k], K[k], size, size, body=body[k])
+                fit_rows += _frame_metrics(img.clamp(0, 1), gt[k], masks[k])
+    report = {"frames": _summary(rows), "static": _summary(static_rows), "size": size,
+              "evaluated_frames": [int(i) for i in frames],
+              "per_frame": [{k: round(v, 4) for k, v in r.items()} for r in rows],
+              "coefficient_jitter": M.jitter(torch.cat([ce_all, cl_all], 1).numpy())}
+    if fit_rows:
+        report["fit_upper"] = _summary(fit_rows)
+    if novel and dataset.novel is not None:
+        report["novel_views"] = evaluate_novel(talker, dataset, ce_all, cl_all, size, batch, device, progress)
+    return report
+
+
+def evaluate_novel(talker, dataset, ce_all, cl_all, size, batch, device, progress) -> dict:
+    """Image metrics at the novel-view cameras, per |yaw| bucket (see module docstring)."""
+    from tqdm import tqdm
+
+    from ..talker import body_transforms
+
+    nv = dataset.novel
+    yaw = np.asarray(nv.extra.get("yaw_deg", np.zeros(len(nv))), np.float64)
+    grey = torch.full((3,), 0.5, device=device)
+    gt_of = _GroundTruth(nv, size, device)
+    per = []
+    for s in tqdm(range(0, len(nv), batch), desc="novel views", disable=not progress, unit="batch"):
+        idx = np.arange(s, min(s + batch, len(nv)))
+        fi = nv.frame_index[idx]
+        w2c, K = _cameras(nv, idx, size, dataset.width, dataset.height, device)
+        main_w2c = torch.as_tensor(dataset.w2c[fi], dtype=torch.float32, device=device)
+        body = body_transforms(main_w2c, talker.body_w2c)
+        gt, masks = gt_of(idx)
+        gt = gt * masks[..., 3:4] + grey * (1 - masks[..., 3:4])
+        with torch.no_grad():
+            img, _ = talker.frames(ce_all[fi].to(device), cl_all[fi].to(device), w2c, K, size, size, body=body,
+                                   background=grey)
+        for k, r in enumerate(_frame_metrics(img.clamp(0, 1), gt, masks)):
+            r["yaw"] = float(yaw[idx[k]])
+            per.append(r)
+    out = {}
+    for b in (0, 15, 30, 45):
+        rows = [r for r in per if abs(abs(r["yaw"]) - b) < 7.5]
+        if rows:
+            out[str(b)] = {k: float(np.nanmean([r[k] for r in rows])) for k in
+                           ("psnr", "psnr_head", "psnr_lower_face", "ssim")} | {"views": len(rows)}
+    return out
+
+
+def disentanglement(talker, dataset, *, frame: int = 0, size: int = 256, sigma: float = 2.0, device=None) -> dict:
+    """How much moving ``c_exp`` alone changes the lower face compared with moving ``c_lip``
+    alone, and vice versa for the upper face. Each component is moved by ``sigma``
+    times its spread over the clip (speech coefficients plus residual), one at a time,
+    from the clip's mean; changes are mean |image difference| inside the ground-truth
+    lower- and upper-face masks of ``frame`` at its camera."""
+    from ..talker import body_transforms
+
+    device = torch.device(device) if device is not None else talker.device
+    ce_all, cl_all = clip_coefficients(talker, dataset)
+    ce_all = ce_all + talker.residual_track.detach().cpu()[: len(ce_all)]
+    mean_e, mean_l = ce_all.mean(0), cl_all.mean(0)
+    std_e, std_l = ce_all.std(0), cl_all.std(0)
+    w2c, K = _cameras(dataset, np.array([frame]), size, dataset.width, dataset.height, device)
+    body = body_transforms(w2c, talker.body_w2c)
+    _, masks = _GroundTruth(dataset, size, device)([frame])
+    lower, upper = masks[..., 1:2], masks[..., 2:3]
+    Ke, Kl = len(mean_e), len(mean_l)
+    ce = mean_e.repeat(1 + 2 * (Ke + Kl), 1)
+    cl = mean_l.repeat(1 + 2 * (Ke + Kl), 1)
+    for k in range(Ke):
+        ce[1 + 2 * k, k] += sigma * std_e[k]
+        ce[2 + 2 * k, k] -= sigma * std_e[k]
+    for k in range(Kl):
+        cl[1 + 2 * (Ke + k), k] += sigma * std_l[k]
+        cl[2 + 2 * (Ke + k), k] -= sigma * std_l[k]
+    n = ce.shape[0]
+    with torch.no_grad():
+        img, _ = talker.frames(ce.to(device), cl.to(device), w2c.expand(n, -1, -1), K.expand(n, -1, -1), size, size,
+                               body=body.expand(n, -1, -1))
+    d = (img[1:] - img[:1]).abs()
+    lo = (d * lower).sum((1, 2, 3)) / lower.sum().clamp_min(1) / 3
+    up = (d * upper).sum((1, 2, 3)) / upper.sum().clamp_min(1) / 3
+    e_lo, e_up = float(lo[: 2 * Ke].sum()), float(up[: 2 * Ke].sum())
+    l_lo, l_up = float(lo[2 * Ke:].sum()), float(up[2 * Ke:].sum())
+    return {"exp_on_lower": e_lo, "lip_on_lower": l_lo, "exp_on_upper": e_up, "lip_on_upper": l_up,
+            "lower_leak": e_lo / l_lo if l_lo > 0 else math.nan,
+            "upper_leak": l_up / e_up if e_up > 0 else math.nan,
+            "orthogonality_error": talker.blendshapes.orthogonality_error()}

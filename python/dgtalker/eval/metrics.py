@@ -1,0 +1,88 @@
+"""Image and motion metrics of the evaluation, on plain arrays (torch or numpy).
+
+All images are float in [0, 1], ``[..., H, W, 3]``; masks ``[..., H, W]`` in [0, 1].
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _t(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def psnr(a, b, mask=None) -> float:
+    """PSNR in dB between images in [0, 1]; inside ``mask`` (soft weights) if given.
+    Identical images give +inf; an empty mask gives NaN."""
+    a, b = _t(a).double(), _t(b).double()
+    se = (a - b) ** 2
+    if mask is None:
+        mse = float(se.mean())
+    else:
+        m = _t(mask).double()[..., None]
+        denom = float(m.sum()) * a.shape[-1]
+        if denom <= 0:
+            return float("nan")
+        mse = float((se * m).sum()) / denom
+    return float("inf") if mse == 0 else -10.0 * float(np.log10(mse))
+
+
+def ssim(a, b) -> float:
+    """Mean SSIM (Gaussian 11x11 window) of ``[B, H, W, 3]`` or ``[H, W, 3]`` images."""
+    from ..train.losses import ssim as _ssim
+
+    a, b = _t(a).float(), _t(b).float()
+    if a.dim() == 3:
+        a, b = a[None], b[None]
+    return float(_ssim(a, b))
+
+
+def luminance(img) -> torch.Tensor:
+    img = _t(img).float()
+    return 0.299 * img[..., 0] + 0.587 * img[..., 1] + 0.114 * img[..., 2]
+
+
+def mouth_opening(img, lower_mask, threshold: float = 0.45) -> float:
+    """How open the mouth looks: the fraction of the lower-face region (``lower_mask``
+    > 0.5) darker than ``threshold`` times the region's median luminance (the mouth
+    interior). Measured the same way on a render and on its ground truth, with the
+    ground truth's mask, it compares mouth motion without any landmark detector."""
+    y = luminance(img)
+    region = _t(lower_mask).float() > 0.5
+    if int(region.sum()) == 0:
+        return float("nan")
+    vals = y[region]
+    return float((vals < threshold * vals.median()).float().mean())
+
+
+def pearson(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def best_lag(truth, pred, max_lag: int = 5) -> tuple[int, float]:
+    """(lag, correlation) maximising the correlation of ``pred[t + lag]`` with
+    ``truth[t]``: a positive lag means the prediction is late."""
+    truth, pred = np.asarray(truth, np.float64), np.asarray(pred, np.float64)
+    best = (0, -np.inf)
+    for lag in range(-max_lag, max_lag + 1):
+        if lag >= 0:
+            c = pearson(truth[: len(truth) - lag], pred[lag:])
+        else:
+            c = pearson(truth[-lag:], pred[: len(pred) + lag])
+        if np.isfinite(c) and c > best[1]:
+            best = (lag, c)
+    return best[0], float(best[1])
+
+
+def jitter(coefficients) -> float:
+    """Mean absolute second difference of a coefficient track ``[T, K]`` (frame-to-frame
+    acceleration): large values are visible jitter."""
+    c = np.asarray(coefficients, np.float64)
+    if len(c) < 3:
+        return 0.0
+    return float(np.abs(c[2:] - 2 * c[1:-1] + c[:-2]).mean())
