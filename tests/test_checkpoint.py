@@ -164,6 +164,26 @@ def test_shipped_default_prior_loads_and_renders_a_head():
     assert alpha[0, 28:36, 28:36].mean() > 0.95 and alpha[0, :4, :4].mean() < 0.05
 
 
+def test_shipped_prior_is_trained():
+    """Something only a trained prior does: its mean head, seen from the cameras of the
+    sample clip (a synthetic identity), matches those frames' foreground clearly better
+    than an untrained generator of the same config, whose template shell has the right
+    silhouette but no face (measured: 14.9 dB vs 12.4 dB untrained, 12.1 dB perturbed
+    random weights; whole-image PSNR would mostly measure the silhouette)."""
+    from pathlib import Path
+
+    import dgtalker
+    from dgtalker.data import load
+    from dgtalker.invert import evaluate, load_views
+
+    views = load_views(load(Path(__file__).parent / "data" / "sample"), [0, 5, 10], 64)
+    G = dgtalker.load_prior()
+    trained = evaluate(G, G.mean_w()[None], views)["psnr_fg"]
+    untrained_gen = Generator(G.config, seed=0)
+    untrained = evaluate(untrained_gen, untrained_gen.mean_w()[None], views)["psnr_fg"]
+    assert trained > 14.0 and trained > untrained + 1.5, (trained, untrained)
+
+
 def test_missing_default_prior_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(prior, "DEFAULT_PRIOR_PATH", tmp_path / "absent.safetensors")
     with pytest.raises(prior.NoDefaultPriorError, match="no default Gaussian prior is shipped"):

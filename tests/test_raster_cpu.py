@@ -55,7 +55,7 @@ def test_cpu_backward_is_deterministic():
         assert torch.equal(g0, g1)
 
 
-def test_capacity_overflow_is_redone():
+def test_capacity_overflow_is_redone(monkeypatch):
     """Few Gaussians covering every tile overflow the first capacity guess; the call redoes."""
     g = torch.Generator().manual_seed(4)
     n = 6
@@ -67,8 +67,22 @@ def test_capacity_overflow_is_redone():
     opac = torch.full((n,), 0.3)
     colors = torch.rand(n, 3, generator=g)
     from scenes import camera
+
+    from dgtalker.ops import raster as raster_ops
     viewmats, Ks = camera(1, 300, 290, focal=200.0)
+    raster_ops._BOOK.capacity.pop(("cpu", 1, n, False, 300, 290), None)  # a shape not yet sized
+    real, calls = raster_ops._run_forward, []
+
+    def spy(inp, background, capacity, deterministic):
+        out = real(inp, background, capacity, deterministic)
+        calls.append((capacity, *(int(v) for v in out[2][:2])))  # capacity, intersections, overflow flag
+        return out
+
+    monkeypatch.setattr(raster_ops, "_run_forward", spy)
     assert_matches_reference((means, quats, scales, opac, colors, viewmats, Ks), 300, 290)
+    (cap0, total0, overflow0), (cap1, total1, overflow1) = calls[:2]
+    assert overflow0 == 1 and total0 > cap0  # the first guess did overflow ...
+    assert overflow1 == 0 and cap1 >= total1 == total0  # ... and the call was redone with room
 
 
 def test_image_only_loss_matches_reference():

@@ -156,7 +156,15 @@ def test_existing_out_without_state_is_refused(corpus, tmp_path):
 
 
 def test_single_view_corpus_is_refused(tmp_path):
-    sample = Path(__file__).parent / "data" / "sample"
+    """The corpus kind is checked first: a talking clip is refused as such even when
+    its audio (or anything else a full load checks) is unreadable."""
+    import shutil
+
+    sample = tmp_path / "sample"
+    shutil.copytree(Path(__file__).parent / "data" / "sample", sample)
+    with pytest.raises(ValueError, match="needs a multiview corpus"):
+        pretrain_prior(sample, tmp_path / "p.safetensors", config(), device=CPU, progress=False)
+    (sample / "audio.wav").write_bytes(b"not audio")
     with pytest.raises(ValueError, match="needs a multiview corpus"):
         pretrain_prior(sample, tmp_path / "p.safetensors", config(), device=CPU, progress=False)
 

@@ -73,6 +73,20 @@ class PriorTrainConfig:
         GeneratorConfig.from_dict(dict(self.generator))  # bounded: raises ValueError naming the field
 
 
+def _require_multiview(root) -> None:
+    """Refuses a dataset of another kind by its meta.json alone, before loading it (a
+    talking clip would otherwise first have its audio and frames checked)."""
+    import json as _json
+
+    try:
+        kind = _json.loads((Path(root) / "meta.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return  # missing or unreadable: dgtalker.data.load reports it
+    if kind != "multiview":
+        raise ValueError(f"{root}: prior training needs a multiview corpus (dgtalker synth --multi N), "
+                         f"got a {kind!r} dataset")
+
+
 class CorpusImages:
     """The training items of a multiview corpus, resized once and kept in memory as
     uint8 (a few thousand 128^2 items take a few hundred MB)."""
@@ -82,6 +96,7 @@ class CorpusImages:
 
         from ..data import load
 
+        _require_multiview(root)
         ds = load(root)
         if ds.kind != "multiview":
             raise ValueError(f"{root}: prior training needs a multiview corpus (dgtalker synth --multi N), "
