@@ -1,5 +1,5 @@
 // One element of each pipeline stage, shared by the CPU and CUDA drivers: the
-// drivers only decide how elements are scheduled (OpenMP loop or CUDA grid) and
+// drivers only decide how elements are scheduled (thread-pool loop or CUDA grid) and
 // how results are reduced (serial sums or warp reductions plus atomics).
 #pragma once
 
