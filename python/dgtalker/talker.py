@@ -196,7 +196,7 @@ class Talker(nn.Module):
         g = torch.Generator().manual_seed(0 if seed is None else int(seed))
         if n < 2:
             return track[:1].expand(num_frames, -1).clone()
-        seg = max(2, min(n, int(4 * self.config.fps)))  # ~4 s excerpts
+        seg = max(2, min(n // 2, int(4 * self.config.fps)))  # ~4 s excerpts (shorter tracks: half of it)
         fade = min(5, seg // 2)
         out = torch.empty(num_frames, track.shape[1], device=track.device)
         t = 0

@@ -1,0 +1,299 @@
+"""The talker: blendshapes, audio encoder, torso skinning, checkpoints, and identity
+training with masked cross-view supervision (tiny configuration, CPU)."""
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from priors import TINY
+
+from dgtalker.models.audio_encoder import AudioEncoder, AudioEncoderConfig
+from dgtalker.models.blendshapes import Blendshapes
+from dgtalker.models.generator import Generator, GeneratorConfig
+from dgtalker.talker import (Talker, TalkerCheckpointError, TalkerConfig, body_transforms, load_talker, mean_camera,
+                             save_talker, skin)
+from dgtalker.train import identity as I
+
+SAMPLE = Path(__file__).parent / "data" / "sample"
+
+
+def tiny_generator(seed=0):
+    return Generator(GeneratorConfig(**TINY), seed=seed)
+
+
+def tiny_config(**kw):
+    base = dict(steps=4, resolution=64, pairs=2, k_exp=2, k_lip=3, invert_steps=2, invert_resolution=32,
+                invert_views=4, checkpoint_every=100, preview_every=100, amp=False)
+    base.update(kw)
+    return I.IdentityTrainConfig(**base)
+
+
+# -- blendshapes -------------------------------------------------------------------------
+def test_blendshapes_stay_orthonormal_after_optimizer_steps():
+    torch.manual_seed(0)
+    bs = Blendshapes(64, 5, 7, seed=3)
+    opt = torch.optim.Adam(bs.parameters(), lr=0.05)
+    target = torch.randn(12, 64)
+    for _ in range(50):
+        B = bs.basis()
+        loss = (B - target).pow(2).sum() + bs.log_scale.pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    B = bs.basis().detach()
+    assert B.shape == (12, 64)
+    assert bs.orthogonality_error() < 1e-5
+    assert float((B @ B.T - torch.eye(12)).abs().max()) < 1e-5
+    # the optimisation moved the subspace (the test is not vacuous)
+    assert float((B - Blendshapes(64, 5, 7, seed=3).basis().detach()).abs().max()) > 0.1
+    B_exp, B_lip = bs.bases()
+    assert B_exp.shape == (5, 64) and B_lip.shape == (7, 64)
+    assert float((B_exp @ B_lip.T).abs().max()) < 1e-5
+
+
+def test_blendshapes_reject_bad_sizes():
+    with pytest.raises(ValueError, match="k_exp \\+ k_lip"):
+        Blendshapes(4, 3, 2)
+    with pytest.raises(ValueError, match="k_lip"):
+        Blendshapes(16, 2, -1)
+
+
+# -- audio encoder -----------------------------------------------------------------------
+def test_audio_encoder_shapes_and_errors():
+    enc = AudioEncoder(AudioEncoderConfig(k_exp=3, k_lip=4, channels=16, embed=16))
+    w = torch.randn(11, 61, 80)
+    ce, cl = enc(w)
+    assert ce.shape == (11, 3) and cl.shape == (11, 4)
+    assert torch.isfinite(ce).all() and torch.isfinite(cl).all()
+    with pytest.raises(ValueError, match="windows must be"):
+        enc(torch.randn(11, 60, 80))
+    with pytest.raises(ValueError, match="windows must be"):
+        enc(torch.randn(0, 61, 80))
+
+
+def test_causal_encoder_look_ahead_is_bounded():
+    cfg = AudioEncoderConfig(k_exp=2, k_lip=2, channels=16, embed=16).causal(0.2)
+    assert cfg.lookahead_seconds() <= 0.2 + 1e-9
+    assert cfg.lookahead_mel < cfg.half_window
+    enc = AudioEncoder(cfg, seed=1)
+    torch.manual_seed(0)
+    T, t = 20, 9
+    w = torch.randn(T, 61, 80)
+    ce, cl = enc(w)
+    # audio beyond the look-ahead: windows of later frames, and mel frames of frame t's
+    # own (and its future neighbours') windows past the bound
+    w2 = w.clone()
+    w2[t + cfg.future + 1:] = torch.randn_like(w2[t + cfg.future + 1:])
+    for k in range(t - cfg.past, t + cfg.future + 1):
+        w2[k, cfg.half_window + cfg.lookahead_mel + 1:] = 5.0
+    ce2, cl2 = enc(w2)
+    assert torch.allclose(ce[t], ce2[t]) and torch.allclose(cl[t], cl2[t])
+    # ... while audio inside the look-ahead does change it
+    w3 = w.clone()
+    w3[t, cfg.half_window + cfg.lookahead_mel] += 3.0
+    ce3, cl3 = enc(w3)
+    assert not torch.allclose(torch.cat([ce[t], cl[t]]), torch.cat([ce3[t], cl3[t]]))
+    # the full encoder looks further ahead than the causal bound
+    assert AudioEncoderConfig().lookahead_seconds() > 0.2
+
+
+# -- torso and cameras ---------------------------------------------------------------------
+def test_skinning_moves_the_torso_with_the_body_and_keeps_the_head():
+    G = tiny_generator()
+    T = Talker(G, TalkerConfig(k_exp=1, k_lip=1, width=32, height=32))
+    wgt = T.skin_weight
+    assert float(wgt.max()) == 1.0 and float(wgt.min()) == 0.0
+    means, quats, *_ = G.gaussians(G.mean_w()[None])
+    body = torch.eye(4)[None].clone()
+    c, s = np.cos(0.3), np.sin(0.3)
+    body[0, :3, :3] = torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=torch.float32)
+    body[0, :3, 3] = torch.tensor([0.01, 0.02, 0.0])
+    m2, q2 = skin(means, quats, wgt, body)
+    head, torso = wgt == 0, wgt == 1
+    assert torch.equal(m2[0, head], means[0, head])
+    moved = means[0, torso] @ body[0, :3, :3].T + body[0, :3, 3]
+    assert torch.allclose(m2[0, torso], moved, atol=1e-6)
+    assert torch.allclose(q2.norm(dim=-1), torch.ones(q2.shape[:2]), atol=1e-5)
+    m3, q3 = skin(means, quats, wgt, torch.eye(4)[None])
+    assert torch.allclose(m3, means, atol=1e-7) and torch.allclose(q3, quats, atol=1e-6)
+
+
+def test_mean_camera_and_body_transforms():
+    from dgtalker.camera import orbit
+
+    cams = torch.stack([orbit(y, p, width=64, height=64)[0] for y, p in ((-10, 0), (10, 0), (0, 5), (0, -5))])
+    mc = mean_camera(cams)
+    assert torch.allclose(mc[:3, :3] @ mc[:3, :3].T, torch.eye(3), atol=1e-5)
+    front = orbit(0, 0, width=64, height=64)[0]
+    assert torch.allclose(mc[:3, :3], front[:3, :3], atol=1e-5)
+    assert torch.allclose(mc[:3, 3], front[:3, 3], atol=1e-2)  # the mean of centres on a sphere lies inside it
+    Tb = body_transforms(cams, mc)
+    assert torch.allclose(cams @ Tb, mc.expand(4, -1, -1), atol=1e-5)  # the torso sees the body camera
+
+
+# -- training ------------------------------------------------------------------------------
+def test_cross_batch_takes_lips_from_i_and_expression_from_j():
+    ce_i, cl_i = torch.full((2, 2), 1.0), torch.full((2, 3), 2.0)
+    ce_j, cl_j = torch.full((2, 2), 3.0), torch.full((2, 3), 4.0)
+    c_exp, c_lip = I.compose_cross_batch(ce_i, cl_i, ce_j, cl_j)
+    assert torch.equal(c_exp[4:], ce_j) and torch.equal(c_lip[4:], cl_i)
+    assert torch.equal(c_exp[:2], ce_i) and torch.equal(c_lip[2:4], cl_j)
+
+
+def test_cross_view_losses_see_only_their_masks():
+    torch.manual_seed(0)
+    H = 16
+    r_i, r_j = torch.rand(2, H, H, 3), torch.rand(2, H, H, 3)
+    lower = torch.zeros(2, H, H)
+    lower[:, 10:14, 4:12] = 1.0
+    upper = torch.zeros(2, H, H)
+    upper[:, 2:6, 3:13] = 1.0
+    bi = {"rgb": torch.rand(2, H, H, 3), "lower": lower, "upper": upper}
+    bj = {"rgb": torch.rand(2, H, H, 3), "lower": lower, "upper": upper}
+    lip, expr = I.cross_view_losses(r_i, r_j, bi, bj)
+    bi2 = dict(bi, rgb=torch.where(lower[..., None] > 0, bi["rgb"], torch.rand(2, H, H, 3)))
+    bj2 = dict(bj, rgb=torch.where(upper[..., None] > 0, bj["rgb"], torch.rand(2, H, H, 3)))
+    lip2, expr2 = I.cross_view_losses(r_i, r_j, bi2, bj2)
+    assert float(lip2) == pytest.approx(float(lip), abs=1e-7) and float(expr2) == pytest.approx(float(expr), abs=1e-7)
+    # and pixels inside the masks do count
+    bi3 = dict(bi, rgb=bi["rgb"] + 0.5 * lower[..., None])
+    assert float(I.cross_view_losses(r_i, r_j, bi3, bj)[0]) != pytest.approx(float(lip))
+
+
+def test_cross_view_step_renders_one_latent_at_both_cameras(tmp_path, monkeypatch):
+    """The step's rasterizer call gets 4P images; the last 2P are the cross latent's
+    Gaussians (the same for camera i and camera j before torso posing)."""
+    from dgtalker.data import load
+
+    cfg = tiny_config()
+    data = I.ClipFrames(load(SAMPLE), load(SAMPLE).splits["train"], 64, progress=False)
+    talker = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96),
+                    residual_frames=data.num_frames)
+    seen = {}
+    orig = I._gather
+
+    def spy(gauss, idx):
+        seen["latents"], seen["idx"] = gauss[0].shape[0], idx.clone()
+        return orig(gauss, idx)
+
+    monkeypatch.setattr(I, "_gather", spy)
+    opt = I.make_optimizer(talker, cfg)
+    I.train_step(talker, None, opt, data, 0, cfg)
+    P = cfg.pairs
+    assert seen["latents"] == 3 * P
+    assert torch.equal(seen["idx"], torch.cat([torch.arange(P), torch.arange(P, 2 * P), torch.arange(2 * P, 3 * P),
+                                               torch.arange(2 * P, 3 * P)]))
+    I.train_step(talker, None, opt, data, 1, I.IdentityTrainConfig(**{**cfg.__dict__, "cross_view": False}))
+    assert seen["latents"] == 2 * P
+
+
+def test_tiny_training_loss_falls_and_orthogonality_holds(tmp_path):
+    cfg = tiny_config(steps=30, pairs=2, locality=0.0, distill_weight=0.0)
+    out = tmp_path / "t.safetensors"
+    I.train_identity(SAMPLE, out, cfg, prior=tiny_generator(), device="cpu", progress=False)
+    hist = json.loads((tmp_path / "t.safetensors.history.json").read_text())
+    first = np.mean([h["photo"] for h in hist[:5]])
+    last = np.mean([h["photo"] for h in hist[-5:]])
+    assert last < 0.8 * first, (first, last)
+    T = load_talker(out)
+    assert T.blendshapes.orthogonality_error() < 1e-5
+    assert T.source["train_frames"] == 40 and T.source["trained_steps"] == 30
+    assert (tmp_path / "t.safetensors.preview.png").exists() is False  # preview_every=100 > steps
+
+
+def test_training_resumes_exactly(tmp_path):
+    cfg = tiny_config(steps=6)
+    a = tmp_path / "a.safetensors"
+    I.train_identity(SAMPLE, a, cfg, prior=tiny_generator(), device="cpu", progress=False)
+    b = tmp_path / "b.safetensors"
+    I.train_identity(SAMPLE, b, tiny_config(steps=3), prior=tiny_generator(), device="cpu", progress=False)
+    I.train_identity(SAMPLE, b, tiny_config(steps=6), prior=tiny_generator(), device="cpu", progress=False)
+    ta, tb = load_talker(a), load_talker(b)
+    sa, sb = ta.state_dict(), tb.state_dict()
+    assert set(sa) == set(sb)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert tb.source["trained_steps"] == 6
+
+
+def test_existing_output_without_state_is_refused(tmp_path):
+    out = tmp_path / "t.safetensors"
+    out.write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="no training state"):
+        I.train_identity(SAMPLE, out, tiny_config(), prior=tiny_generator(), device="cpu", progress=False)
+
+
+def test_multiview_corpus_is_refused(tmp_path):
+    from priors import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    with pytest.raises(ValueError, match="talking clip"):
+        I.train_identity(corpus, tmp_path / "t.safetensors", tiny_config(), prior=tiny_generator(), device="cpu",
+                         progress=False)
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+def _tiny_talker():
+    T = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=2, width=24, height=16), residual_frames=7, seed=2)
+    with torch.no_grad():
+        T.residual_track.normal_()
+        T.background.uniform_()
+    T.source = {"dataset": "x", "seconds": 1.0}
+    return T
+
+
+def test_checkpoint_round_trip_and_half(tmp_path):
+    T = _tiny_talker()
+    p = save_talker(tmp_path / "t.safetensors", T)
+    U = load_talker(p)
+    for k, v in T.state_dict().items():
+        assert torch.equal(v, U.state_dict()[k]), k
+    assert U.source == T.source and U.config == T.config
+    h = save_talker(tmp_path / "h.safetensors", T, half=True)
+    assert h.stat().st_size < 0.75 * p.stat().st_size
+    V = load_talker(h)
+    assert torch.equal(V.w_can, T.w_can)  # kept in float32
+    c = torch.randn(3, 2)
+    with torch.no_grad():
+        a = T.gaussians(c, c)[0]
+        b = V.gaussians(c, c)[0]
+    assert float((a - b).abs().max()) < 1e-3
+
+
+def test_bad_talker_files_get_clear_errors(tmp_path):
+    from dgtalker.checkpoint import save_prior, write_checkpoint
+
+    T = _tiny_talker()
+    p = save_talker(tmp_path / "t.safetensors", T)
+    data = p.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TalkerCheckpointError, match="truncated"):
+        load_talker(tmp_path / "trunc.safetensors")
+    prior = save_prior(tmp_path / "prior.safetensors", tiny_generator())
+    with pytest.raises(TalkerCheckpointError, match="dgtalker-talker"):
+        load_talker(prior)
+    with pytest.raises(FileNotFoundError):
+        load_talker(tmp_path / "missing.safetensors")
+    # hostile metadata: a config out of bounds, a huge residual track
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    for key, value in (("talker_config", json.dumps({**T.config.to_dict(), "k_exp": 10**6})),
+                       ("residual_frames", "100000000000"), ("generator_config", "[]")):
+        tensors = {k: v for k, v in T.state_dict().items()}
+        meta = {k: v for k, v in header["__metadata__"].items() if k not in ("format", "version")}
+        meta[key] = value
+        bad = write_checkpoint(tmp_path / f"bad_{key}.safetensors", tensors, format="dgtalker-talker", version=1,
+                               meta=meta)
+        with pytest.raises(TalkerCheckpointError):
+            load_talker(bad)
+
+
+def test_sample_residual_is_seeded_and_varies():
+    T = _tiny_talker()
+    a, b = T.sample_residual(20, seed=1), T.sample_residual(20, seed=1)
+    c = T.sample_residual(20, seed=2)
+    assert a.shape == (20, 2) and torch.equal(a, b)
+    assert not torch.equal(a, c)
