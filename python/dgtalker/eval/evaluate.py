@@ -72,7 +72,8 @@ def _cameras(viewset, idx, size: int, width: int, height: int, device):
 def _frame_metrics(render, gt, masks) -> list[dict]:
     out = []
     for r, g, m in zip(render, gt, masks):
-        out.append({"psnr": M.psnr(r, g), "psnr_head": M.psnr(r, g, m[..., 0]),
+        torso = (m[..., 3] - m[..., 0]).clamp(0, 1)  # neck and shoulders
+        out.append({"psnr": M.psnr(r, g), "psnr_head": M.psnr(r, g, m[..., 0]), "psnr_torso": M.psnr(r, g, torso),
                     "psnr_lower_face": M.psnr(r, g, m[..., 1]), "psnr_upper_face": M.psnr(r, g, m[..., 2]),
                     "ssim": M.ssim(r, g), "mouth_render": M.mouth_opening(r, m[..., 1]),
                     "mouth_truth": M.mouth_opening(g, m[..., 1])})
@@ -80,7 +81,7 @@ def _frame_metrics(render, gt, masks) -> list[dict]:
 
 
 def _summary(rows: list[dict]) -> dict:
-    keys = ("psnr", "psnr_head", "psnr_lower_face", "psnr_upper_face", "ssim")
+    keys = ("psnr", "psnr_head", "psnr_torso", "psnr_lower_face", "psnr_upper_face", "ssim")
     out = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
     truth = [r["mouth_truth"] for r in rows]
     pred = [r["mouth_render"] for r in rows]
@@ -122,7 +123,7 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
     frames = np.asarray(frames, np.int64)
     ce_all, cl_all = clip_coefficients(talker, dataset)
     gt_of = _GroundTruth(dataset, size, device)
-    rows, static_rows, fit_rows = [], [], []
+    rows, static_rows, fit_rows, rigid_rows = [], [], [], []
     for s in tqdm(range(0, len(frames), batch), desc="evaluating", disable=not progress, unit="batch"):
         idx = frames[s:s + batch]
         w2c, K = _cameras(dataset, idx, size, dataset.width, dataset.height, device)
@@ -134,6 +135,9 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
             rows += _frame_metrics(img.clamp(0, 1), gt, masks)
             img0, _ = talker.frames(torch.zeros_like(ce), torch.zeros_like(cl), w2c, K, size, size, body=body)
             static_rows += _frame_metrics(img0.clamp(0, 1), gt, masks)
+            # the torso carried rigidly by the head camera (no skinning), for comparison
+            img1, _ = talker.frames(ce, cl, w2c, K, size, size, body=None)
+            rigid_rows += _frame_metrics(img1.clamp(0, 1), gt, masks)
         if fit_upper_steps > 0:
             keep = (np.arange(s, s + len(idx)) % fit_every) == 0
             if keep.any():
@@ -143,12 +147,19 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
                 with torch.no_grad():
                     img, _ = talker.frames(c_fit, cl[k], w2c[k], K[k], size, size, body=body[k])
                 fit_rows += _frame_metrics(img.clamp(0, 1), gt[k], masks[k])
-    report = {"frames": _summary(rows), "static": _summary(static_rows), "size": size,
+    report = {"frames": _summary(rows), "static": _summary(static_rows), "torso_rigid": _summary(rigid_rows),
+              "size": size,
               "evaluated_frames": [int(i) for i in frames],
               "per_frame": [{k: round(v, 4) for k, v in r.items()} for r in rows],
               "coefficient_jitter": M.jitter(torch.cat([ce_all, cl_all], 1).numpy())}
     if fit_rows:
         report["fit_upper"] = _summary(fit_rows)
+    if dataset.gt is not None and "jaw_open" in dataset.gt:
+        jaw = np.asarray(dataset.gt["jaw_open"])[frames]
+        for name, sel in (("mouth_wide_open", jaw >= 0.5), ("mouth_closed", jaw < 0.15)):
+            if sel.any():
+                report[name] = {"psnr_lower_face": float(np.nanmean([r["psnr_lower_face"] for r, k in zip(rows, sel) if k])),
+                                "frames": int(sel.sum())}
     if novel and dataset.novel is not None:
         report["novel_views"] = evaluate_novel(talker, dataset, ce_all, cl_all, size, batch, device, progress)
     return report

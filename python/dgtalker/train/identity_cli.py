@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-lip", type=int, default=d.k_lip, help=f"lip blendshapes (default {d.k_lip})")
     p.add_argument("--no-cross-view", action="store_true",
                    help="train without masked cross-view supervision (the ablation)")
+    p.add_argument("--locality", type=float, default=d.locality,
+                   help=f"weight of the locality regulariser that keeps the tuned synthesis close to the prior's "
+                        f"for other heads (more: better novel views, less: closer fit; default {d.locality})")
+    p.add_argument("--lr-output-bias", type=float, default=d.lr_output_bias,
+                   help=f"learning rate of the per-texel output bias, the person's free detail layer "
+                        f"(default {d.lr_output_bias})")
     p.add_argument("--prior", metavar="PATH", help="prior checkpoint to start from (default: the shipped prior)")
     p.add_argument("--half", action="store_true", help="store OUT's weights in float16 (about half the size)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the frame sampling and initial weights")
@@ -59,7 +65,8 @@ def run(args) -> int:
     cfg = IdentityTrainConfig(steps=args.steps, minutes=args.minutes, resolution=args.resolution, pairs=args.pairs,
                               k_exp=args.k_exp, k_lip=args.k_lip, cross_view=not args.no_cross_view, seed=args.seed,
                               half=args.half, preview_every=args.preview_every,
-                              checkpoint_every=args.checkpoint_every, validate_every=args.validate_every)
+                              checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
+                              locality=args.locality, lr_output_bias=args.lr_output_bias)
     prior = None
     try:
         cfg.validate()
