@@ -264,7 +264,8 @@ def _mel_frames(padded: np.ndarray, j0: int, j1: int) -> np.ndarray:
     spec = librosa.stft(seg, n_fft=N_FFT, hop_length=HOP, win_length=WIN_LENGTH, window="hann", center=False)
     power = (np.abs(spec) ** 2).astype(np.float32)
     mel = np.asarray(_mel_basis() @ power, dtype=np.float32)  # [N_MELS, frames]
-    return np.log10(np.maximum(mel, LOG_FLOOR)).T[: j1 - j0].astype(np.float32)
+    # clamped at the silence value: float32 log10 of the floor may round 1 ulp below it
+    return np.maximum(np.log10(np.maximum(mel, LOG_FLOOR)), SILENCE_VALUE).T[: j1 - j0].astype(np.float32)
 
 
 def log_mel(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
