@@ -17,6 +17,7 @@ _LAZY = {
     "load_talker": ("dgtalker.talker", "load_talker"),
     "Talker": ("dgtalker.talker", "Talker"),
     "camera": ("dgtalker.camera", None),
+    "render": ("dgtalker.render", None),  # the module, callable as dgtalker.render(audio, camera)
     "data": ("dgtalker.data", None),
     "audio": ("dgtalker.audio", None),
 }

@@ -69,3 +69,47 @@ def orbit(yaw: float, pitch: float, *, distance: float | None = None, fov: float
     w2c = look_at(eye, target)
     K = intrinsics(width, height, DEFAULT_FOV_DEG if fov is None else float(fov))
     return torch.tensor(w2c, dtype=torch.float32), torch.tensor(K, dtype=torch.float32)
+
+
+def _check_size(width, height):
+    for name, v in (("width", width), ("height", height)):
+        if not isinstance(v, int) or isinstance(v, bool) or not 8 <= v <= 4096:
+            raise ValueError(f"{name} must be an int in [8, 4096], got {v!r}")
+
+
+def spiral(num_frames: int, *, width: int, height: int, yaw: float = 25.0, pitch: float = 10.0,
+           turns: float = 1.0, distance: float | None = None, fov: float | None = None):
+    """The 3D-aware demo camera: ``num_frames`` cameras circling the face on an ellipse
+    of ``±yaw`` by ``±pitch`` degrees, ``turns`` times. Returns (viewmats [T, 4, 4],
+    Ks [T, 3, 3]) float32 torch tensors."""
+    import torch
+
+    if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+    _check_size(width, height)
+    t = np.arange(num_frames) / max(num_frames, 1) * 2 * math.pi * turns
+    vms, Ks = zip(*(orbit(yaw * math.sin(a), pitch * math.cos(a), distance=distance, fov=fov, width=width,
+                          height=height) for a in t))
+    return torch.stack(vms), torch.stack(Ks)
+
+
+def path(keys, num_frames: int, *, width: int, height: int, distance: float | None = None, fov: float | None = None):
+    """Cameras interpolated through key poses ``[(yaw, pitch), ...]`` in degrees (smooth
+    cosine easing between consecutive keys, equal time per segment). Returns
+    (viewmats [T, 4, 4], Ks [T, 3, 3])."""
+    import torch
+
+    keys = np.asarray(keys, np.float64)
+    if keys.ndim != 2 or keys.shape[1] != 2 or len(keys) < 1 or not np.all(np.isfinite(keys)):
+        raise ValueError(f"keys must be a list of (yaw, pitch) pairs in degrees, got {keys.tolist()!r}")
+    if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+    _check_size(width, height)
+    if len(keys) == 1:
+        keys = np.repeat(keys, 2, axis=0)
+    u = np.linspace(0, len(keys) - 1, num_frames)
+    k = np.minimum(np.floor(u).astype(int), len(keys) - 2)
+    f = 0.5 - 0.5 * np.cos(np.pi * (u - k))
+    yp = keys[k] * (1 - f[:, None]) + keys[k + 1] * f[:, None]
+    vms, Ks = zip(*(orbit(y, p, distance=distance, fov=fov, width=width, height=height) for y, p in yp))
+    return torch.stack(vms), torch.stack(Ks)

@@ -276,6 +276,36 @@ class Talker(nn.Module):
         g = self.pose_torso(self.gaussians(c_exp, c_lip, amp=amp), body)
         return self.rasterize(g, viewmats, Ks, width, height, background=background, checked=checked)
 
+    # -- the inference API (dgtalker.render) --------------------------------------------
+    def render(self, audio, camera=None, *, fps: float = 25.0, expression=None, seed=None, blink=None,
+               lip_scale: float = 1.0, exp_scale: float = 1.0, background=None, device=None, **kw):
+        """Speech -> ``dgtalker.render.Video`` (uint8 frames, alpha, fps, the speech).
+
+        ``audio``: a path, ``(samples, rate)``, or an array with ``sample_rate=``.
+        ``camera``: None (the training framing), ``(viewmat, K)``, per-frame
+        ``(viewmats [T,4,4], Ks [T,3,3])`` (``dgtalker.camera.spiral/path/orbit``), or a
+        dataset (its own cameras). ``expression``: None (from speech), ``"sample"``
+        (the residual sampled with ``seed``: other blinks and brow motion for the same
+        speech), or coefficients ``[Ke]`` / ``[T, Ke]`` replacing ``c_exp``. ``blink``:
+        a number or ``[T]`` amounts along ``blink_direction`` (1 closes the eyes).
+        ``lip_scale`` / ``exp_scale`` exaggerate (> 1) or damp (< 1) the branches.
+        ``background``: None (the plate), an RGB colour or an image. Further options:
+        ``width``, ``height``, ``batch``, ``causal`` (the streaming encoder),
+        ``progress``."""
+        from .render import render_talker
+
+        return render_talker(self, audio, camera, fps=fps, expression=expression, seed=seed, blink=blink,
+                             lip_scale=lip_scale, exp_scale=exp_scale, background=background, device=device, **kw)
+
+    def stream(self, chunks, camera=None, **kw):
+        """Yields uint8 frames ``[H, W, 3]`` as 16 kHz audio chunks arrive (the causal
+        encoder: each frame waits for at most ``causal_encoder.lookahead_seconds()`` of
+        audio after its time); memory stays flat however long the stream. The frames
+        equal ``render(..., causal=True)`` of the whole audio."""
+        from .render import stream_talker
+
+        return stream_talker(self, chunks, camera, **kw)
+
     # -- parameters by role (the trainer gives them different learning rates) ---------
     def parameter_groups(self) -> dict[str, list]:
         G = self.generator
@@ -330,12 +360,21 @@ def read_talker_metadata(path) -> dict:
     return {"version": version, **{k: json.loads(v) for k, v in meta.items() if k != "format" and k != "version"}}
 
 
-def load_talker(path, *, device=None) -> Talker:
+DEFAULT_TALKER_PATH = Path(__file__).parent / "models" / "assets" / "talker_demo.safetensors"
+
+
+def load_talker(path=None, *, device=None) -> Talker:
     """Reads a talker written by ``save_talker`` (float32 in memory, eval mode, on
-    ``device``). Raises FileNotFoundError or ``TalkerCheckpointError``."""
+    ``device``); None loads the demo talker shipped with the package. Raises
+    FileNotFoundError or ``TalkerCheckpointError``."""
     from .checkpoint import generator_from_tensors, read_checkpoint
     from .models.generator import GeneratorConfig
 
+    if path is None:
+        if not DEFAULT_TALKER_PATH.exists():
+            raise FileNotFoundError(f"this installation ships no demo talker ({DEFAULT_TALKER_PATH}); pass the path "
+                                    "of a talker trained with dgtalker train")
+        path = DEFAULT_TALKER_PATH
     path = Path(path)
     tensors, meta, _ = read_checkpoint(path, format=FORMAT, max_version=FORMAT_VERSION, error=TalkerCheckpointError)
     try:

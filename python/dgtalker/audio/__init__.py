@@ -358,12 +358,18 @@ class StreamingFeatures:
     kept.
     """
 
-    def __init__(self, fps: float = 25.0, context: float = CONTEXT_S, sample_rate: int = SAMPLE_RATE):
+    def __init__(self, fps: float = 25.0, context: float = CONTEXT_S, sample_rate: int = SAMPLE_RATE,
+                 lookahead: float | None = None):
+        """``lookahead`` (seconds, <= ``context``): emit a frame's window as soon as this
+        much audio after the frame's time is known; the rest of the window's future
+        reads as silence (for encoders that never read past it, e.g. a causal one).
+        None: the whole window (the default; windows then equal ``features``)."""
         if sample_rate != SAMPLE_RATE:
             raise AudioError(f"StreamingFeatures takes {SAMPLE_RATE} Hz chunks, got sample_rate={sample_rate}; "
                              "resample the stream first")
         self.fps = _check_fps(fps)
         self.h = _half_window(context)
+        self.ahead = self.h if lookahead is None else min(self.h, _half_window(lookahead))
         # samples of the zero-padded signal from absolute padded position _buf_start on
         self._buf = np.zeros(N_FFT // 2, np.float32)  # the zero padding of centred frames
         self._buf_start = 0
@@ -384,9 +390,9 @@ class StreamingFeatures:
         # mel frame j is complete when padded[j*HOP + N_FFT - 1] exists
         end = self._buf_start + len(self._buf)
         self._extend_mel(max(0, (end - N_FFT) // HOP + 1))
-        # video frame i is complete when mel frame centre(i) + h exists
+        # video frame i is complete when mel frame centre(i) + h (or + the look-ahead) exists
         i = self._next_frame
-        while _centre(i, self.fps) + self.h < self._mel_total:
+        while _centre(i, self.fps) + self.ahead < self._mel_total:
             i += 1
         return self._emit(i, self._mel_total)
 

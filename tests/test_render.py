@@ -1,0 +1,163 @@
+"""The inference API: talker.render / dgtalker.render, Video, streaming (CPU, tiny talker)."""
+import math
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from priors import TINY
+
+import dgtalker
+from dgtalker.models.generator import Generator, GeneratorConfig
+from dgtalker.render import RenderError, Video
+from dgtalker.talker import Talker, TalkerConfig
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def talker():
+    T = Talker(Generator(GeneratorConfig(**TINY), seed=0), TalkerConfig(k_exp=2, k_lip=2, width=32, height=32),
+               residual_frames=50)
+    vm, K = dgtalker.camera.orbit(0, 0, width=32, height=32)
+    with torch.no_grad():
+        T.default_w2c.copy_(vm)
+        T.body_w2c.copy_(vm)
+        T.default_K.copy_(K)
+        T.residual_track.normal_()
+        T.blink_direction.fill_(1.0)
+        T.background.fill_(0.25)
+    return T.eval()
+
+
+def speech_like(seconds=0.5, rate=RATE):
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+
+
+def test_audio_forms_and_frame_count(talker, tmp_path):
+    x = speech_like(0.5)
+    v1 = talker.render((x, RATE))
+    assert isinstance(v1, Video) and v1.frames.dtype == torch.uint8 and v1.frames.shape == (13, 32, 32, 3)
+    assert len(v1) == math.ceil(0.5 * 25) and v1.alpha.shape == (13, 32, 32) and v1.fps == 25.0
+    v2 = talker.render(x, sample_rate=RATE)
+    assert torch.equal(v1.frames, v2.frames)
+    sf.write(tmp_path / "s.wav", speech_like(0.5, 22050), 22050)
+    v3 = talker.render(tmp_path / "s.wav", fps=30)
+    assert len(v3) == math.ceil(0.5 * 30)
+    assert v3.audio[1] == RATE
+
+
+def test_camera_forms(talker, tmp_path):
+    x = speech_like(0.4)
+    T = 10
+    vm, K = dgtalker.camera.orbit(20, 5, width=32, height=32)
+    a = talker.render((x, RATE), (vm, K))
+    b = talker.render((x, RATE), (vm.expand(T, -1, -1), K.expand(T, -1, -1)))
+    assert torch.equal(a.frames, b.frames)
+    sp = dgtalker.camera.spiral(T, width=32, height=32)
+    c = talker.render((x, RATE), sp)
+    assert c.frames.shape == (T, 32, 32, 3) and not torch.equal(c.frames[0], c.frames[5])
+    pth = dgtalker.camera.path([(-20, 0), (20, 0)], T, width=32, height=32)
+    assert talker.render((x, RATE), pth).frames.shape == (T, 32, 32, 3)
+    from dgtalker.data import load
+
+    ds = load(__import__("pathlib").Path(__file__).parent / "data" / "sample")
+    d = talker.render((x, RATE), ds)  # a dataset's own cameras (self-driven)
+    assert d.frames.shape == (T, 32, 32, 3)
+
+
+def test_controls_change_the_frames(talker):
+    x = speech_like(0.4)
+    base = talker.render((x, RATE))
+    s1 = talker.render((x, RATE), expression="sample", seed=1)
+    s1b = talker.render((x, RATE), expression="sample", seed=1)
+    s2 = talker.render((x, RATE), expression="sample", seed=2)
+    assert torch.equal(s1.frames, s1b.frames) and not torch.equal(s1.frames, s2.frames)
+    assert not torch.equal(base.frames, s1.frames)
+    assert not torch.equal(base.frames, talker.render((x, RATE), blink=1.0).frames)
+    assert not torch.equal(base.frames, talker.render((x, RATE), lip_scale=3.0, exp_scale=0.0).frames)
+    fixed = talker.render((x, RATE), expression=[0.5, -0.5])
+    assert fixed.frames.shape == base.frames.shape
+
+
+def test_save_writes_mp4_with_audio(talker, tmp_path):
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        pytest.skip("ffmpeg not installed")
+    v = talker.render((speech_like(1.0), RATE))
+    p = v.save(tmp_path / "talk.mp4")
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,codec_name,duration",
+                          "-of", "csv=p=0", str(p)], capture_output=True, text=True, check=True).stdout.split()
+    kinds = {line.split(",")[1]: float(line.split(",")[2]) for line in out}
+    assert set(kinds) == {"video", "audio"}, out
+    assert abs(kinds["video"] - 1.0) < 0.05 and abs(kinds["audio"] - 1.0) < 0.1
+    assert not list(tmp_path.glob(".talk.mp4*"))  # no temporary left behind
+    v.contact_sheet(tmp_path / "sheet.png")
+    assert (tmp_path / "sheet.png").stat().st_size > 0
+
+
+def test_stream_equals_offline_causal_render(talker):
+    x = speech_like(0.8)
+    offline = talker.render((x, RATE), causal=True)
+    chunks = [x[i:i + 1234] for i in range(0, len(x), 1234)]
+    frames = list(talker.stream(chunks))
+    assert len(frames) == len(offline)
+    diff = max(int((a.int() - b.int()).abs().max()) for a, b in zip(frames, offline.frames))
+    assert diff <= 2  # rounding of one-frame vs batched float math
+
+
+def test_stream_yields_before_the_audio_ends(talker):
+    x = speech_like(1.0)
+    chunks = [x[i:i + 1600] for i in range(0, len(x), 1600)]  # 0.1 s each
+    got = []
+
+    def feed():
+        for k, c in enumerate(chunks):
+            got.append(("chunk", k))
+            yield c
+
+    for _ in talker.stream(feed()):
+        got.append(("frame",))
+    first = got.index(("frame",))
+    # the first frame (t = 0) needs at most the look-ahead (<= 0.2 s) plus one chunk
+    assert sum(1 for g in got[:first] if g[0] == "chunk") <= 4
+
+
+@pytest.mark.parametrize("audio,kw,match", [
+    (np.zeros(0, np.float32), {"sample_rate": RATE}, "empty"),
+    (np.full(1000, np.nan, np.float32), {"sample_rate": RATE}, "NaN"),
+    (np.zeros(100, np.float32), {"sample_rate": RATE}, "shorter than one video frame"),
+    (np.zeros(1000, np.float32), {}, "sample_rate"),
+])
+def test_bad_audio_is_named(talker, audio, kw, match):
+    with pytest.raises(ValueError, match=match):
+        talker.render(audio, **kw)
+
+
+def test_bad_audio_files_are_named(talker, tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        talker.render(tmp_path / "empty.wav")
+    (tmp_path / "text.wav").write_text("not audio\n" * 100)
+    with pytest.raises(ValueError, match="text.wav"):
+        talker.render(tmp_path / "text.wav")
+
+
+def test_bad_cameras_are_named(talker):
+    x = speech_like(0.4)
+    vm, K = dgtalker.camera.orbit(0, 0, width=32, height=32)
+    with pytest.raises(RenderError, match="camera must hold"):
+        talker.render((x, RATE), (vm[:3], K))
+    with pytest.raises(RenderError, match="NaN"):
+        talker.render((x, RATE), (vm * float("nan"), K))
+    behind = vm.clone()
+    behind[2, 3] = -0.5
+    with pytest.raises(RenderError, match="behind"):
+        talker.render((x, RATE), (behind, K))
+    with pytest.raises(RenderError, match="one per frame"):
+        talker.render((x, RATE), (vm.expand(3, -1, -1), K.expand(3, -1, -1)))
+    with pytest.raises(RenderError, match="expression"):
+        talker.render((x, RATE), expression="happy")
