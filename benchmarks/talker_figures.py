@@ -22,7 +22,7 @@ from dgtalker.io import atomic_write_bytes, encode_image
 from dgtalker.talker import load_talker
 
 
-def _grid(rows):
+def _grid(rows):  # rows of [N, H, W, 3] tiles
     return torch.cat([torch.cat(list(r), 1) for r in rows], 0)
 
 
@@ -50,23 +50,11 @@ def expression_figure(T, ds, out: Path, start: int, frames: int, stride: int, si
 
 
 def components_figure(T, ds, out: Path, size: int, sigma: float = 2.0):
+    from dgtalker.render import blendshape_sheet
+
     ce, cl = clip_coefficients(T, ds)
-    ce = ce + T.residual_track.detach()[: len(ce)]
-    vm, K = T.camera(size, size)
-    rows = []
-    for branch, c in (("exp", ce), ("lip", cl)):
-        mean, std = c.mean(0), c.std(0)
-        for k in range(c.shape[1]):
-            cc = mean.repeat(3, 1)
-            cc[0, k] -= sigma * std[k]
-            cc[2, k] += sigma * std[k]
-            e = cc if branch == "exp" else ce.mean(0).repeat(3, 1)
-            lip = cl.mean(0).repeat(3, 1) if branch == "exp" else cc
-            with torch.no_grad():
-                img, _ = T.frames(e, lip, vm.expand(3, -1, -1), K.expand(3, -1, -1), size, size)
-            rows.append(img)
-    # components as columns (exp first), -2σ / mean / +2σ as rows
-    _save(_grid([torch.stack([r[j] for r in rows]) for j in range(3)]), out)
+    c = torch.cat([ce + T.residual_track.detach()[: len(ce)], cl], 1)
+    blendshape_sheet(T, out, size=size, sigma=sigma, mean=c.mean(0), std=c.std(0))
 
 
 def main():

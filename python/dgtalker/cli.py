@@ -14,6 +14,8 @@ import sys
 SUBCOMMANDS = {
     "demo": ("dgtalker.demo", "render heads sampled from the shipped prior into a PNG (the engine end to end)"),
     "synth": ("dgtalker.data.synth_cli", "generate a synthetic talking-head dataset"),
+    "render": ("dgtalker.render_cli", "render a talker speaking an audio file into an mp4"),
+    "blendshapes": ("dgtalker.blendshapes_cli", "picture of what each expression and lip blendshape of a talker does"),
     "train": ("dgtalker.train.identity_cli", "train a talking head (a talker) on one person's clip"),
     "pretrain-prior": ("dgtalker.train.prior_cli", "train the Gaussian generative prior on a multi-identity corpus"),
     "info": ("dgtalker.info", "print how the engine was built and which backends run here"),

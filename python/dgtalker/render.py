@@ -280,6 +280,38 @@ def stream_talker(talker, chunks, camera=None, *, fps: float = 25.0, sample_rate
         state["done"] += 1
 
 
+def blendshape_sheet(talker, path, *, size: int = 160, sigma: float = 2.0, mean=None, std=None):
+    """A PNG of what each blendshape does: one column per component (expression first,
+    then lips), rows at ``-sigma``, 0 and ``+sigma`` times its spread ``std`` (default 1:
+    coefficients are O(1)) around ``mean`` (default 0), at the talker's own framing."""
+    from .io import atomic_write_bytes, encode_image
+
+    Ke, Kl = talker.config.k_exp, talker.config.k_lip
+    K_all = Ke + Kl
+    mean = torch.zeros(K_all) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
+    std = torch.ones(K_all) if std is None else torch.as_tensor(std, dtype=torch.float32)
+    c = mean.repeat(3 * K_all, 1)
+    for k in range(K_all):
+        c[3 * k, k] -= sigma * std[k]
+        c[3 * k + 2, k] += sigma * std[k]
+    vm, K = talker.camera(size, size)
+    n = c.shape[0]
+    dev = talker.device
+    tiles = []
+    for s in range(0, n, 24):
+        cc = c[s:s + 24].to(dev)
+        m = cc.shape[0]
+        with torch.no_grad():
+            img, _ = talker.frames(cc[:, :Ke], cc[:, Ke:], vm.expand(m, -1, -1).to(dev), K.expand(m, -1, -1).to(dev),
+                                   size, size)
+        tiles.append(img.clamp(0, 1).cpu())
+    img = torch.cat(tiles)  # [3 K_all, H, W, 3], component-major
+    grid = torch.cat([torch.cat([img[3 * k + r] for k in range(K_all)], 1) for r in range(3)], 0)
+    path = __import__("pathlib").Path(path)
+    atomic_write_bytes(path, encode_image((grid * 255).round().to(torch.uint8).numpy(), "png"))
+    return path
+
+
 def render(audio, camera=None, **kw) -> Video:
     """``load_talker()`` (the shipped demo talker) ``.render(audio, camera, **kw)``."""
     from .talker import load_talker

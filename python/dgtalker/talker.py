@@ -170,6 +170,10 @@ class Talker(nn.Module):
         self.causal_encoder = AudioEncoder(enc.causal(cfg.max_lookahead_s), seed=seed + 1)
         self.residual_track = nn.Parameter(torch.zeros(max(1, int(residual_frames)), cfg.k_exp))
         self.register_buffer("blink_direction", torch.zeros(cfg.k_exp))
+        # the training clip's coefficient statistics ([c_exp + residual, c_lip]): what
+        # "a typical motion of this component" is (blendshape sheets, disentanglement)
+        self.register_buffer("coef_mean", torch.zeros(cfg.k_exp + cfg.k_lip))
+        self.register_buffer("coef_std", torch.ones(cfg.k_exp + cfg.k_lip))
         self.register_buffer("background", torch.ones(cfg.height, cfg.width, 3))
         self.register_buffer("body_w2c", torch.eye(4))
         self.register_buffer("default_w2c", torch.eye(4))
@@ -327,6 +331,7 @@ class TalkerCheckpointError(CheckpointError):
     The message names the file and the problem."""
 
 
+_OPTIONAL_BUFFERS = ("coef_mean", "coef_std")
 _KEEP_FLOAT32 = ("w_can", "blendshapes.", "body_w2c", "default_w2c", "default_K", "encoder.mel_", "causal_encoder.mel_")
 
 
@@ -392,6 +397,9 @@ def load_talker(path=None, *, device=None) -> Talker:
     talker = Talker(generator, cfg, residual_frames=n_res)
     expected = talker.state_dict()
     rest = {k: v for k, v in tensors.items()}
+    for k in _OPTIONAL_BUFFERS:  # files written before these existed keep their defaults
+        if k not in rest:
+            rest[k] = expected[k]
     missing = sorted(set(expected) - set(rest))
     unexpected = sorted(set(rest) - set(expected))
     wrong = [k for k, v in expected.items() if k in rest and tuple(rest[k].shape) != tuple(v.shape)]

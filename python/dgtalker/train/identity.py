@@ -499,6 +499,20 @@ def fit_blink_direction(talker, data: ClipFrames) -> None:
         talker.blink_direction.copy_((-beta * drop / nb).float().to(talker.blink_direction.device))
 
 
+@torch.no_grad()
+def fit_coefficient_stats(talker, data: ClipFrames) -> None:
+    """Mean and spread over the training frames of ``[c_exp + residual, c_lip]``."""
+    f = data.indices.to(talker.device)
+    ce, cl = [], []
+    for s in range(0, len(f), 256):
+        e, l_ = speech_coefficients(talker.encoder, data.windows, f[s:s + 256], data.num_frames)
+        ce.append(e + talker.residual_track[f[s:s + 256]])
+        cl.append(l_)
+    c = torch.cat([torch.cat(ce), torch.cat(cl)], 1)
+    talker.coef_mean.copy_(c.mean(0))
+    talker.coef_std.copy_(c.std(0).clamp_min(1e-6) if c.shape[0] > 1 else torch.ones_like(c[0]))
+
+
 def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, device=None, progress: bool = True,
                    log=print) -> dict:
     """Trains (or resumes) a talker on the clip in ``data_dir``; returns the last metrics
@@ -570,6 +584,7 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
 
     def finish_and_save():
         fit_blink_direction(talker, data)
+        fit_coefficient_stats(talker, data)
         talker.source.update(trained_steps=step, minutes=round(elapsed() / 60, 3))
         save_training(out, talker, opt, step, cfg, history, elapsed())
 
