@@ -79,6 +79,7 @@ class IdentityTrainConfig:
     locality: float = 0.1             # weight of the pivotal-tuning locality regulariser
     locality_every: int = 4
     distill_weight: float = 1.0       # causal encoder -> main encoder
+    aniso_reg: float = 0.0            # penalty on needle-like Gaussians (largest / middle axis above 4)
     invert_steps: int = 150
     invert_resolution: int = 256
     invert_views: int = 16
@@ -311,6 +312,8 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
         loss = loss + cfg.cross_weight * (lip + expr)
         out.update(cross_lip=float(lip.detach()), cross_exp=float(expr.detach()))
     # regularisers
+    if cfg.aniso_reg > 0:
+        loss = loss + cfg.aniso_reg * needle_penalty(gauss[2])
     loss = loss + cfg.residual_reg * res[:2 * P].pow(2).sum(-1).mean()
     loss = loss + cfg.residual_smooth * (res[:2 * P] - res[2 * P:]).pow(2).sum(-1).mean()
     c_all = torch.cat([ce, cl], 1)
@@ -330,6 +333,13 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
         p = psnr(own_img.clamp(0, 1), target)
     out.update(loss=float(loss.detach()), photo=float(photo.detach()), mask=float(mask.detach()), psnr=float(p))
     return out
+
+
+def needle_penalty(scales: torch.Tensor, max_ratio: float = 4.0) -> torch.Tensor:
+    """Mean excess of log(largest / middle axis) over log(max_ratio): Gaussians that only
+    the training cameras see edge-on can grow into needles that show up from the side."""
+    s = scales.sort(dim=-1).values
+    return F.relu(torch.log(s[..., 2] / s[..., 1].clamp_min(1e-9)) - math.log(max_ratio)).mean()
 
 
 def locality_loss(generator, reference, step: int, cfg: IdentityTrainConfig, n: int = 2) -> torch.Tensor:

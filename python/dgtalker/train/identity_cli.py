@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-output-bias", type=float, default=d.lr_output_bias,
                    help=f"learning rate of the per-texel output bias, the person's free detail layer "
                         f"(default {d.lr_output_bias})")
+    p.add_argument("--aniso", type=float, default=d.aniso_reg,
+                   help="weight of the penalty on needle-like Gaussians (largest/middle axis > 4), which "
+                        f"the training views cannot see but side views do (default {d.aniso_reg})")
     p.add_argument("--prior", metavar="PATH", help="prior checkpoint to start from (default: the shipped prior)")
     p.add_argument("--half", action="store_true", help="store OUT's weights in float16 (about half the size)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the frame sampling and initial weights")
@@ -66,7 +69,8 @@ def run(args) -> int:
                               k_exp=args.k_exp, k_lip=args.k_lip, cross_view=not args.no_cross_view, seed=args.seed,
                               half=args.half, preview_every=args.preview_every,
                               checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
-                              locality=args.locality, lr_output_bias=args.lr_output_bias)
+                              locality=args.locality, lr_output_bias=args.lr_output_bias,
+                              aniso_reg=args.aniso)
     prior = None
     try:
         cfg.validate()
