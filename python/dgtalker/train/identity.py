@@ -79,7 +79,7 @@ class IdentityTrainConfig:
     locality: float = 0.1             # weight of the pivotal-tuning locality regulariser
     locality_every: int = 4
     distill_weight: float = 1.0       # causal encoder -> main encoder
-    aniso_reg: float = 0.0            # penalty on needle-like Gaussians (largest / middle axis above 4)
+    aniso_reg: float = 0.0            # penalty on needles (largest / middle axis above 4, or above 3 cm)
     invert_steps: int = 150
     invert_resolution: int = 256
     invert_views: int = 16
@@ -335,11 +335,14 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     return out
 
 
-def needle_penalty(scales: torch.Tensor, max_ratio: float = 4.0) -> torch.Tensor:
-    """Mean excess of log(largest / middle axis) over log(max_ratio): Gaussians that only
-    the training cameras see edge-on can grow into needles that show up from the side."""
+def needle_penalty(scales: torch.Tensor, max_ratio: float = 4.0, max_size: float = 0.03) -> torch.Tensor:
+    """Mean excess of log(largest / middle axis) over log(max_ratio), plus that of
+    log(largest axis) over log(max_size metres): Gaussians that the training cameras
+    only see edge-on can grow into long needles that show up from the side."""
     s = scales.sort(dim=-1).values
-    return F.relu(torch.log(s[..., 2] / s[..., 1].clamp_min(1e-9)) - math.log(max_ratio)).mean()
+    big = torch.log(s[..., 2].clamp_min(1e-9))
+    return (F.relu(big - torch.log(s[..., 1].clamp_min(1e-9)) - math.log(max_ratio))
+            + F.relu(big - math.log(max_size))).mean()
 
 
 def locality_loss(generator, reference, step: int, cfg: IdentityTrainConfig, n: int = 2) -> torch.Tensor:
