@@ -161,3 +161,27 @@ def test_bad_cameras_are_named(talker):
         talker.render((x, RATE), (vm.expand(3, -1, -1), K.expand(3, -1, -1)))
     with pytest.raises(RenderError, match="expression"):
         talker.render((x, RATE), expression="happy")
+
+
+def test_commands_end_to_end(talker, tmp_path):
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not installed")
+    from dgtalker.cli import main
+    from dgtalker.talker import save_talker
+
+    tpath = save_talker(tmp_path / "tiny.safetensors", talker)
+    sf.write(tmp_path / "s.wav", speech_like(0.6), RATE)
+    assert main(["demo", "--talker", str(tpath), "--audio", str(tmp_path / "s.wav"), "--size", "32",
+                 "--out", str(tmp_path / "demo.mp4"), "--device", "cpu"]) == 0
+    assert (tmp_path / "demo.mp4").stat().st_size > 0 and (tmp_path / "demo.png").stat().st_size > 0
+    assert main(["render", "--talker", str(tpath), "--audio", str(tmp_path / "s.wav"), "--camera", "orbit:20,5",
+                 "--expression", "sample", "--seed", "3", "--size", "32", "--out", str(tmp_path / "r.mp4")]) == 0
+    assert (tmp_path / "r.mp4").stat().st_size > 0
+    assert main(["blendshapes", str(tpath), "--out", str(tmp_path / "b.png"), "--size", "24"]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "b.png").size == (24 * 4, 24 * 3)
+    assert main(["render", "--talker", str(tpath), "--audio", str(tmp_path / "missing.wav"),
+                 "--out", str(tmp_path / "x.mp4")]) == 2
+    assert main(["render", "--talker", str(tmp_path / "s.wav"), "--audio", str(tmp_path / "s.wav"),
+                 "--out", str(tmp_path / "x.mp4")]) == 2
