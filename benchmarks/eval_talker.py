@@ -78,7 +78,7 @@ def run_one(talker_path: Path, data, voice, fit_upper: int, device) -> dict:
     T = load_talker(talker_path, device=device)
     t0 = time.time()
     out = {"talker": str(talker_path), "source": T.source}
-    out["self_driven"] = evaluate(T, data, fit_upper_steps=fit_upper, fit_every=3, device=device)
+    out["self_driven"] = evaluate(T, data, fit_upper_steps=fit_upper, fit_every=6, device=device)
     if voice is not None:
         out["new_voice"] = evaluate(T, voice, frames=np.arange(len(voice)), novel=False, device=device)
     out["disentanglement"] = disentanglement(T, data, device=device)
