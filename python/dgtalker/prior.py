@@ -13,7 +13,6 @@ never passed off as a prior.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from .checkpoint import PriorCheckpointError, load_prior as _load_checkpoint, save_prior  # noqa: F401
@@ -59,25 +58,7 @@ def sample_w(n: int, generator=None, *, truncation: float = 1.0, seed: int | Non
     ``w = w_mean + psi * (mapping(z) - w_mean)``: 1 keeps the full distribution, 0
     gives the mean head, values in between trade variety for typicality. ``seed``
     (an int) or ``rng`` (a ``torch.Generator``) makes the draw reproducible."""
-    import torch
-
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if not (isinstance(truncation, (int, float)) and math.isfinite(truncation) and truncation >= 0):
-        raise ValueError(f"truncation must be a finite number >= 0, got {truncation!r}")
-    if seed is not None and rng is not None:
-        raise ValueError("pass either seed or rng, not both")
-    G = _resolve(generator)
-    if seed is not None:
-        rng = torch.Generator().manual_seed(int(seed))
-    device = G.w_avg.device
-    z = torch.randn(n, G.config.z_dim, generator=rng).to(device)
-    with torch.no_grad():
-        w = G.map(z)
-        if truncation != 1.0:
-            w_mean = G.mean_w()
-            w = w_mean + truncation * (w - w_mean)
-    return w
+    return _resolve(generator).sample_w(n, truncation=truncation, seed=seed, rng=rng)
 
 
 def gaussians(w, generator=None):

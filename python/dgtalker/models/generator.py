@@ -353,7 +353,8 @@ class Generator(nn.Module):
         return self.mapping(z)
 
     def styles(self, w: Tensor) -> Tensor:
-        """w [F, D] -> styles [F, S] through the stacked affine (the latent kernel)."""
+        """w [F, D] -> styles [F, S] through the stacked affine (a plain matrix product;
+        ``dgtalker.ops.latent.compose_latent`` fuses it with the blendshapes)."""
         from ..ops.latent import latent_styles
 
         return latent_styles(self._check_w(w).contiguous(), self.affine_weight, self.affine_bias)
@@ -383,9 +384,27 @@ class Generator(nn.Module):
         return self.decode(self.synthesize(styles))
 
     def sample_w(self, n: int, *, truncation: float = 1.0, seed: int | None = None, rng=None) -> Tensor:
-        """``n`` latents of this prior; see ``dgtalker.prior.sample_w``."""
-        from ..prior import sample_w
-        return sample_w(n, self, truncation=truncation, seed=seed, rng=rng)
+        """``n`` latents ``w [n, D]`` of this prior.
+
+        ``truncation`` psi pulls samples towards the mean latent,
+        ``w = w_mean + psi * (mapping(z) - w_mean)``: 1 keeps the full distribution, 0
+        gives the mean head, values in between trade variety for typicality. ``seed``
+        (an int) or ``rng`` (a ``torch.Generator``) makes the draw reproducible."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        if not (isinstance(truncation, (int, float)) and math.isfinite(truncation) and truncation >= 0):
+            raise ValueError(f"truncation must be a finite number >= 0, got {truncation!r}")
+        if seed is not None and rng is not None:
+            raise ValueError("pass either seed or rng, not both")
+        if seed is not None:
+            rng = torch.Generator().manual_seed(int(seed))
+        z = torch.randn(n, self.config.z_dim, generator=rng).to(self.w_avg.device)
+        with torch.no_grad():
+            w = self.map(z)
+            if truncation != 1.0:
+                w_mean = self.mean_w()
+                w = w_mean + truncation * (w - w_mean)
+        return w
 
     # -- latent statistics -------------------------------------------------------------
     @torch.no_grad()
