@@ -16,8 +16,9 @@ A talker is the prior's generator tuned to one person plus what drives it:
   inference ``c_exp = encoder(speech) + residual``; the residual is zero (the
   clip's mean expression), a seeded excerpt of this track (``sample_residual``:
   natural blinks and brow motion at the clip's own rates, different per seed), or
-  set by the caller; ``blink_direction [Ke]`` closes both eyes (learned from the
-  clip's eyelid landmarks when it has them);
+  set by the caller; ``blink_direction [Ke]`` is the residual direction fitted to
+  the clip's eyelid landmarks (when it has them) to close both eyes — only as good as
+  the residual codes are at blinks (docs/talker.md says how good: not yet);
 - the torso: template Gaussians of the shoulders follow a fixed *body camera*
   (the clip's mean camera), those of the head follow the head's camera, and the
   neck blends between the two by height (linear blend skinning), so a turning head
