@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "synth": ("dgtalker.data.synth_cli", "generate a synthetic talking-head dataset"),
     "render": ("dgtalker.render_cli", "render a talker speaking an audio file into an mp4"),
     "blendshapes": ("dgtalker.blendshapes_cli", "picture of what each expression and lip blendshape of a talker does"),
+    "eval": ("dgtalker.eval.report", "measure a talker against a clip's ground truth (report.json, report.md, figures)"),
     "train": ("dgtalker.train.identity_cli", "train a talking head (a talker) on one person's clip"),
     "pretrain-prior": ("dgtalker.train.prior_cli", "train the Gaussian generative prior on a multi-identity corpus"),
     "info": ("dgtalker.info", "print how the engine was built and which backends run here"),

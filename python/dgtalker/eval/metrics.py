@@ -86,3 +86,14 @@ def jitter(coefficients) -> float:
     if len(c) < 3:
         return 0.0
     return float(np.abs(c[2:] - 2 * c[1:-1] + c[:-2]).mean())
+
+
+def landmark_distance(a, b, visible=None) -> float:
+    """Mean Euclidean distance (pixels) between landmark sets ``[..., L, 2]`` (the
+    field's LMD), over the landmarks ``visible`` in both if given."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    d = np.linalg.norm(a - b, axis=-1)
+    if visible is not None:
+        v = np.asarray(visible, bool)
+        return float(d[v].mean()) if v.any() else float("nan")
+    return float(d.mean())

@@ -1,0 +1,95 @@
+"""Evaluation metrics against hand-computed values, and `dgtalker eval` end to end."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from priors import TINY
+
+from dgtalker.eval import metrics as M
+
+SAMPLE = Path(__file__).parent / "data" / "sample"
+
+
+def test_psnr_of_a_known_noise_level():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.2, 0.8, (16, 16, 3))
+    b = a + 0.1 * np.where(rng.uniform(size=a.shape) < 0.5, -1, 1)  # |error| = 0.1 everywhere
+    assert M.psnr(a, b) == pytest.approx(20.0, abs=1e-9)  # -10 log10(0.01)
+    mask = np.zeros((16, 16))
+    mask[:4] = 1
+    b2 = a.copy()
+    b2[:4] += 0.01
+    b2[4:] += 0.5  # outside the mask: ignored
+    assert M.psnr(a, b2, mask) == pytest.approx(40.0, abs=1e-6)
+    assert M.psnr(a, a) == math.inf
+    assert math.isnan(M.psnr(a, b, np.zeros((16, 16))))
+
+
+def test_ssim_identical_is_one_and_noise_is_less():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    assert M.ssim(a, a) == pytest.approx(1.0, abs=1e-6)
+    assert M.ssim(a, np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1).astype(np.float32)) < 0.9
+
+
+def test_best_lag_of_a_shifted_sequence():
+    rng = np.random.default_rng(2)
+    x = np.convolve(rng.normal(size=200), np.ones(5) / 5, mode="same")
+    late = np.concatenate([np.zeros(3), x[:-3]])  # the prediction is 3 frames late
+    lag, corr = M.best_lag(x, late, max_lag=5)
+    assert lag == 3 and corr > 0.99
+    lag, corr = M.best_lag(x, x)
+    assert lag == 0 and corr == pytest.approx(1.0)
+    assert M.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+
+
+def test_landmark_distance_of_shifted_landmarks():
+    rng = np.random.default_rng(3)
+    L = rng.uniform(0, 100, (10, 20, 2))
+    assert M.landmark_distance(L, L + np.array([3.0, 4.0])) == pytest.approx(5.0)
+    vis = np.ones((10, 20), bool)
+    vis[:, :10] = False
+    shifted = L.copy()
+    shifted[:, :10] += 100.0  # invisible landmarks do not count
+    assert M.landmark_distance(L, shifted, vis) == pytest.approx(0.0)
+
+
+def test_mouth_opening_counts_dark_pixels_in_the_mask():
+    img = np.full((20, 20, 3), 0.8, np.float32)
+    img[8:12, 5:15] = 0.05  # a dark mouth: 40 pixels
+    mask = np.zeros((20, 20), np.float32)
+    mask[5:15, 5:15] = 1.0  # 100 pixels of lower face
+    assert M.mouth_opening(img, mask) == pytest.approx(0.4)
+    assert math.isnan(M.mouth_opening(img, np.zeros((20, 20))))
+
+
+def test_eval_command_end_to_end(tmp_path):
+    from dgtalker.cli import main
+    from dgtalker.models.generator import Generator, GeneratorConfig
+    from dgtalker.talker import Talker, TalkerConfig, save_talker
+
+    T = Talker(Generator(GeneratorConfig(**TINY), seed=0), TalkerConfig(k_exp=2, k_lip=2, width=96, height=96),
+               residual_frames=50)
+    p = save_talker(tmp_path / "tiny.safetensors", T)
+    out = tmp_path / "report"
+    assert main(["eval", "--data", str(SAMPLE), "--talker", str(p), "--out", str(out), "--size", "48",
+                 "--device", "cpu", "--ablation", str(p)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    for key in ("frames", "novel_views", "baselines", "speed", "command", "commit", "talker", "data"):
+        assert key in rep, key
+    for key in ("psnr", "psnr_head", "psnr_lower_face", "ssim", "mouth_lag_frames", "frames"):
+        v = rep["frames"][key]
+        assert v is not None and math.isfinite(v), (key, v)
+    # an untrained talker's mouth may not move at all: the correlation is then undefined (null), never NaN
+    assert "mouth_corr" in rep["frames"] and (rep["frames"]["mouth_corr"] is None
+                                              or math.isfinite(rep["frames"]["mouth_corr"]))
+    assert rep["frames"]["frames"] == 10 and "lmd_px" in rep["frames"]
+    assert set(rep["baselines"]) == {"static (w_can only)", "ablation (no cross-view)"}
+    assert rep["speed"]["fps"] > 0 and rep["speed"]["device"] == "cpu"
+    assert (out / "report.md").read_text().startswith("# Evaluation")
+    assert (out / "sheet.png").stat().st_size > 0
+    assert main(["eval", "--data", str(tmp_path / "missing"), "--talker", str(p), "--out", str(out)]) == 2
