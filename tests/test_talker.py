@@ -205,18 +205,32 @@ def test_tiny_training_loss_falls_and_orthogonality_holds(tmp_path):
 
 
 def test_training_resumes_exactly(tmp_path):
-    cfg = tiny_config(steps=6)
+    cfg = tiny_config(steps=6, focus=0.5)  # the error-driven sampler's state is resumed too
     a = tmp_path / "a.safetensors"
     I.train_identity(SAMPLE, a, cfg, prior=tiny_generator(), device="cpu", progress=False)
     b = tmp_path / "b.safetensors"
-    I.train_identity(SAMPLE, b, tiny_config(steps=3), prior=tiny_generator(), device="cpu", progress=False)
-    I.train_identity(SAMPLE, b, tiny_config(steps=6), prior=tiny_generator(), device="cpu", progress=False)
+    I.train_identity(SAMPLE, b, tiny_config(steps=3, focus=0.5), prior=tiny_generator(), device="cpu", progress=False)
+    I.train_identity(SAMPLE, b, tiny_config(steps=6, focus=0.5), prior=tiny_generator(), device="cpu", progress=False)
     ta, tb = load_talker(a), load_talker(b)
     sa, sb = ta.state_dict(), tb.state_dict()
     assert set(sa) == set(sb)
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
     assert tb.source["trained_steps"] == 6
+
+
+def test_expression_frames_are_drawn_by_their_error():
+    err = torch.full((100,), 0.01)
+    err[7] = 0.5  # a blink the model does not render yet
+    assert I.expression_weights(err, 0.0) is None
+    p = I.expression_weights(err, 0.5)
+    assert p.sum() == pytest.approx(1.0) and p[7] > 0.4 and p[0] == pytest.approx(p[1])
+    counts = np.zeros(100)
+    for step in range(200):
+        i, j = I.sample_pairs(step, 100, 2, seed=0, weights=p)
+        assert bool((i != j).all())
+        counts += np.bincount(j.numpy(), minlength=100)
+    assert counts[7] > 0.3 * counts.sum()
 
 
 def test_existing_output_without_state_is_refused(tmp_path):

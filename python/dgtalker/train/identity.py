@@ -79,6 +79,7 @@ class IdentityTrainConfig:
     locality: float = 1.0             # weight of the pivotal-tuning locality regulariser
     locality_every: int = 4
     distill_weight: float = 1.0       # causal encoder -> main encoder
+    focus: float = 0.0                # share of expression frames drawn by their upper-face error (0: uniform)
     aniso_reg: float = 0.0            # penalty on needles (largest / middle axis above 4, or above 3 cm)
     invert_steps: int = 150
     invert_resolution: int = 256
@@ -196,6 +197,7 @@ class ClipFrames:
                        "train_frames": int(len(idx)), "seconds": round(len(idx) / self.fps, 3),
                        "fps": self.fps, "size": [dataset.width, dataset.height]}
         self.eye_openness = _eye_openness(dataset)
+        self.upper_error = torch.ones(len(idx))  # last upper-face error per frame (the sampler's state)
         self.device = torch.device(device)
 
     def __len__(self) -> int:
@@ -249,12 +251,28 @@ def compose_cross_batch(c_exp_i, c_lip_i, c_exp_j, c_lip_j):
 # the step
 
 
-def sample_pairs(step: int, n: int, pairs: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions (into the training split) of a step's frames i and j, i != j."""
+def sample_pairs(step: int, n: int, pairs: int, seed: int, weights=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (into the training split) of a step's frames i and j, i != j. ``weights``
+    (probabilities over the split) bias the choice of j, the expression frame."""
     rng = np.random.default_rng([seed, step])
     i = rng.integers(0, n, size=pairs)
-    j = (i + rng.integers(1, n, size=pairs)) % n  # never equal to i
+    if weights is None:
+        j = (i + rng.integers(1, n, size=pairs)) % n  # never equal to i
+    else:
+        j = rng.choice(n, size=pairs, p=weights)
+        j = np.where(j == i, (j + 1) % n, j)
     return torch.from_numpy(i), torch.from_numpy(j)
+
+
+def expression_weights(upper_error: torch.Tensor, focus: float) -> np.ndarray | None:
+    """Sampling probabilities of the expression frame: a share ``focus`` proportional to
+    the squared upper-face error last seen on each frame, the rest uniform. Rare upper-
+    face events (blinks) are drawn often enough for their residual codes to learn."""
+    if focus <= 0:
+        return None
+    e = upper_error.double().numpy() ** 2
+    p = (1 - focus) / len(e) + focus * e / max(e.sum(), 1e-12)
+    return p / p.sum()
 
 
 def _gather(gaussians, idx):
@@ -275,7 +293,8 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
 
     dev = talker.device
     P, R = cfg.pairs, cfg.resolution
-    pi, pj = sample_pairs(step, len(data), P, cfg.seed)
+    weights = expression_weights(data.upper_error, cfg.focus) if cfg.cross_view else None
+    pi, pj = sample_pairs(step, len(data), P, cfg.seed, weights)
     bi, bj = data.batch(pi), data.batch(pj)
     fi, fj = data.indices[pi].to(dev), data.indices[pj].to(dev)
     N = data.num_frames
@@ -310,6 +329,10 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     if cfg.cross_view:
         lip, expr = cross_view_losses(image[2 * P:3 * P], image[3 * P:], bi, bj)
         loss = loss + cfg.cross_weight * (lip + expr)
+        with torch.no_grad():  # per expression frame, for the sampler
+            w = bj["upper"][..., None]
+            per = ((image[3 * P:] - bj["rgb"]).abs() * w).sum((1, 2, 3)) / (w.sum((1, 2, 3)) * 3).clamp_min(1.0)
+            data.upper_error[pj] = per.float().cpu()
         out.update(cross_lip=float(lip.detach()), cross_exp=float(expr.detach()))
     # regularisers
     if cfg.aniso_reg > 0:
@@ -392,12 +415,15 @@ def _state_path(out: Path) -> Path:
     return out.with_name(out.name + STATE_SUFFIX)
 
 
-def save_training(out: Path, talker, opt, step: int, cfg: IdentityTrainConfig, history: list, elapsed: float) -> None:
+def save_training(out: Path, talker, opt, step: int, cfg: IdentityTrainConfig, history: list, elapsed: float,
+                  data=None) -> None:
     """The training state (no pickle), then the talker."""
     from ..checkpoint import write_checkpoint
     from ..talker import save_talker
 
     tensors = {f"talker.{k}": v for k, v in talker.state_dict().items()}
+    if data is not None:
+        tensors["sampler.upper_error"] = data.upper_error
     sd = opt.state_dict()
     for pid, st in sd["state"].items():
         for name, v in st.items():
@@ -579,6 +605,8 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
         for p in talker.generator.mapping.parameters():
             p.requires_grad_(False)
         history = json.loads(meta["history"])
+        if "sampler.upper_error" in tensors and tensors["sampler.upper_error"].shape == data.upper_error.shape:
+            data.upper_error.copy_(tensors["sampler.upper_error"])
         start = int(meta["step"])
         elapsed0 = float(meta["elapsed"])
         log(f"resuming {out} at step {start} of {cfg.steps}")
@@ -599,7 +627,7 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
         fit_blink_direction(talker, data)
         fit_coefficient_stats(talker, data)
         talker.source.update(trained_steps=step, minutes=round(elapsed() / 60, 3))
-        save_training(out, talker, opt, step, cfg, history, elapsed())
+        save_training(out, talker, opt, step, cfg, history, elapsed(), data)
 
     try:
         while step < cfg.steps and elapsed() < budget:

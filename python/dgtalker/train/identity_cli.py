@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-residual", type=float, default=d.lr_residual,
                    help=f"learning rate of the per-frame expression residual codes; each code is only updated "
                         f"when its frame is drawn, so it needs a large one (default {d.lr_residual})")
+    p.add_argument("--focus", type=float, default=d.focus,
+                   help="share (0-1) of expression frames drawn in proportion to their last upper-face error, so "
+                        f"rare events such as blinks are seen often (default {d.focus}: uniform)")
     p.add_argument("--aniso", type=float, default=d.aniso_reg,
                    help="weight of the penalty on needle-like Gaussians (largest/middle axis > 4), which "
                         f"the training views cannot see but side views do (default {d.aniso_reg})")
@@ -73,7 +76,8 @@ def run(args) -> int:
                               half=args.half, preview_every=args.preview_every,
                               checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                               locality=args.locality, lr_output_bias=args.lr_output_bias,
-                              aniso_reg=args.aniso, lr_residual=args.lr_residual)
+                              aniso_reg=args.aniso, lr_residual=args.lr_residual,
+                              focus=args.focus)
     prior = None
     try:
         cfg.validate()
