@@ -124,7 +124,8 @@ def run(args) -> int:
         took = time.perf_counter() - t0
         video.save(out)
         sheet = video.contact_sheet(out.with_suffix(".png"))
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+    except (ValueError, FileNotFoundError, CheckpointError, RuntimeError) as exc:
+        # RuntimeError: ffmpeg missing or failing to write the mp4
         print(f"dgtalker demo: {exc}", file=sys.stderr)
         return 2
     print(f"the demo talker said {what}: {len(video)} frames at {args.size}x{args.size} on {device}, "

@@ -82,7 +82,8 @@ def run(args) -> int:
         video.save(args.out)
         if args.sheet:
             video.contact_sheet(args.sheet)
-    except (ValueError, FileNotFoundError, IsADirectoryError, CheckpointError) as exc:
+    except (ValueError, FileNotFoundError, IsADirectoryError, CheckpointError, RuntimeError) as exc:
+        # RuntimeError: ffmpeg missing or failing to write the mp4
         print(f"dgtalker render: {exc}", file=sys.stderr)
         return 2
     print(f"rendered {len(video)} frames at {size}x{size} on {device} in {took:.1f} s "
