@@ -195,7 +195,7 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError, DatasetError, CheckpointError) as exc:
         print(f"dgtalker eval: {exc}", file=sys.stderr)
         return 2
-    lmd_note = ("not measured: it needs a face landmark detector (mediapipe, pip install \".[preprocess]\"), "
+    lmd_note = ("not measured: it needs a face landmark detector (mediapipe), "
                 "which this evaluation does not use yet; mouth motion is compared with the mouth-interior "
                 "measure instead")
     for m in [res["frames"], *baselines.values()]:
