@@ -58,6 +58,23 @@ def test_landmark_distance_of_shifted_landmarks():
     assert M.landmark_distance(L, shifted, vis) == pytest.approx(0.0)
 
 
+def test_face_landmarks_find_a_synthetic_face_and_measure_a_shift():
+    from PIL import Image
+
+    from dgtalker.data import load
+    from dgtalker.eval.landmarks import FaceLandmarks, lip_gap
+
+    img = np.asarray(Image.fromarray(load(SAMPLE).image(0)).resize((256, 256), Image.BICUBIC))
+    det = FaceLandmarks()
+    a = det.detect(img)
+    b = det.detect(np.roll(img, 4, axis=1))  # the whole picture 4 px to the right
+    assert a is not None and b is not None and a.shape == (478, 2) and len(det.lips) == 40
+    assert M.landmark_distance(a[det.lips], b[det.lips]) == pytest.approx(4.0, abs=1.0)
+    assert 0 <= lip_gap(a) < 40
+    assert det.detect(np.full((256, 256, 3), 128, np.uint8)) is None  # no face
+    det.close()
+
+
 def test_mouth_opening_counts_dark_pixels_in_the_mask():
     img = np.full((20, 20, 3), 0.8, np.float32)
     img[8:12, 5:15] = 0.05  # a dark mouth: 40 pixels
@@ -76,7 +93,7 @@ def test_eval_command_end_to_end(tmp_path):
                residual_frames=50)
     p = save_talker(tmp_path / "tiny.safetensors", T)
     out = tmp_path / "report"
-    assert main(["eval", "--data", str(SAMPLE), "--talker", str(p), "--out", str(out), "--size", "48",
+    assert main(["eval", "--data", str(SAMPLE), "--talker", str(p), "--out", str(out), "--size", "96",
                  "--device", "cpu", "--ablation", str(p)]) == 0
     rep = json.loads((out / "report.json").read_text())
     for key in ("frames", "novel_views", "baselines", "speed", "command", "commit", "talker", "data"):
@@ -88,6 +105,8 @@ def test_eval_command_end_to_end(tmp_path):
     assert "mouth_corr" in rep["frames"] and (rep["frames"]["mouth_corr"] is None
                                               or math.isfinite(rep["frames"]["mouth_corr"]))
     assert rep["frames"]["frames"] == 10 and "lmd_px" in rep["frames"]
+    # the ground-truth faces are found (an untrained talker's blob may not be one)
+    assert rep["frames"]["landmarks_found_truth"] == 1.0
     assert set(rep["baselines"]) == {"static (w_can only)", "ablation (no cross-view)"}
     assert rep["speed"]["fps"] > 0 and rep["speed"]["device"] == "cpu"
     assert (out / "report.md").read_text().startswith("# Evaluation")

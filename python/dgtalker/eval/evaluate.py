@@ -69,7 +69,9 @@ def _cameras(viewset, idx, size: int, width: int, height: int, device):
     return torch.as_tensor(viewset.w2c[idx], dtype=torch.float32).to(device), K.to(device)
 
 
-def _frame_metrics(render, gt, masks) -> list[dict]:
+def _frame_metrics(render, gt, masks, detector=None, px_scale: float = 1.0) -> list[dict]:
+    """Per-frame metrics; with a landmark ``detector`` also LMD (pixels at the dataset's
+    size: ``px_scale`` = dataset width / evaluated width) and the inner-lip gaps."""
     out = []
     for r, g, m in zip(render, gt, masks):
         torso = (m[..., 3] - m[..., 0]).clamp(0, 1)  # neck and shoulders
@@ -77,6 +79,17 @@ def _frame_metrics(render, gt, masks) -> list[dict]:
                     "psnr_lower_face": M.psnr(r, g, m[..., 1]), "psnr_upper_face": M.psnr(r, g, m[..., 2]),
                     "ssim": M.ssim(r, g), "mouth_render": M.mouth_opening(r, m[..., 1]),
                     "mouth_truth": M.mouth_opening(g, m[..., 1])})
+        if detector is not None:
+            from .landmarks import lip_gap
+
+            to8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # noqa: E731
+            lr, lg = detector.detect(to8(r)), detector.detect(to8(g))
+            both = lr is not None and lg is not None
+            out[-1].update(
+                landmarks_render=lr is not None, landmarks_truth=lg is not None,
+                lmd_px=M.landmark_distance(lr[detector.lips], lg[detector.lips]) * px_scale if both else float("nan"),
+                lip_gap_render=lip_gap(lr) * px_scale if lr is not None else float("nan"),
+                lip_gap_truth=lip_gap(lg) * px_scale if lg is not None else float("nan"))
     return out
 
 
@@ -88,6 +101,13 @@ def _summary(rows: list[dict]) -> dict:
     out["mouth_corr"] = M.pearson(truth, pred)
     lag, corr = M.best_lag(truth, pred)
     out["mouth_lag_frames"], out["mouth_best_corr"] = lag, corr
+    if rows and "lmd_px" in rows[0]:
+        lmd = [r["lmd_px"] for r in rows]
+        out["lmd_px"] = float(np.nanmean(lmd)) if np.isfinite(lmd).any() else float("nan")
+        out["landmarks_found_render"] = float(np.mean([r["landmarks_render"] for r in rows]))
+        out["landmarks_found_truth"] = float(np.mean([r["landmarks_truth"] for r in rows]))
+        gt_gap, r_gap = [r["lip_gap_truth"] for r in rows], [r["lip_gap_render"] for r in rows]
+        out["mouth_corr_landmarks"] = M.pearson(gt_gap, r_gap)
     out["frames"] = len(rows)
     return out
 
@@ -108,9 +128,11 @@ def fit_upper_face(talker, c_exp, c_lip, w2c, K, body, gt, upper, size: int, ste
 
 
 def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bool = True, fit_upper_steps: int = 0,
-             fit_every: int = 1, batch: int = 4, device=None, progress: bool = True) -> dict:
+             fit_every: int = 1, batch: int = 4, device=None, progress: bool = True, landmarks: bool | None = None) -> dict:
     """Metrics of ``talker`` on ``frames`` of ``dataset`` (default: its held-out split, or all
-    frames if it has none); see the module docstring."""
+    frames if it has none); see the module docstring. ``landmarks``: also LMD and the
+    landmark mouth opening with mediapipe's face mesh (default: when it is installed)."""
+    from . import landmarks as L
     from tqdm import tqdm
 
     from ..talker import body_transforms
@@ -123,6 +145,9 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
     frames = np.asarray(frames, np.int64)
     ce_all, cl_all = clip_coefficients(talker, dataset)
     gt_of = _GroundTruth(dataset, size, device)
+    use_landmarks = L.available() if landmarks is None else bool(landmarks)
+    detector = L.FaceLandmarks() if use_landmarks else None
+    scale = dataset.width / size
     rows, static_rows, fit_rows, rigid_rows = [], [], [], []
     for s in tqdm(range(0, len(frames), batch), desc="evaluating", disable=not progress, unit="batch"):
         idx = frames[s:s + batch]
@@ -132,9 +157,9 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
         ce, cl = ce_all[idx].to(device), cl_all[idx].to(device)
         with torch.no_grad():
             img, _ = talker.frames(ce, cl, w2c, K, size, size, body=body)
-            rows += _frame_metrics(img.clamp(0, 1), gt, masks)
+            rows += _frame_metrics(img.clamp(0, 1), gt, masks, detector, scale)
             img0, _ = talker.frames(torch.zeros_like(ce), torch.zeros_like(cl), w2c, K, size, size, body=body)
-            static_rows += _frame_metrics(img0.clamp(0, 1), gt, masks)
+            static_rows += _frame_metrics(img0.clamp(0, 1), gt, masks, detector, scale)
             # the torso carried rigidly by the head camera (no skinning), for comparison
             img1, _ = talker.frames(ce, cl, w2c, K, size, size, body=None)
             rigid_rows += _frame_metrics(img1.clamp(0, 1), gt, masks)
@@ -147,8 +172,10 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
                 with torch.no_grad():
                     img, _ = talker.frames(c_fit, cl[k], w2c[k], K[k], size, size, body=body[k])
                 fit_rows += _frame_metrics(img.clamp(0, 1), gt[k], masks[k])
+    if detector is not None:
+        detector.close()
     report = {"frames": _summary(rows), "static": _summary(static_rows), "torso_rigid": _summary(rigid_rows),
-              "size": size,
+              "size": size, "landmarks": "mediapipe face mesh" if detector is not None else None,
               "evaluated_frames": [int(i) for i in frames],
               "per_frame": [{k: round(v, 4) for k, v in r.items()} for r in rows],
               "coefficient_jitter": M.jitter(torch.cat([ce_all, cl_all], 1).numpy())}
