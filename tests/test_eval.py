@@ -109,6 +109,20 @@ def test_eval_command_end_to_end(tmp_path):
     assert rep["frames"]["landmarks_found_truth"] == 1.0
     assert set(rep["baselines"]) == {"static (w_can only)", "ablation (no cross-view)"}
     assert rep["speed"]["fps"] > 0 and rep["speed"]["device"] == "cpu"
+    assert set(rep["loudness_lag"]) == {"lag_frames", "corr", "truth_lag_frames"}
+    assert rep["spiral"] is None  # the sample has novel-view ground truth
     assert (out / "report.md").read_text().startswith("# Evaluation")
     assert (out / "sheet.png").stat().st_size > 0
     assert main(["eval", "--data", str(tmp_path / "missing"), "--talker", str(p), "--out", str(out)]) == 2
+
+
+def test_loudness_and_spiral_consistency_without_novel_truth(tmp_path):
+    from dgtalker.data import load
+    from dgtalker.eval.evaluate import frame_loudness, spiral_consistency
+    from dgtalker.talker import load_talker
+
+    ds = load(SAMPLE)
+    loud = frame_loudness(ds, np.arange(len(ds)))
+    assert loud.shape == (50,) and np.all(np.isfinite(loud)) and loud.max() - loud.min() > 10  # speech and pauses
+    res = spiral_consistency(load_talker(), ds, views=6, size=128)  # the shipped talker has a face from every side
+    assert res["found"] == 1.0 and res["lip_gap_cv"] is not None and 0 <= res["lip_gap_cv"] < 0.5

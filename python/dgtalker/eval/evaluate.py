@@ -174,11 +174,15 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
                 fit_rows += _frame_metrics(img.clamp(0, 1), gt[k], masks[k])
     if detector is not None:
         detector.close()
-    report = {"frames": _summary(rows), "static": _summary(static_rows), "torso_rigid": _summary(rigid_rows),
+    loud = frame_loudness(dataset, frames)
+    lag, corr = M.best_lag(loud, [r["mouth_render"] for r in rows])
+    report = {"loudness_lag": {"lag_frames": lag, "corr": corr, "truth_lag_frames": M.best_lag(
+        loud, [r["mouth_truth"] for r in rows])[0]}}
+    report.update({"frames": _summary(rows), "static": _summary(static_rows), "torso_rigid": _summary(rigid_rows),
               "size": size, "landmarks": "mediapipe face mesh" if detector is not None else None,
               "evaluated_frames": [int(i) for i in frames],
               "per_frame": [{k: round(v, 4) for k, v in r.items()} for r in rows],
-              "coefficient_jitter": M.jitter(torch.cat([ce_all, cl_all], 1).numpy())}
+              "coefficient_jitter": M.jitter(torch.cat([ce_all, cl_all], 1).numpy())})
     if fit_rows:
         report["fit_upper"] = _summary(fit_rows)
     if dataset.gt is not None and "jaw_open" in dataset.gt:
@@ -190,6 +194,52 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
     if novel and dataset.novel is not None:
         report["novel_views"] = evaluate_novel(talker, dataset, ce_all, cl_all, size, batch, device, progress)
     return report
+
+
+def frame_loudness(dataset, frames) -> np.ndarray:
+    """RMS loudness (dB) of the clip's audio over each frame's duration, centred on its time."""
+    samples, rate = dataset.audio
+    half = int(round(rate / dataset.fps / 2))
+    out = []
+    for i in frames:
+        c = int(round(i / dataset.fps * rate))
+        seg = samples[max(0, c - half): c + half + 1]
+        out.append(10 * np.log10(float(np.mean(seg.astype(np.float64) ** 2)) + 1e-10) if len(seg) else -100.0)
+    return np.asarray(out)
+
+
+def spiral_consistency(talker, dataset, *, frame: int = 0, views: int = 24, size: int = 256, device=None) -> dict:
+    """3D consistency without novel-view ground truth: one frame's coefficients rendered
+    along a spiral camera (±25° yaw, ±10° pitch) around the talker's framing. Reports
+    how often a face mesh finds the face, and how much the mouth opening (inner-lip
+    gap over the distance between the eye corners, 33 and 263) varies with the view
+    (coefficient of variation; a consistent head keeps its mouth the same from every
+    side, though foreshortening alone moves this ratio by several percent at ±25°, so
+    compare talkers by it rather than read it as an absolute). Needs mediapipe."""
+    from ..camera import spiral
+    from . import landmarks as L
+
+    if not L.available():
+        return {"note": "needs mediapipe (pip install \".[eval]\")"}
+    device = torch.device(device) if device is not None else talker.device
+    ce, cl = clip_coefficients(talker, dataset)
+    vm0 = talker.default_w2c
+    dist = float(torch.linalg.norm(-(vm0[:3, :3].T @ vm0[:3, 3])))
+    fov = float(2 * np.degrees(np.arctan(0.5 * talker.config.height / float(talker.default_K[1, 1]))))
+    vms, Ks = spiral(views, width=size, height=size, distance=dist, fov=fov)
+    with torch.no_grad():
+        img, _ = talker.frames(ce[[frame]].expand(views, -1).to(device), cl[[frame]].expand(views, -1).to(device),
+                               vms.to(device), Ks.to(device), size, size)
+    det = L.FaceLandmarks()
+    gaps = []
+    for im in (img.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy():
+        lm = det.detect(im)
+        if lm is not None:
+            gaps.append(L.lip_gap(lm) / max(float(np.linalg.norm(lm[33] - lm[263])), 1e-6))
+    det.close()
+    g = np.asarray(gaps)
+    return {"views": views, "found": len(g) / views,
+            "lip_gap_cv": float(g.std() / g.mean()) if len(g) > 1 and g.mean() > 0 else None}
 
 
 def evaluate_novel(talker, dataset, ce_all, cl_all, size, batch, device, progress) -> dict:

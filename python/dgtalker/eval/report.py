@@ -166,6 +166,14 @@ def markdown(rep: dict) -> str:
                       f"{f(rep['frames']['mouth_corr_landmarks'], 3)}; landmarks found on "
                       f"{100 * rep['frames']['landmarks_found_render']:.0f}% of renders and "
                       f"{100 * rep['frames']['landmarks_found_truth']:.0f}% of ground-truth frames."]
+    ll = rep["loudness_lag"]
+    lines += ["", f"Mouth opening against audio loudness: best lag {ll['lag_frames']} frames (correlation "
+                  f"{f(ll['corr'], 3)}; the ground truth's own best lag: {ll['truth_lag_frames']})."]
+    if rep.get("spiral"):
+        spr = rep["spiral"]
+        lines.append(f"No novel-view ground truth: along a spiral camera the face is found in "
+                     f"{100 * spr.get('found', 0):.0f}% of {spr.get('views', 0)} views; mouth opening varies by "
+                     f"{f(spr.get('lip_gap_cv'), 3)} (coefficient of variation) across them. {spr.get('note', '')}")
     lines += ["", f"Speed: {f(sp['fps'], 1)} frames/s on {sp['device']} ({sp['note']}).",
               f"LMD: {rep['lmd_note']}", "", "![worst, median, best: truth | render | error ×4](sheet.png)", ""]
     if rep.get("mouth_plot"):
@@ -178,7 +186,7 @@ def run(args) -> int:
     from ..data import DatasetError, load
     from ..io import atomic_write_bytes, atomic_write_json
     from ..talker import load_talker
-    from .evaluate import evaluate
+    from .evaluate import evaluate, spiral_consistency
 
     out = Path(args.out)
     try:
@@ -209,6 +217,9 @@ def run(args) -> int:
         for m in [res["frames"], *baselines.values()]:
             m["lmd_px"] = None
     rep = {"frames": res["frames"], "novel_views": res.get("novel_views"), "baselines": baselines,
+           "loudness_lag": res["loudness_lag"],
+           "spiral": (spiral_consistency(talker, dataset, frame=int(frames[0]), size=min(size, 256), device=device)
+                      if not res.get("novel_views") else None),
            "speed": render_speed(talker, dataset, size, device),
            "command": _command(args),
            "commit": _commit(), "talker": {"path": args.talker or "demo talker", "source": talker.source},
