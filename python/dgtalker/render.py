@@ -16,7 +16,6 @@ tracked cameras, frame by frame; the torso then follows that clip's head motion)
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass

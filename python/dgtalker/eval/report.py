@@ -11,7 +11,6 @@ and the report says why.
 """
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys

@@ -488,7 +488,7 @@ def save_preview(path: Path, talker, data: ClipFrames, cfg: IdentityTrainConfig)
 # driver
 
 
-def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, device, progress, log):
+def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, device, progress):
     import copy
 
     from ..invert import InversionConfig, invert, load_views
@@ -589,7 +589,7 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
     t_start = time.perf_counter()
     elapsed0 = 0.0
     if state is None:
-        talker = _initial_talker(reference, data, dataset, cfg, device, progress, log)
+        talker = _initial_talker(reference, data, dataset, cfg, device, progress)
         history: list = []
         start = 0
     else:
