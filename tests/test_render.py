@@ -109,6 +109,18 @@ def test_stream_equals_offline_causal_render(talker):
     assert diff <= 2  # rounding of one-frame vs batched float math
 
 
+def test_stream_with_per_frame_cameras_and_too_few_of_them(talker):
+    x = speech_like(0.4)
+    cams = dgtalker.camera.spiral(10, width=32, height=32)
+    frames = list(talker.stream([x], cams))
+    offline = talker.render((x, RATE), cams, causal=True)
+    assert len(frames) == 10
+    assert max(int((a.int() - b.int()).abs().max()) for a, b in zip(frames, offline.frames)) <= 2
+    short = dgtalker.camera.spiral(4, width=32, height=32)
+    with pytest.raises(RenderError, match="4 per-frame cameras but the stream reached frame 4"):
+        list(talker.stream([x], short))
+
+
 def test_stream_yields_before_the_audio_ends(talker):
     x = speech_like(1.0)
     chunks = [x[i:i + 1600] for i in range(0, len(x), 1600)]  # 0.1 s each

@@ -237,7 +237,13 @@ def stream_talker(talker, chunks, camera=None, *, fps: float = 25.0, sample_rate
                           torch.as_tensor(camera[0]).dim() == 2):
         vm, K, _ = cameras(camera, talker, 1, W, H)
     else:
-        per_frame = camera
+        if not (isinstance(camera, (tuple, list)) and len(camera) == 2):
+            raise RenderError("camera for a stream must be None, (viewmat, K) or (viewmats [N,4,4], Ks [N,3,3])")
+        per_frame = tuple(torch.as_tensor(np.asarray(c) if not isinstance(c, torch.Tensor) else c,
+                                          dtype=torch.float32) for c in camera)
+        if per_frame[0].dim() != 3 or per_frame[1].shape[:1] != per_frame[0].shape[:1]:
+            raise RenderError(f"camera must hold viewmats [N,4,4] and Ks [N,3,3] with one N, got "
+                              f"{list(per_frame[0].shape)} and {list(per_frame[1].shape)}")
     feats = A.StreamingFeatures(fps=fps, context=cfg.half_window / 100.0, lookahead=cfg.lookahead_mel / 100.0)
     span = cfg.past + 1 + cfg.future
     emb: deque = deque(maxlen=span + cfg.future + 1)   # embeddings of the frames still needed
@@ -253,7 +259,10 @@ def stream_talker(talker, chunks, camera=None, *, fps: float = 25.0, sample_rate
             if per_frame is None:
                 v, k = vm, K
             else:
-                v, k, _ = cameras((torch.as_tensor(per_frame[0])[t], torch.as_tensor(per_frame[1])[t]), talker, 1, W, H)
+                if t >= len(per_frame[0]):
+                    raise RenderError(f"camera holds {len(per_frame[0])} per-frame cameras but the stream reached "
+                                      f"frame {t}; pass one camera per frame of the whole stream, or a single one")
+                v, k, _ = cameras((per_frame[0][t], per_frame[1][t]), talker, 1, W, H)
             img, _ = talker.frames(ce, cl, v.to(dev), k.to(dev), W, H)
         return (img[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
