@@ -51,6 +51,16 @@ def intrinsics(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG) -> np.
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
 
+def resize_intrinsics(K, src_width: int, src_height: int, width: int, height: int):
+    """Intrinsics ``[..., 3, 3]`` (a torch tensor) of the same camera for its image resized
+    from ``src_width x src_height`` to ``width x height``: rows 0 and 1 scale with the
+    image, so pixel centres stay at +0.5. Returns a new tensor."""
+    K = K.clone()
+    K[..., 0, :] *= width / src_width
+    K[..., 1, :] *= height / src_height
+    return K
+
+
 def orbit(yaw: float, pitch: float, *, distance: float | None = None, fov: float | None = None,
           width: int, height: int, target=None):
     """(viewmat [4, 4], K [3, 3]) float32 torch tensors of a camera looking at the head.

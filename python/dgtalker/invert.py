@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .camera import resize_intrinsics
 from .train.losses import photometric_loss, psnr, ssim
 
 
@@ -60,10 +61,8 @@ def load_views(dataset, indices, resolution: int, *, novel: bool = False) -> Vie
         m = torch.from_numpy(np.ascontiguousarray(src.masks(i)[..., 3]))[None, None].float()
         rgb.append(F.interpolate(img, size=(resolution, resolution), mode="area")[0].permute(1, 2, 0))
         fg.append(F.interpolate(m, size=(resolution, resolution), mode="area")[0, 0])
-        K = torch.as_tensor(src.K[i], dtype=torch.float32).clone()
-        K[0] *= resolution / dataset.width
-        K[1] *= resolution / dataset.height
-        Ks.append(K)
+        Ks.append(resize_intrinsics(torch.as_tensor(src.K[i], dtype=torch.float32), dataset.width, dataset.height,
+                                    resolution, resolution))
         vm.append(torch.as_tensor(src.w2c[i], dtype=torch.float32))
     return Views(torch.stack(rgb), torch.stack(fg), torch.stack(vm), torch.stack(Ks))
 

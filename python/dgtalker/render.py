@@ -108,6 +108,7 @@ def speech(audio, sample_rate=None) -> tuple[np.ndarray, int]:
 
 def cameras(camera, talker, num_frames: int, width: int, height: int):
     """(viewmats [T, 4, 4], Ks [T, 3, 3], body [T, 4, 4] or None) for every frame."""
+    from .camera import resize_intrinsics
     from .talker import body_transforms
 
     body = None
@@ -118,9 +119,8 @@ def cameras(camera, talker, num_frames: int, width: int, height: int):
         n = len(camera.w2c)
         idx = np.minimum(np.arange(num_frames), n - 1)
         vm = torch.as_tensor(camera.w2c[idx], dtype=torch.float32)
-        K = torch.as_tensor(camera.K[idx], dtype=torch.float32).clone()
-        K[:, 0] *= width / camera.width
-        K[:, 1] *= height / camera.height
+        K = resize_intrinsics(torch.as_tensor(camera.K[idx], dtype=torch.float32), camera.width, camera.height,
+                              width, height)
         body = body_transforms(vm, talker.body_w2c.cpu())
     else:
         if not (isinstance(camera, (tuple, list)) and len(camera) == 2):

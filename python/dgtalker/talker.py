@@ -268,10 +268,9 @@ class Talker(nn.Module):
     def camera(self, width: int | None = None, height: int | None = None) -> tuple[Tensor, Tensor]:
         """The training framing ``(viewmat [4, 4], K [3, 3])`` for an image of this size."""
         W, H = width or self.config.width, height or self.config.height
-        K = self.default_K.clone()
-        K[0] *= W / self.config.width
-        K[1] *= H / self.config.height
-        return self.default_w2c.clone(), K
+        from .camera import resize_intrinsics
+
+        return self.default_w2c.clone(), resize_intrinsics(self.default_K, self.config.width, self.config.height, W, H)
 
     def frames(self, c_exp: Tensor, c_lip: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int, *,
                body: Tensor | None = None, background: Tensor | None = None, amp: bool = False,

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..camera import resize_intrinsics
 from ..io import atomic_write_bytes, encode_image
 from .losses import photometric_loss, psnr
 
@@ -121,10 +122,7 @@ class CorpusImages:
             fg = torch.from_numpy(np.ascontiguousarray(fr.masks[..., 3]))[None, None].float()
             self.rgb[j] = F.interpolate(img, size=(R, R), mode="area")[0].permute(1, 2, 0).round().to(torch.uint8)
             self.fg[j] = (F.interpolate(fg, size=(R, R), mode="area")[0, 0] * 255).round().to(torch.uint8)
-            K = torch.as_tensor(fr.K, dtype=torch.float32).clone()
-            K[0] *= R / ds.width   # rows 0 and 1 scale with the image; pixel centres stay at +0.5
-            K[1] *= R / ds.height
-            self.K[j] = K
+            self.K[j] = resize_intrinsics(torch.as_tensor(fr.K, dtype=torch.float32), ds.width, ds.height, R, R)
             self.w2c[j] = torch.as_tensor(fr.w2c, dtype=torch.float32)
         self.root = str(root)
 
