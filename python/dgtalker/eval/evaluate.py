@@ -63,9 +63,9 @@ class _GroundTruth:
 
 
 def _cameras(viewset, idx, size: int, width: int, height: int, device):
-    K = torch.as_tensor(viewset.K[idx], dtype=torch.float32).clone()
-    K[:, 0] *= size / width
-    K[:, 1] *= size / height
+    from ..camera import resize_intrinsics
+
+    K = resize_intrinsics(torch.as_tensor(viewset.K[idx], dtype=torch.float32), width, height, size, size)
     return torch.as_tensor(viewset.w2c[idx], dtype=torch.float32).to(device), K.to(device)
 
 
@@ -128,10 +128,12 @@ def fit_upper_face(talker, c_exp, c_lip, w2c, K, body, gt, upper, size: int, ste
 
 
 def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bool = True, fit_upper_steps: int = 0,
-             fit_every: int = 1, batch: int = 4, device=None, progress: bool = True, landmarks: bool | None = None) -> dict:
+             fit_every: int = 1, batch: int = 4, device=None, progress: bool = True, landmarks: bool | None = None,
+             coefficients=None) -> dict:
     """Metrics of ``talker`` on ``frames`` of ``dataset`` (default: its held-out split, or all
     frames if it has none); see the module docstring. ``landmarks``: also LMD and the
-    landmark mouth opening with mediapipe's face mesh (default: when it is installed)."""
+    landmark mouth opening with mediapipe's face mesh (default: when it is installed).
+    ``coefficients``: the clip's ``clip_coefficients``, if the caller already has them."""
     from . import landmarks as L
     from tqdm import tqdm
 
@@ -143,7 +145,7 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
     if frames is None:
         frames = dataset.splits["heldout"] if dataset.splits["heldout"].size else np.arange(len(dataset))
     frames = np.asarray(frames, np.int64)
-    ce_all, cl_all = clip_coefficients(talker, dataset)
+    ce_all, cl_all = coefficients if coefficients is not None else clip_coefficients(talker, dataset)
     gt_of = _GroundTruth(dataset, size, device)
     use_landmarks = L.available() if landmarks is None else bool(landmarks)
     detector = L.FaceLandmarks() if use_landmarks else None
@@ -208,7 +210,8 @@ def frame_loudness(dataset, frames) -> np.ndarray:
     return np.asarray(out)
 
 
-def spiral_consistency(talker, dataset, *, frame: int = 0, views: int = 24, size: int = 256, device=None) -> dict:
+def spiral_consistency(talker, dataset, *, frame: int = 0, views: int = 24, size: int = 256, device=None,
+                       coefficients=None) -> dict:
     """3D consistency without novel-view ground truth: one frame's coefficients rendered
     along a spiral camera (±25° yaw, ±10° pitch) around the talker's framing. Reports
     how often a face mesh finds the face, and how much the mouth opening (inner-lip
@@ -222,7 +225,7 @@ def spiral_consistency(talker, dataset, *, frame: int = 0, views: int = 24, size
     if not L.available():
         return {"note": "needs mediapipe (pip install \".[eval]\")"}
     device = torch.device(device) if device is not None else talker.device
-    ce, cl = clip_coefficients(talker, dataset)
+    ce, cl = coefficients if coefficients is not None else clip_coefficients(talker, dataset)
     vm0 = talker.default_w2c
     dist = float(torch.linalg.norm(-(vm0[:3, :3].T @ vm0[:3, 3])))
     fov = float(2 * np.degrees(np.arctan(0.5 * talker.config.height / float(talker.default_K[1, 1]))))

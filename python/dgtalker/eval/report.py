@@ -82,17 +82,19 @@ def render_speed(talker, dataset, size: int, device, frames: int = 16) -> dict:
             "note": "eager, one batch, audio features of the whole clip included"}
 
 
-def contact_sheet(talker, dataset, per_frame: list, frames: np.ndarray, size: int, path: Path, device) -> list:
-    """GT | render | error for the worst, median and best frames by PSNR."""
+def contact_sheet(talker, dataset, coefficients, per_frame: list, frames: np.ndarray, size: int, path: Path,
+                  device) -> list:
+    """GT | render | error for the worst, median and best frames by PSNR (``coefficients``:
+    the clip's ``clip_coefficients``)."""
     from ..io import atomic_write_bytes, encode_image
     from ..talker import body_transforms
-    from .evaluate import _cameras, _GroundTruth, clip_coefficients
+    from .evaluate import _cameras, _GroundTruth
 
     ps = np.array([r["psnr"] for r in per_frame])
     order = np.argsort(ps)
     pick = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
     idx = frames[pick]
-    ce, cl = clip_coefficients(talker, dataset)
+    ce, cl = coefficients
     w2c, K = _cameras(dataset, idx, size, dataset.width, dataset.height, device)
     gt, _ = _GroundTruth(dataset, size, device)(idx)
     with torch.no_grad():
@@ -185,7 +187,7 @@ def run(args) -> int:
     from ..data import DatasetError, load
     from ..io import atomic_write_bytes, atomic_write_json
     from ..talker import load_talker
-    from .evaluate import evaluate, spiral_consistency
+    from .evaluate import clip_coefficients, evaluate, spiral_consistency
 
     out = Path(args.out)
     try:
@@ -198,7 +200,9 @@ def run(args) -> int:
             else dataset.splits["heldout"]
         size = args.size or dataset.width
         out.mkdir(parents=True, exist_ok=True)
-        res = evaluate(talker, dataset, frames=frames, size=size, novel=not args.no_novel, device=device)
+        coefficients = clip_coefficients(talker, dataset)  # once for the evaluation, the sheet and the spiral
+        res = evaluate(talker, dataset, frames=frames, size=size, novel=not args.no_novel, device=device,
+                       coefficients=coefficients)
         baselines = {"static (w_can only)": res["static"]}
         if args.ablation:
             abl = evaluate(load_talker(args.ablation, device=device), dataset, frames=frames, size=size,
@@ -217,7 +221,8 @@ def run(args) -> int:
             m["lmd_px"] = None
     rep = {"frames": res["frames"], "novel_views": res.get("novel_views"), "baselines": baselines,
            "loudness_lag": res["loudness_lag"],
-           "spiral": (spiral_consistency(talker, dataset, frame=int(frames[0]), size=min(size, 256), device=device)
+           "spiral": (spiral_consistency(talker, dataset, frame=int(frames[0]), size=min(size, 256), device=device,
+                                         coefficients=coefficients)
                       if not res.get("novel_views") else None),
            "speed": render_speed(talker, dataset, size, device),
            "command": _command(args),
@@ -225,8 +230,8 @@ def run(args) -> int:
            "data": {"path": str(args.data), "split": "all frames" if args.all_frames else "held-out frames",
                     "source": dataset.meta.get("source")},
            "lmd_note": lmd_note, "per_frame": res["per_frame"]}
-    rep["worst_median_best"] = contact_sheet(talker, dataset, res["per_frame"], frames, size, out / "sheet.png",
-                                             device)
+    rep["worst_median_best"] = contact_sheet(talker, dataset, coefficients, res["per_frame"], frames, size,
+                                             out / "sheet.png", device)
     rep["mouth_plot"] = mouth_plot(res["per_frame"], frames, dataset.fps, out / "mouth.png")
     rep = _clean(rep)
     atomic_write_json(out / "report.json", rep)

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..camera import resize_intrinsics
 from ..io import atomic_write_bytes, atomic_write_json, encode_image
 from .losses import photometric_loss, psnr
 
@@ -143,10 +144,12 @@ def background_plate(images: np.ndarray, fg: np.ndarray, threshold: float = 0.02
 
 class ClipFrames:
     """A talking clip's frames (a split), masks, cameras and audio windows, resized to
-    ``resolution`` and kept in memory (uint8; on the GPU if ``device`` is one)."""
+    ``resolution`` and kept in memory (uint8; on the GPU if ``device`` is one).
+    ``share``: another ClipFrames of the same clip whose audio windows and background
+    plate this one uses instead of computing them again (the held-out frames of a run)."""
 
     def __init__(self, dataset, indices, resolution: int, *, context: float = 0.3, device="cpu",
-                 progress: bool = True, workers: int = 8):
+                 progress: bool = True, workers: int = 8, share: "ClipFrames | None" = None):
         from tqdm import tqdm
 
         from .. import audio as A
@@ -177,22 +180,22 @@ class ClipFrames:
                                               unit="frame", disable=not progress)):
                 rgb[k], masks[k] = img, m
         self.rgb, self.masks = rgb.to(device), masks.to(device)
-        K = torch.as_tensor(dataset.K[idx], dtype=torch.float32).clone()
-        K[:, 0] *= R / dataset.width
-        K[:, 1] *= R / dataset.height
-        self.K = K.to(device)
+        self.K = resize_intrinsics(torch.as_tensor(dataset.K[idx], dtype=torch.float32), dataset.width,
+                                   dataset.height, R, R).to(device)
         self.w2c = torch.as_tensor(dataset.w2c[idx], dtype=torch.float32).to(device)
-        self.all_w2c = torch.as_tensor(dataset.w2c, dtype=torch.float32)
-        self.full_K = torch.as_tensor(dataset.K, dtype=torch.float32)
-        samples, rate = dataset.audio
-        feats = A.features(samples, rate, fps=self.fps, context=context, num_frames=self.num_frames)
-        self.mel = torch.from_numpy(feats.mel)
-        self.windows = torch.from_numpy(feats.windows).to(device)
-        # the plate at the clip's own size, from up to 150 frames spread over the split
-        pick = idx[np.linspace(0, len(idx) - 1, min(150, len(idx))).round().astype(int)]
-        imgs = np.stack([dataset.image(int(i)) for i in pick])
-        fgs = np.stack([dataset.masks(int(i))[..., 3] for i in pick])
-        self.plate = torch.from_numpy(background_plate(imgs, fgs))
+        self.mean_K = torch.as_tensor(dataset.K[idx], dtype=torch.float32).mean(0)  # at the clip's own size
+        if share is not None:
+            self.mel, self.windows, self.plate = share.mel, share.windows.to(device), share.plate
+        else:
+            samples, rate = dataset.audio
+            feats = A.features(samples, rate, fps=self.fps, context=context, num_frames=self.num_frames)
+            self.mel = torch.from_numpy(feats.mel)
+            self.windows = torch.from_numpy(feats.windows).to(device)
+            # the plate at the clip's own size, from up to 150 frames spread over the split
+            pick = idx[np.linspace(0, len(idx) - 1, min(150, len(idx))).round().astype(int)]
+            imgs = np.stack([dataset.image(int(i)) for i in pick])
+            fgs = np.stack([dataset.masks(int(i))[..., 3] for i in pick])
+            self.plate = torch.from_numpy(background_plate(imgs, fgs))
         self.source = {"dataset": str(dataset.root), "dataset_source": dataset.meta.get("source"),
                        "train_frames": int(len(idx)), "seconds": round(len(idx) / self.fps, 3),
                        "fps": self.fps, "size": [dataset.width, dataset.height]}
@@ -503,7 +506,7 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
         talker.background.copy_(data.plate)
         talker.body_w2c.copy_(mean_camera(data.w2c.cpu()))
         talker.default_w2c.copy_(talker.body_w2c)
-        talker.default_K.copy_(data.full_K[data.indices].mean(0))
+        talker.default_K.copy_(data.mean_K)
     talker.to(device)
     if cfg.invert_steps > 0:
         idx = data.indices[torch.linspace(0, len(data) - 1, min(cfg.invert_views, len(data))).round().long()].numpy()
@@ -581,7 +584,7 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
     held = dataset.splits["heldout"]
     if cfg.validate_every > 0 and held.size >= 2 and cfg.validate_frames >= 2:
         pick = held[np.linspace(0, held.size - 1, min(cfg.validate_frames, held.size)).round().astype(int)]
-        val = ClipFrames(dataset, pick, cfg.resolution, device=device, progress=False)
+        val = ClipFrames(dataset, pick, cfg.resolution, device=device, progress=False, share=data)
     reference = prior if prior is not None else load_default_prior()
     reference = reference.to(device).eval()
     for p in reference.parameters():
