@@ -332,10 +332,10 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     if cfg.cross_view:
         lip, expr = cross_view_losses(image[2 * P:3 * P], image[3 * P:], bi, bj)
         loss = loss + cfg.cross_weight * (lip + expr)
-        with torch.no_grad():  # per expression frame, for the sampler
+        if cfg.focus > 0:  # per expression frame, for the sampler (a small device-to-host copy)
             w = bj["upper"][..., None]
             per = ((image[3 * P:] - bj["rgb"]).abs() * w).sum((1, 2, 3)) / (w.sum((1, 2, 3)) * 3).clamp_min(1.0)
-            data.upper_error[pj] = per.float().cpu()
+            data.upper_error[pj] = per.detach().float().cpu()
         out.update(cross_lip=float(lip.detach()), cross_exp=float(expr.detach()))
     # regularisers
     if cfg.aniso_reg > 0:
