@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS = {
     "demo": ("dgtalker.demo", "render heads sampled from the shipped prior into a PNG (the engine end to end)"),
     "synth": ("dgtalker.data.synth_cli", "generate a synthetic talking-head dataset"),
+    "preprocess": ("dgtalker.preprocess.cli", "turn a video of a person talking into a dataset (face tracking, pose, masks)"),
     "render": ("dgtalker.render_cli", "render a talker speaking an audio file into an mp4"),
     "blendshapes": ("dgtalker.blendshapes_cli", "picture of what each expression and lip blendshape of a talker does"),
     "eval": ("dgtalker.eval.report", "measure a talker against a clip's ground truth (report.json, report.md, figures)"),

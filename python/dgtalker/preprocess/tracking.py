@@ -1,0 +1,417 @@
+"""Face tracking and head pose for real video.
+
+mediapipe's face mesh (478 points, bundled with mediapipe 0.10.14) gives per frame
+the face's points in pixels plus a relative depth. From those:
+
+1. ``canonical_shape``: the person's rigid face shape, a weighted generalised
+   Procrustes mean of the frames' 3D points; points that move on their own (lips,
+   jaw, lids, brows) get low weight from their spread across frames.
+2. ``register_to_head``: a similarity (scale, rotation, translation) that maps that
+   shape onto the prior's canonical head frame through the 12 corpus landmarks
+   (docs/data-format.md), so a real head sits where the prior's heads sit, in metres.
+3. ``bundle_adjust``: per frame the rigid head pose (``w2c``), refined together with
+   the shape and (unless the user gives it) the clip's focal length, starting from
+   PnP of the registered shape against each frame's 2D points (``solve_poses``); then
+   ``fill_and_smooth``, a zero-phase (two-sided) Gaussian filter, so smoothing adds
+   no lag.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# mediapipe face-mesh indices of the corpus landmarks (LANDMARK_NAMES order; "left" is
+# the subject's left, which appears on the image's right)
+MEDIAPIPE_LANDMARKS = {
+    "mouth_corner_left": 291, "mouth_corner_right": 61,
+    "upper_lip_mid": 13, "lower_lip_mid": 14,
+    "upper_lid_left": 386, "lower_lid_left": 374,
+    "upper_lid_right": 159, "lower_lid_right": 145,
+    "nose_tip": 4, "chin": 152,
+    "brow_inner_left": 336, "brow_inner_right": 107,
+}
+
+# the 12 landmarks of the canonical head frame (metres): the mean over the prior
+# corpus' identities 1000-1039 at rest (synthetic HeadModel, neutral expression);
+# tests/test_preprocess.py recomputes it
+CANONICAL_LANDMARKS = np.array([
+    [0.0238, -0.0524, 0.0842], [-0.0238, -0.0524, 0.0842],
+    [0.0, -0.0520, 0.0921], [0.0, -0.0520, 0.0921],
+    [0.0313, 0.0228, 0.0875], [0.0313, 0.0131, 0.0876],
+    [-0.0313, 0.0228, 0.0875], [-0.0313, 0.0131, 0.0876],
+    [0.0, -0.0241, 0.1157], [0.0, -0.0919, 0.0499],
+    [0.0160, 0.0418, 0.0941], [-0.0160, 0.0418, 0.0941],
+])
+
+# the face-mesh contour of the face, clockwise in the image from the top of the forehead
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+NUM_POINTS = 478
+
+
+def _groups():
+    from mediapipe.python.solutions import face_mesh_connections as fmc
+
+    flat = lambda edges: sorted({i for e in edges for i in e})  # noqa: E731
+    return {"lips": flat(fmc.FACEMESH_LIPS), "eyes": flat(fmc.FACEMESH_LEFT_EYE | fmc.FACEMESH_RIGHT_EYE),
+            "brows": flat(fmc.FACEMESH_LEFT_EYEBROW | fmc.FACEMESH_RIGHT_EYEBROW),
+            "irises": list(range(468, 478))}
+
+
+class FaceTracker:
+    """Per-frame face mesh of the clip's main face: ``track(rgb) -> [478, 3]`` (x, y in
+    pixels; z relative depth in the same units, larger is farther) or None.
+
+    The mesh runs on the whole frame (its own detector and tracking, the most accurate
+    here). Where that finds no face, mediapipe's full-range face detector (which finds
+    faces that are small in a wide frame) places a square region around the face, and
+    the mesh runs on that region from then on, following the face. The main face is the
+    largest one when the clip's first face is found; afterwards the face nearest to
+    where it was last seen, so a second person never takes over."""
+
+    MESH_INPUT = 640  # larger regions are downscaled first (the mesh itself works at 192-256 px)
+
+    def __init__(self):
+        import mediapipe as mp
+
+        self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=2,
+                                                     refine_landmarks=True, min_detection_confidence=0.5,
+                                                     min_tracking_confidence=0.5)
+        self._region_mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1,
+                                                            refine_landmarks=True, min_detection_confidence=0.5,
+                                                            min_tracking_confidence=0.5)
+        self.use_regions = False
+        self._detector = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
+        self.region = None  # (centre x, centre y, side) in pixels
+        self.last_centre = None
+        self.faces_seen = 0  # most faces the detector found in one frame
+
+    def _detect(self, rgb):
+        H, W = rgb.shape[:2]
+        res = self._detector.process(rgb)
+        boxes = []
+        for d in res.detections or []:
+            b = d.location_data.relative_bounding_box
+            boxes.append((
+                (b.xmin + b.width / 2) * W, (b.ymin + b.height / 2) * H, max(b.width * W, b.height * H)))
+        self.faces_seen = max(self.faces_seen, len(boxes))
+        if not boxes:
+            return None
+        if self.last_centre is None:
+            cx, cy, size = max(boxes, key=lambda b: b[2])
+        else:
+            cx, cy, size = min(boxes, key=lambda b: np.hypot(b[0] - self.last_centre[0], b[1] - self.last_centre[1]))
+        return cx, cy - 0.1 * size, 2.2 * size
+
+    def _mesh_in(self, rgb, region):
+        from PIL import Image
+
+        H, W = rgb.shape[:2]
+        cx, cy, side = region
+        side = max(int(round(side)), 16)
+        x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+        pad = max(0, -x0, -y0, x0 + side - W, y0 + side - H)
+        img = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0))) if pad else rgb
+        crop = img[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
+        scale = 1.0
+        if side > self.MESH_INPUT:
+            scale = side / self.MESH_INPUT
+            crop = np.asarray(Image.fromarray(crop).resize((self.MESH_INPUT, self.MESH_INPUT), Image.BILINEAR))
+        res = self._region_mesh.process(np.ascontiguousarray(crop))
+        if not res.multi_face_landmarks:
+            return None
+        n = crop.shape[0]
+        pts = np.array([[p.x * n, p.y * n, p.z * n] for p in res.multi_face_landmarks[0].landmark], np.float64)
+        return pts * scale + [x0, y0, 0.0]
+
+    def _whole_frame(self, rgb):
+        H, W = rgb.shape[:2]
+        res = self._mesh.process(rgb)
+        if not res.multi_face_landmarks:
+            return None
+        faces = [np.array([[p.x * W, p.y * H, p.z * W] for p in f.landmark], np.float64)
+                 for f in res.multi_face_landmarks]
+        self.faces_seen = max(self.faces_seen, len(faces))
+        if self.last_centre is None:
+            return max(faces, key=lambda f: np.ptp(f[:, 0]) * np.ptp(f[:, 1]))
+        return min(faces, key=lambda f: np.linalg.norm(f[:, :2].mean(0) - self.last_centre))
+
+    def track(self, rgb: np.ndarray):
+        rgb = np.ascontiguousarray(rgb)
+        if not self.use_regions:
+            lm = self._whole_frame(rgb)
+            if lm is not None:
+                lo, hi = lm[:, :2].min(0), lm[:, :2].max(0)
+                self.last_centre = (lo + hi) / 2
+                return lm
+            if self._detect(rgb) is None:
+                return None
+            self.use_regions = True
+        lm = self._mesh_in(rgb, self.region) if self.region is not None else None
+        if lm is None:
+            self.region = self._detect(rgb)
+            lm = self._mesh_in(rgb, self.region) if self.region is not None else None
+        if lm is None:
+            self.region = None
+            return None
+        lo, hi = lm[:, :2].min(0), lm[:, :2].max(0)
+        want = ((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, 1.7 * max(hi - lo))
+        # the region stays put while the face stays well inside it: the mesh's own
+        # tracking then sees an ordinary video (a region moving every frame jitters it)
+        if (self.region is None or np.hypot(want[0] - self.region[0], want[1] - self.region[1]) > 0.12 * self.region[2]
+                or abs(np.log(want[2] / self.region[2])) > 0.15):
+            self.region = want
+        self.last_centre = (lo + hi) / 2
+        return lm
+
+    def close(self):
+        self._mesh.close()
+        self._region_mesh.close()
+        self._detector.close()
+
+
+def similarity(src: np.ndarray, dst: np.ndarray, w: np.ndarray | None = None):
+    """Weighted Umeyama: ``(s, R, t)`` minimising sum w |s R src + t - dst|^2
+    (``src``, ``dst`` [P, 3]); R is a proper rotation."""
+    w = np.ones(len(src)) if w is None else np.asarray(w, np.float64)
+    w = w / w.sum()
+    ms, md = w @ src, w @ dst
+    a, b = src - ms, dst - md
+    C = (b * w[:, None]).T @ a
+    U, S, Vt = np.linalg.svd(C)
+    D = np.eye(3)
+    D[2, 2] = np.sign(np.linalg.det(U @ Vt))
+    R = U @ D @ Vt
+    var = float(w @ (a ** 2).sum(1))
+    s = float(np.trace(np.diag(S) @ D) / var)
+    return s, R, md - s * R @ ms
+
+
+def rigid_candidates() -> np.ndarray:
+    """Face-mesh points that move rigidly with the skull, to first order: not the lips,
+    lids, brows or irises, and not the jaw line below the mouth corners."""
+    g = _groups()
+    moving = set(g["lips"]) | set(g["eyes"]) | set(g["brows"]) | set(g["irises"])
+    return np.array([i for i in range(NUM_POINTS) if i not in moving])
+
+
+def canonical_shape(points: list[np.ndarray], iterations: int = 4):
+    """The clip's rigid face shape from per-frame 3D points ``[F, 478, 3]`` (tracker
+    units, image axes): ``(shape [478, 3], weights [478])``. Weighted generalised
+    Procrustes: each frame is aligned to the mean by a similarity over the rigid
+    candidates, and every point's weight is the inverse of its residual spread, so
+    points below the mouth (the jaw) and anything else that moves fall out."""
+    P = np.asarray(points, np.float64)
+    cand = rigid_candidates()
+    w = np.zeros(NUM_POINTS)
+    w[cand] = 1.0
+    # the jaw moves with speech: start without points below the mouth corners
+    mouth_y = P[:, [61, 291], 1].mean()
+    w[P[:, :, 1].mean(0) > mouth_y] = 0.0
+    mean = P[0]
+    for _ in range(iterations):
+        aligned = np.empty_like(P)
+        for f in range(len(P)):
+            s, R, t = similarity(P[f], mean, w)
+            aligned[f] = s * P[f] @ R.T + t
+        mean = aligned.mean(0)
+        spread = np.sqrt(((aligned - mean) ** 2).sum(-1).mean(0))
+        scale = np.sqrt(((mean - mean.mean(0)) ** 2).sum(-1).mean())
+        w = np.where(w > 0, 1.0 / (spread / scale + 0.005) ** 2, 0.0)
+    return mean, w / w.max()
+
+
+def register_to_head(shape: np.ndarray, weights: np.ndarray, depth_stretch: float = 1.0):
+    """Map the clip's canonical shape (image axes: x right, y down, z away) into the
+    prior's head frame (metres; x to the subject's left, y up, z out of the face) by a
+    similarity through the 12 corpus landmarks. Returns ``(points [478, 3] in the head
+    frame, rms residual of the 12 landmarks in metres)``."""
+    flip = np.diag([1.0, -1.0, -depth_stretch])
+    S = shape @ flip
+    idx = list(MEDIAPIPE_LANDMARKS.values())
+    s, R, t = similarity(S[idx], CANONICAL_LANDMARKS)
+    X = s * S @ R.T + t
+    rms = float(np.sqrt(((X[idx] - CANONICAL_LANDMARKS) ** 2).sum(1).mean()))
+    return X, rms
+
+
+def intrinsics(focal: float, width: int, height: int) -> np.ndarray:
+    return np.array([[focal, 0, width / 2], [0, focal, height / 2], [0, 0, 1.0]])
+
+
+def _pnp(X, uv, K, guess=None):
+    import cv2
+
+    if guess is not None:
+        ok, rvec, tvec = cv2.solvePnP(X, uv, K, None, rvec=guess[0].copy(), tvec=guess[1].copy(),
+                                      useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+    else:
+        ok, rvec, tvec = cv2.solvePnP(X, uv, K, None, flags=cv2.SOLVEPNP_SQPNP)
+        ok, rvec, tvec = cv2.solvePnP(X, uv, K, None, rvec=rvec, tvec=tvec, useExtrinsicGuess=True,
+                                      flags=cv2.SOLVEPNP_ITERATIVE)
+    proj, _ = cv2.projectPoints(X, rvec, tvec, K, None)
+    err = float(np.sqrt(((proj.reshape(-1, 2) - uv) ** 2).sum(1).mean()))
+    return rvec.reshape(3), tvec.reshape(3), err
+
+
+def solve_poses(X: np.ndarray, points: list, K: np.ndarray, rigid: np.ndarray):
+    """Per-frame head pose: PnP of the head-frame points ``X[rigid]`` against each
+    frame's 2D points (``points[f]`` [478, 3] or None). Returns ``(rvecs [F, 3],
+    tvecs [F, 3], rms reprojection error per frame [F] in pixels)``; frames without a
+    face get NaN."""
+    F = len(points)
+    rv, tv, err = np.full((F, 3), np.nan), np.full((F, 3), np.nan), np.full(F, np.nan)
+    Xr = np.ascontiguousarray(X[rigid], np.float64)
+    guess = None
+    for f, p in enumerate(points):
+        if p is None:
+            continue
+        uv = np.ascontiguousarray(p[rigid, :2], np.float64)
+        rv[f], tv[f], err[f] = _pnp(Xr, uv, K, guess)
+        guess = (rv[f], tv[f])
+    return rv, tv, err
+
+
+def _rotation_matrices(r):
+    """Rodrigues: rotation vectors ``[F, 3]`` (torch) -> matrices ``[F, 3, 3]``."""
+    import torch
+
+    th = r.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    k = r / th
+    z = torch.zeros_like(k[:, 0])
+    Kx = torch.stack([z, -k[:, 2], k[:, 1], k[:, 2], z, -k[:, 0], -k[:, 1], k[:, 0], z], 1).view(-1, 3, 3)
+    th = th[..., None]
+    return torch.eye(3, dtype=r.dtype) + torch.sin(th) * Kx + (1 - torch.cos(th)) * Kx @ Kx
+
+
+def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: float = 30.0):
+    """Refine the head-frame shape ``X [478, 3]``, the poses and (unless given) the
+    focal length together, minimising the weighted reprojection error of the frames'
+    2D points (LBFGS), on up to 150 frames spread over the clip; then every frame's
+    pose with that shape and focal. The shape is tied to its registered start by a
+    weak spring, which fixes the frame. A face's depth relief determines the focal
+    length only weakly, so it also has a weak prior (a ``fov_prior`` degree view, a
+    usual framing for talking-head footage); pass ``focal`` when the camera is known.
+    Returns ``(X, rvecs [F, 3], tvecs [F, 3], focal, rms error per frame [F])``;
+    frames without a face get NaN."""
+    import torch
+
+    have = [f for f, p in enumerate(points) if p is not None]
+    uv = torch.tensor(np.stack([points[f][:, :2] for f in have]))
+    w = torch.tensor(weights, dtype=torch.float64)
+    centre = torch.tensor([width / 2, height / 2], dtype=torch.float64)
+    prior = float(np.log(max(width, height) / 2 / np.tan(np.radians(fov_prior) / 2)))
+
+    def run(frames, X, f0, free_shape, free_focal, iters):
+        rv, tv, _ = solve_poses(X, [points[have[i]] for i in frames], intrinsics(f0, width, height),
+                                np.flatnonzero(weights >= 0.25))
+        X0 = torch.tensor(X, dtype=torch.float64)
+        Xt = X0.clone().requires_grad_(free_shape)
+        r = torch.tensor(rv).requires_grad_(True)
+        t = torch.tensor(tv).requires_grad_(True)
+        lf = torch.tensor(float(np.log(f0)), dtype=torch.float64, requires_grad=free_focal)
+        target = uv[frames]
+        opt = torch.optim.LBFGS([r, t] + [v for v in (Xt, lf) if v.requires_grad], lr=1, max_iter=iters,
+                                line_search_fn="strong_wolfe")
+
+        def residual():
+            P = torch.einsum("fij,pj->fpi", _rotation_matrices(r), Xt) + t[:, None]
+            proj = lf.exp() * P[..., :2] / P[..., 2:3].clamp_min(1e-3) + centre
+            return ((proj - target) ** 2).sum(-1)
+
+        def closure():
+            opt.zero_grad()
+            loss = ((residual() * w).sum() / (w.sum() * len(frames)) + 10.0 * ((Xt - X0) ** 2).sum(-1).mean()
+                    + 0.02 * (lf - prior) ** 2 * free_focal)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return Xt.detach().numpy(), r.detach().numpy(), t.detach().numpy(), float(lf.detach().exp())
+
+    sub = np.linspace(0, len(have) - 1, min(150, len(have))).round().astype(int)
+    X, _, _, focal = run(sub, X, float(np.exp(prior)) if focal is None else float(focal), True, focal is None, 200)
+    K = intrinsics(focal, width, height)
+    rv, tv, _ = solve_poses(X, points, K, np.flatnonzero(weights >= 0.25))
+    rv, tv, err = refine_poses(X, points, weights, K, rv, tv)
+    return X, rv, tv, focal, err
+
+
+def refine_poses(X, points, weights, K, rvecs, tvecs, iterations: int = 8):
+    """Every frame's pose minimising the weighted reprojection error of all its points
+    (shape and camera fixed): batched Levenberg-Marquardt over the frames with the
+    analytic Jacobian (rotation updates on the left, R <- exp(d) R), from the PnP start.
+    Returns ``(rvecs, tvecs, rms error per frame)``, NaN where no face."""
+    from scipy.spatial.transform import Rotation
+
+    ok = np.flatnonzero(np.isfinite(rvecs).all(1))
+    use = np.flatnonzero(weights >= 0.02 * weights.max())  # the rest barely count
+    X = X[use]
+    uv = np.stack([points[f][use, :2] for f in ok])
+    w = (weights[use] / weights[use].sum())[None, :]
+    f, c = np.array([K[0, 0], K[1, 1]]), K[:2, 2]
+    R, t = Rotation.from_rotvec(rvecs[ok]).as_matrix(), tvecs[ok].copy()
+
+    def residual(R, t):
+        P = X @ R.transpose(0, 2, 1) + t[:, None]
+        return P, (P[..., :2] / np.maximum(P[..., 2:3], 1e-3)) * f + c - uv
+
+    P, r = residual(R, t)
+    cost = (w * (r ** 2).sum(-1)).sum(1)
+    lam = np.full(len(ok), 1e-3)
+    for _ in range(iterations):
+        z = np.maximum(P[..., 2], 1e-3)
+        # d(uv)/dP [F, N, 2, 3], dP/d(delta, t) = [-[P - t]x, I]
+        dudP = np.zeros(P.shape[:2] + (2, 3))
+        dudP[..., 0, 0] = f[0] / z
+        dudP[..., 1, 1] = f[1] / z
+        dudP[..., 0, 2] = -f[0] * P[..., 0] / z ** 2
+        dudP[..., 1, 2] = -f[1] * P[..., 1] / z ** 2
+        q = P - t[:, None]
+        skew = np.zeros(P.shape[:2] + (3, 3))
+        skew[..., 0, 1], skew[..., 0, 2] = q[..., 2], -q[..., 1]
+        skew[..., 1, 0], skew[..., 1, 2] = -q[..., 2], q[..., 0]
+        skew[..., 2, 0], skew[..., 2, 1] = q[..., 1], -q[..., 0]
+        J = np.concatenate([dudP @ skew, dudP], -1) * np.sqrt(w)[..., None, None]  # [F, N, 2, 6]
+        J = J.reshape(len(ok), -1, 6)
+        rr = (r * np.sqrt(w)[..., None]).reshape(len(ok), -1)
+        Jt = J.transpose(0, 2, 1)
+        JtJ = Jt @ J
+        g = (Jt @ rr[..., None])[..., 0]
+        A = JtJ + lam[:, None, None] * np.eye(6) * np.maximum(np.einsum("fii->fi", JtJ), 1e-12)[:, :, None]
+        step = -np.linalg.solve(A, g[..., None])[..., 0]
+        R_new = Rotation.from_rotvec(step[:, :3]).as_matrix() @ R
+        t_new = t + step[:, 3:]
+        P_new, r_new = residual(R_new, t_new)
+        c_new = (w * (r_new ** 2).sum(-1)).sum(1)
+        better = c_new < cost
+        R[better], t[better], P[better], r[better], cost[better] = (R_new[better], t_new[better], P_new[better],
+                                                                    r_new[better], c_new[better])
+        lam = np.where(better, lam * 0.3, lam * 10)
+    F = len(points)
+    rv, tv, err = np.full((F, 3), np.nan), np.full((F, 3), np.nan), np.full(F, np.nan)
+    rv[ok], tv[ok], err[ok] = Rotation.from_matrix(R).as_rotvec(), t, np.sqrt(cost)
+    return rv, tv, err
+
+
+def fill_and_smooth(rvecs: np.ndarray, tvecs: np.ndarray, sigma: float = 1.0):
+    """Poses for every frame: frames without a face interpolated from their neighbours
+    in time (held at the ends), then a zero-phase Gaussian filter of ``sigma`` frames
+    on the rotation (relative to the clip's median rotation) and translation. Returns
+    ``w2c [F, 4, 4]``."""
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.spatial.transform import Rotation
+
+    ok = np.isfinite(rvecs).all(1)
+    idx = np.arange(len(rvecs))
+    R = Rotation.from_rotvec(rvecs[ok])
+    ref = R.mean()
+    rel = (ref.inv() * R).as_rotvec()
+    fill = lambda v: np.stack([np.interp(idx, idx[ok], v[:, k]) for k in range(3)], 1)  # noqa: E731
+    rel, t = fill(rel), fill(tvecs[ok])
+    if sigma > 0 and len(idx) > 1:
+        rel = gaussian_filter1d(rel, sigma, axis=0, mode="nearest")
+        t = gaussian_filter1d(t, sigma, axis=0, mode="nearest")
+    w2c = np.tile(np.eye(4), (len(idx), 1, 1))
+    w2c[:, :3, :3] = (ref * Rotation.from_rotvec(rel)).as_matrix()
+    w2c[:, :3, 3] = t
+    return w2c
