@@ -61,6 +61,23 @@ def resize_intrinsics(K, src_width: int, src_height: int, width: int, height: in
     return K
 
 
+def turn(viewmat, yaw: float, pitch: float = 0.0, *, target=None):
+    """The camera ``viewmat`` ([..., 4, 4] torch) moved around ``target`` (head frame;
+    default the corpus' look-at point) by ``yaw`` and ``pitch`` degrees, as ``orbit``
+    counts them (yaw > 0 sees more of the subject's left, pitch > 0 looks from above):
+    e.g. a real talker's own framing seen from 20 degrees to the side."""
+    import torch
+
+    p = torch.tensor(DEFAULT_TARGET if target is None else target, dtype=torch.float64)
+    a, b = math.radians(-yaw), math.radians(pitch)
+    Ry = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]], dtype=torch.float64)
+    Rx = torch.tensor([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]], dtype=torch.float64)
+    M = torch.eye(4, dtype=torch.float64)
+    M[:3, :3] = Ry @ Rx
+    M[:3, 3] = p - M[:3, :3] @ p
+    return (viewmat.to(torch.float64) @ M).to(viewmat.dtype)
+
+
 def orbit(yaw: float, pitch: float, *, distance: float | None = None, fov: float | None = None,
           width: int, height: int, target=None):
     """(viewmat [4, 4], K [3, 3]) float32 torch tensors of a camera looking at the head.

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..camera import DEFAULT_DISTANCE, DEFAULT_FOV_DEG, DEFAULT_TARGET
 from . import tracking, video as vid
 from .masks import Segmenter, face_masks
 from .tracking import MEDIAPIPE_LANDMARKS
 
-# the synthetic corpus' framing (30 degree vertical field of view at 0.55 m, centred
-# 3.5 cm below the head frame's origin): real clips are cropped to match it, so a real
-# head fills the picture as the prior's heads do
-CORPUS_FOV_DEG, CORPUS_DISTANCE, LOOK_AT = 30.0, 0.55, np.array([0.0, -0.035, 0.0])
-EYE_TO_CHIN_M = 0.11  # about, for the minimum face size check
+# the corpus' framing (dgtalker.camera's defaults: a 36 degree vertical field of view
+# at 0.55 m, centred 3.5 cm below the head frame's origin): real clips are cropped to
+# match it where the frame allows, so a real head fills the picture as the prior's do
+CORPUS_FOV_DEG, CORPUS_DISTANCE, LOOK_AT = DEFAULT_FOV_DEG, DEFAULT_DISTANCE, np.array(DEFAULT_TARGET)
 
 
 class PreprocessError(ValueError):
