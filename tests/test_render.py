@@ -245,3 +245,22 @@ def test_shipped_demo_talker_opens_its_mouth_for_speech_only():
     # a trained talker's mouth opens on speech (dark interior) and stays shut in silence;
     # an untrained talker on the same prior and framing gives a margin of 0.02 here
     assert float(talking.max()) > float(quiet.max()) + 0.05, (talking.max(), quiet.max())
+
+
+def test_camera_turn_orbits_the_framing():
+    """camera.turn moves a given camera around the look-at point exactly as orbit counts
+    angles: turning the frontal orbit camera gives the orbit camera at that yaw/pitch."""
+    import torch
+
+    front, _ = dgtalker.camera.orbit(0, 0, width=32, height=32)
+    assert torch.allclose(dgtalker.camera.turn(front, 0, 0), front)
+    for yaw, pitch in ((20, 0), (-35, 10)):
+        want, _ = dgtalker.camera.orbit(yaw, pitch, width=32, height=32)
+        assert torch.allclose(dgtalker.camera.turn(front, yaw, pitch), want, atol=1e-5), (yaw, pitch)
+    # a camera at another distance keeps its distance to the target
+    far = front.clone()
+    far[2, 3] += 0.3
+    centre = lambda v: -(v[:3, :3].T @ v[:3, 3])  # noqa: E731
+    target = torch.tensor(dgtalker.camera.DEFAULT_TARGET)
+    d0 = (centre(far) - target).norm()
+    assert torch.allclose((centre(dgtalker.camera.turn(far, 30)) - target).norm(), d0, atol=1e-5)

@@ -73,9 +73,9 @@ def turn(viewmat, yaw: float, pitch: float = 0.0, *, target=None):
     Ry = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]], dtype=torch.float64)
     Rx = torch.tensor([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]], dtype=torch.float64)
     M = torch.eye(4, dtype=torch.float64)
-    M[:3, :3] = Ry @ Rx
+    M[:3, :3] = Rx @ Ry  # the inverse of the camera's own move (yaw about +y, then pitch)
     M[:3, 3] = p - M[:3, :3] @ p
-    return (viewmat.to(torch.float64) @ M).to(viewmat.dtype)
+    return (viewmat.to(torch.float64) @ M.to(viewmat.device)).to(viewmat.dtype)
 
 
 def orbit(yaw: float, pitch: float, *, distance: float | None = None, fov: float | None = None,

@@ -1,8 +1,9 @@
 """``preprocess(video, out)``: a talking-head clip in, a dataset (format version 1) out.
 
-Two passes over the video keep memory flat for any length: the first tracks the face
-in every frame (landmarks only are kept), the second crops, segments and writes. In
-between, the clip's face shape, its registration to the head frame, the focal length,
+Two passes over the video keep memory small for any length: the first tracks the face
+and segments the person in every frame (landmarks and a foreground mask of at most
+640 px are kept; the two models run in parallel threads), the second crops, masks and
+writes. In between, the clip's face shape, its registration to the head frame, the focal length,
 the per-frame poses and one fixed crop are solved from the landmarks.
 """
 from __future__ import annotations
@@ -123,6 +124,31 @@ def _crop(img, x0, y0, side, size):
     return np.ascontiguousarray(out)
 
 
+MASK_SIDE = 640  # the kept foreground masks' longest side (the segmenter works at 256)
+
+
+def _small_foreground(seg, rgb) -> np.ndarray:
+    """The frame's foreground coverage as uint8, downscaled to at most MASK_SIDE."""
+    from PIL import Image
+
+    m = Image.fromarray(np.round(seg(rgb) * 255).astype(np.uint8))
+    k = MASK_SIDE / max(m.size)
+    if k < 1:
+        m = m.resize((max(1, round(m.width * k)), max(1, round(m.height * k))), Image.BOX)
+    return np.asarray(m)
+
+
+def _crop_mask(small: np.ndarray, width: int, x0, y0, side, size) -> np.ndarray:
+    """The crop ``(x0, y0, side)`` (source pixels) of a downscaled mask, at ``size``
+    (float32 coverage; outside the frame is background)."""
+    from PIL import Image
+
+    k = small.shape[1] / width
+    box = (x0 * k, y0 * k, (x0 + side) * k, (y0 + side) * k)
+    m = Image.fromarray(small).transform((size, size), Image.EXTENT, box, Image.BILINEAR)
+    return np.asarray(m, np.float32) / 255.0
+
+
 def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float | None = None,
                image_format: str = "jpg", heldout: float = 0.1, allow_silent: bool = False,
                max_dropped: float = 0.25, min_seconds: float = 2.0, min_face_px: float = 40.0,
@@ -158,14 +184,17 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
     N = info.frames_at(fps)
     notes = ["a photo: one frame, no sound (for inversion, or a look at the tracking)"] if photo else []
 
-    # pass 1: the face in every frame
-    tracker = tracking.FaceTracker()
-    points = [None] * N
-    with _bar(N, "tracking", quiet) as bar:
+    # pass 1: the face and the person in every frame
+    tracker, seg = tracking.FaceTracker(), Segmenter()
+    points, foreground = [None] * N, [None] * N
+    with _bar(N, "tracking", quiet) as bar, ThreadPoolExecutor(1) as pool:
         for i, rgb in vid.prefetch(vid.frames(info, fps, N)):
+            fg = pool.submit(_small_foreground, seg, rgb)
             points[i] = tracker.track(rgb)
+            foreground[i] = fg.result()
             bar.update(1)
     tracker.close()
+    seg.close()
     timings = {"tracking": time.perf_counter() - t_start}
     found = [i for i, p in enumerate(points) if p is not None]
     if not found:
@@ -205,9 +234,8 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
     Kc[1, 2] -= y0
     Kc[:2] *= scale
 
-    # pass 2: crop, segment, mask, write (encoding runs in a writer thread)
+    # pass 2: crop, mask, write (decoding and encoding run in their own threads)
     writer = DatasetWriter(out, size, size, kind="talking", fps=fps, image_ext=image_format, overwrite=overwrite)
-    seg = Segmenter()
     names = list(LANDMARK_NAMES)
     lm_idx = [MEDIAPIPE_LANDMARKS[n] for n in names]
     drop = set(dropped)
@@ -215,7 +243,8 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
         with ThreadPoolExecutor(1) as pool, _bar(N, "writing", quiet) as bar:
             pending = []
             for i, img in vid.prefetch(vid.frames(info, fps, N), lambda i, rgb: _crop(rgb, x0, y0, side, size)):
-                fg = seg(img)
+                fg = _crop_mask(foreground[i], info.width, x0, y0, side, size)
+                foreground[i] = None
                 if i in drop:
                     masks = np.zeros((size, size, 4), np.float32)
                     masks[..., 3] = fg
@@ -235,7 +264,6 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
                 bar.update(1)
             for f in pending:
                 f.result()
-        seg.close()
         timings["writing"] = time.perf_counter() - t_start - timings["tracking"] - timings["pose"]
         if info.has_audio:
             samples, rate = vid.audio(info, fps, N)
