@@ -63,12 +63,16 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--json")
+    ap.add_argument("--compile", action="store_true",
+                    help="Talker.fast(compile=True): the synthesis network through torch.compile")
     a = ap.parse_args()
     dev = torch.device("cuda")
-    T = load_talker(a.talker, device=dev)
+    T = load_talker(a.talker, device=dev)  # synthesis weights channels-last (Talker.fast)
+    if a.compile:
+        T.fast(compile=True)
     S = a.size
     res: dict = {"size": S, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                 "host": platform.node()}
+                 "host": platform.node(), "synthesis": "torch.compile + channels-last" if a.compile else "channels-last"}
     try:
         res["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
@@ -99,6 +103,8 @@ def main() -> None:
             with torch.no_grad():
                 _, styles = T.latents(ce, cl)
                 with torch.autocast("cuda", dtype=torch.bfloat16):
+                    if T._fast_synthesis is not None:
+                        return T._fast_synthesis(styles)
                     return T.generator.synthesize(styles)
 
         eager = cuda_ms(step)
