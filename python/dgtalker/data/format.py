@@ -415,7 +415,8 @@ class _ViewSetWriter:
         self.K, self.w2c, self.gt, self.extra = [], [], {}, {}
         self.n = 0
 
-    def add(self, image, masks, K, w2c, gt=None, **extra):
+    def encode(self, image, masks) -> tuple[bytes, bytes]:
+        """Checked and encoded (frame bytes, mask PNG bytes); safe to call from threads."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.shape != (self.height, self.width, 3):
             raise ValueError(f"image must be uint8 [{self.height}, {self.width}, 3], got {image.dtype} {list(image.shape)}")
@@ -424,12 +425,16 @@ class _ViewSetWriter:
             raise ValueError(f"masks must be [{self.height}, {self.width}, 4] (head, lower, upper, foreground), got {list(masks.shape)}")
         if masks.dtype != np.uint8:
             masks = masks_to_uint8(masks)
+        return encode_image(image, self.ext), encode_image(masks, "png")
+
+    def add(self, image, masks, K, w2c, gt=None, encoded=None, **extra):
+        frame_bytes, mask_bytes = encoded if encoded is not None else self.encode(image, masks)
         K, w2c = np.asarray(K, np.float64), np.asarray(w2c, np.float64)
         if K.shape != (3, 3) or w2c.shape != (4, 4):
             raise ValueError(f"K must be [3, 3] and w2c [4, 4], got {list(K.shape)} and {list(w2c.shape)}")
         i = self.n
-        (self.root / "frames" / _frame_name(i, self.ext)).write_bytes(encode_image(image, self.ext))
-        (self.root / "masks" / _frame_name(i, "png")).write_bytes(encode_image(masks, "png"))
+        (self.root / "frames" / _frame_name(i, self.ext)).write_bytes(frame_bytes)
+        (self.root / "masks" / _frame_name(i, "png")).write_bytes(mask_bytes)
         self.K.append(K)
         self.w2c.append(w2c)
         for store, d in ((self.gt, gt or {}), (self.extra, extra)):
@@ -483,6 +488,14 @@ class DatasetWriter:
 
     def add_frame(self, image, masks, K, w2c, gt: dict | None = None):
         self.main.add(image, masks, K, w2c, gt)
+
+    def encode_frame(self, image, masks) -> tuple[bytes, bytes]:
+        """The frame's checked, encoded files, for ``add_encoded_frame``: encoding (the
+        slow part) can run in threads while frames are still added in order."""
+        return self.main.encode(image, masks)
+
+    def add_encoded_frame(self, encoded: tuple[bytes, bytes], K, w2c, gt: dict | None = None):
+        self.main.add(None, None, K, w2c, gt, encoded=encoded)
 
     def add_novel_view(self, image, masks, K, w2c, frame_index: int, gt: dict | None = None, **extra):
         if self.novel is None:

@@ -240,8 +240,8 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
     lm_idx = [MEDIAPIPE_LANDMARKS[n] for n in names]
     drop = set(dropped)
     try:
-        with ThreadPoolExecutor(1) as pool, _bar(N, "writing", quiet) as bar:
-            pending = []
+        with ThreadPoolExecutor(2) as pool, _bar(N, "writing", quiet) as bar:
+            pending = []  # (encoding, cameras, gt) in frame order
             for i, img in vid.prefetch(vid.frames(info, fps, N), lambda i, rgb: _crop(rgb, x0, y0, side, size)):
                 fg = _crop_mask(foreground[i], info.width, x0, y0, side, size)
                 foreground[i] = None
@@ -258,12 +258,13 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
                 gt = {"landmarks_2d": lm2.astype(np.float32), "landmarks_visible": visible,
                       "face_found": i not in drop,
                       "tracking_error_px": np.float32(err[i] * scale if np.isfinite(err[i]) else np.nan)}
-                pending.append(pool.submit(writer.add_frame, img, masks, Kc, w2c[i], gt))
-                if len(pending) > 8:
-                    pending.pop(0).result()
+                pending.append((pool.submit(writer.encode_frame, img, masks), w2c[i], gt))
+                while len(pending) > 8 or (pending and pending[0][0].done()):
+                    enc, view, g = pending.pop(0)
+                    writer.add_encoded_frame(enc.result(), Kc, view, g)
                 bar.update(1)
-            for f in pending:
-                f.result()
+            for enc, view, g in pending:
+                writer.add_encoded_frame(enc.result(), Kc, view, g)
         timings["writing"] = time.perf_counter() - t_start - timings["tracking"] - timings["pose"]
         if info.has_audio:
             samples, rate = vid.audio(info, fps, N)

@@ -286,7 +286,7 @@ def _rotation_matrices(r):
 def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: float = 30.0):
     """Refine the head-frame shape ``X [478, 3]``, the poses and (unless given) the
     focal length together, minimising the weighted reprojection error of the frames'
-    2D points (LBFGS), on up to 150 frames spread over the clip; then every frame's
+    2D points (L-BFGS), on up to 100 frames spread over the clip; then every frame's
     pose with that shape and focal. The shape is tied to its registered start by a
     weak spring, which fixes the frame. A face's depth relief determines the focal
     length only weakly, so it also has a weak prior (a ``fov_prior`` degree view, a
@@ -297,46 +297,57 @@ def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: floa
 
     have = [f for f, p in enumerate(points) if p is not None]
     uv = torch.tensor(np.stack([points[f][:, :2] for f in have]))
-    w = torch.tensor(weights, dtype=torch.float64)
+    use = np.flatnonzero(weights >= 0.02 * weights.max())  # the rest barely count
+    wu = torch.tensor(weights[use], dtype=torch.float64)
     centre = torch.tensor([width / 2, height / 2], dtype=torch.float64)
     prior = float(np.log(max(width, height) / 2 / np.tan(np.radians(fov_prior) / 2)))
 
     def run(frames, X, f0, free_shape, free_focal, iters):
+        # torch computes the loss and its gradient; scipy's L-BFGS steps (torch.optim
+        # would import torch's compiler stack, seconds of start-up for one call)
+        from scipy.optimize import minimize
+
         rv, tv, _ = solve_poses(X, [points[have[i]] for i in frames], intrinsics(f0, width, height),
                                 np.flatnonzero(weights >= 0.25))
-        X0 = torch.tensor(X, dtype=torch.float64)
-        Xt = X0.clone().requires_grad_(free_shape)
-        r = torch.tensor(rv).requires_grad_(True)
-        t = torch.tensor(tv).requires_grad_(True)
-        lf = torch.tensor(float(np.log(f0)), dtype=torch.float64, requires_grad=free_focal)
-        target = uv[frames]
-        opt = torch.optim.LBFGS([r, t] + [v for v in (Xt, lf) if v.requires_grad], lr=1, max_iter=iters,
-                                line_search_fn="strong_wolfe")
+        X0 = torch.tensor(X[use], dtype=torch.float64)
+        target = uv[frames][:, use]
+        F = len(frames)
+        start = np.concatenate([rv.ravel(), tv.ravel()] + ([X[use].ravel()] if free_shape else [])
+                               + ([[np.log(f0)]] if free_focal else []))
 
-        def residual():
-            P = torch.einsum("fij,pj->fpi", _rotation_matrices(r), Xt) + t[:, None]
+        def unpack(p):
+            r, t = p[:3 * F].view(F, 3), p[3 * F:6 * F].view(F, 3)
+            k = 6 * F
+            Xt = p[k:k + X0.numel()].view(-1, 3) if free_shape else X0
+            lf = p[-1] if free_focal else torch.tensor(float(np.log(f0)), dtype=torch.float64)
+            return r, t, Xt, lf
+
+        def fun(p_np):
+            p = torch.from_numpy(p_np).requires_grad_(True)
+            r, t, Xt, lf = unpack(p)
+            P = Xt @ _rotation_matrices(r).transpose(1, 2) + t[:, None]
             proj = lf.exp() * P[..., :2] / P[..., 2:3].clamp_min(1e-3) + centre
-            return ((proj - target) ** 2).sum(-1)
-
-        def closure():
-            opt.zero_grad()
-            loss = ((residual() * w).sum() / (w.sum() * len(frames)) + 10.0 * ((Xt - X0) ** 2).sum(-1).mean()
+            res = ((proj - target) ** 2).sum(-1)
+            loss = ((res * wu).sum() / (wu.sum() * F) + 10.0 * ((Xt - X0) ** 2).sum(-1).mean()
                     + 0.02 * (lf - prior) ** 2 * free_focal)
-            loss.backward()
-            return loss
+            (g,) = torch.autograd.grad(loss, p)
+            return float(loss.detach()), g.numpy()
 
-        opt.step(closure)
-        return Xt.detach().numpy(), r.detach().numpy(), t.detach().numpy(), float(lf.detach().exp())
+        p = minimize(fun, start, jac=True, method="L-BFGS-B", options={"maxiter": iters}).x
+        _, _, Xt, lf = unpack(torch.from_numpy(p))
+        out = X.copy()
+        out[use] = Xt.numpy()
+        return out, float(np.exp(float(lf)))
 
-    sub = np.linspace(0, len(have) - 1, min(150, len(have))).round().astype(int)
-    X, _, _, focal = run(sub, X, float(np.exp(prior)) if focal is None else float(focal), True, focal is None, 200)
+    sub = np.linspace(0, len(have) - 1, min(100, len(have))).round().astype(int)
+    X, focal = run(sub, X, float(np.exp(prior)) if focal is None else float(focal), True, focal is None, 100)
     K = intrinsics(focal, width, height)
     rv, tv, _ = solve_poses(X, points, K, np.flatnonzero(weights >= 0.25))
     rv, tv, err = refine_poses(X, points, weights, K, rv, tv)
     return X, rv, tv, focal, err
 
 
-def refine_poses(X, points, weights, K, rvecs, tvecs, iterations: int = 8):
+def refine_poses(X, points, weights, K, rvecs, tvecs, iterations: int = 5):
     """Every frame's pose minimising the weighted reprojection error of all its points
     (shape and camera fixed): batched Levenberg-Marquardt over the frames with the
     analytic Jacobian (rotation updates on the left, R <- exp(d) R), from the PnP start.
