@@ -144,9 +144,16 @@ def _crop_mask(small: np.ndarray, width: int, x0, y0, side, size) -> np.ndarray:
     from PIL import Image
 
     k = small.shape[1] / width
+    h, w = small.shape
+    if k == 1 and side == size and x0 >= 0 and y0 >= 0 and x0 + side <= w and y0 + side <= h:
+        return small[y0:y0 + side, x0:x0 + side].astype(np.float32) * (1.0 / 255.0)
     box = (x0 * k, y0 * k, (x0 + side) * k, (y0 + side) * k)
-    m = Image.fromarray(small).transform((size, size), Image.EXTENT, box, Image.BILINEAR)
-    return np.asarray(m, np.float32) / 255.0
+    im = Image.fromarray(small)
+    if box[0] >= 0 and box[1] >= 0 and box[2] <= w and box[3] <= h:
+        m = im.resize((size, size), Image.BILINEAR, box=box)
+    else:  # the crop leaves the frame: outside is background
+        m = im.transform((size, size), Image.EXTENT, box, Image.BILINEAR)
+    return np.asarray(m, np.float32) * (1.0 / 255.0)
 
 
 def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float | None = None,

@@ -194,6 +194,22 @@ def rigid_candidates() -> np.ndarray:
     return np.array([i for i in range(NUM_POINTS) if i not in moving])
 
 
+def _similarities(P: np.ndarray, dst: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``similarity`` of every frame ``P [F, N, 3]`` onto ``dst [N, 3]`` at once: the
+    aligned frames ``[F, N, 3]``."""
+    w = w / w.sum()
+    ms, md = np.einsum("n,fnc->fc", w, P), w @ dst
+    a, b = P - ms[:, None], dst - md
+    C = np.einsum("nc,fnd->fcd", b * w[:, None], a)
+    U, S, Vt = np.linalg.svd(C)
+    D = np.ones((len(P), 3))
+    D[:, 2] = np.sign(np.linalg.det(U @ Vt))
+    R = (U * D[:, None, :]) @ Vt
+    var = np.einsum("n,fn->f", w, (a ** 2).sum(-1))
+    s = (S * D).sum(1) / var
+    return s[:, None, None] * (a @ R.transpose(0, 2, 1)) + md
+
+
 def canonical_shape(points: list[np.ndarray], iterations: int = 4):
     """The clip's rigid face shape from per-frame 3D points ``[F, 478, 3]`` (tracker
     units, image axes): ``(shape [478, 3], weights [478])``. Weighted generalised
@@ -209,10 +225,7 @@ def canonical_shape(points: list[np.ndarray], iterations: int = 4):
     w[P[:, :, 1].mean(0) > mouth_y] = 0.0
     mean = P[0]
     for _ in range(iterations):
-        aligned = np.empty_like(P)
-        for f in range(len(P)):
-            s, R, t = similarity(P[f], mean, w)
-            aligned[f] = s * P[f] @ R.T + t
+        aligned = _similarities(P, mean, w)
         mean = aligned.mean(0)
         spread = np.sqrt(((aligned - mean) ** 2).sum(-1).mean(0))
         scale = np.sqrt(((mean - mean.mean(0)) ** 2).sum(-1).mean())
