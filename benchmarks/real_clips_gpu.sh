@@ -9,15 +9,7 @@ set -euo pipefail
 SPEECH=$1; shift
 OUT_DIR=${OUT:-out}; mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/real_clips.log"
-export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-t0=$(date +%s)
-DGTALKER_CUDA=ON DGTALKER_CUDA_ARCHITECTURES=${DGTALKER_CUDA_ARCHITECTURES:-90-real} \
-  python3 -m pip install -q --no-build-isolation --no-deps . 2>&1 | tail -3
-echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+source benchmarks/gpu_setup.sh
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader | tee -a "$LOG"
 for spec in "$@"; do
   pack=${spec%%:*}; minutes=${spec##*:}; name=$(basename "$pack")

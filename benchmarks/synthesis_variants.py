@@ -1,6 +1,6 @@
 """How fast can the talker's synthesis network run batched? The same styles through
 variants of one network (bf16 autocast as shipped; channels-last memory; torch.compile),
-each checked against the shipped path, timed with CUDA events (median of 30 after
+each checked against the shipped path, timed with CUDA events (median of 50 after
 warm-up).
 
     python benchmarks/synthesis_variants.py [--batch 32 64] [--json out.json]"""
@@ -12,20 +12,7 @@ import time
 
 import torch
 
-
-def cuda_ms(fn, warmup=5, iters=30) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return sorted(ts)[len(ts) // 2]
+from bench_render import cuda_ms  # this folder is on sys.path when run as a script
 
 
 def main() -> None:

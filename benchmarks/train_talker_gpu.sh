@@ -7,15 +7,7 @@
 set -euo pipefail
 PACK=$1; MINUTES=$2; shift 2
 OUT_DIR=${OUT:-out}; mkdir -p "$OUT_DIR"
-export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-t0=$(date +%s)
-DGTALKER_CUDA=ON DGTALKER_CUDA_ARCHITECTURES=${DGTALKER_CUDA_ARCHITECTURES:-90-real} \
-  python3 -m pip install -q --no-build-isolation --no-deps . 2>&1 | tail -3
-echo "build: $(( $(date +%s) - t0 )) s"
+source benchmarks/gpu_setup.sh
 python3 benchmarks/clip_pack.py unpack "$PACK" /tmp/clip
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 dgtalker train /tmp/clip --out "$OUT_DIR/talker.safetensors" --minutes "$MINUTES" --half "$@" 2>&1 \
