@@ -57,23 +57,28 @@ def _groups():
             "irises": list(range(468, 478))}
 
 
+OTHER_FACE = "other face"
+
+
 class FaceTracker:
     """Per-frame face mesh of the clip's main face: ``track(rgb) -> [478, 3]`` (x, y in
     pixels; z relative depth in the same units, larger is farther) or None.
 
     The mesh runs on the whole frame (its own detector and tracking, the most accurate
-    here). Where that finds no face, mediapipe's full-range face detector (which finds
-    faces that are small in a wide frame) places a square region around the face, and
-    the mesh runs on that region from then on, following the face. The main face is the
-    largest one when the clip's first face is found; afterwards the face nearest to
-    where it was last seen, so a second person never takes over."""
+    here). Where that finds no face, or jumps to another face, mediapipe's full-range
+    face detector (which also finds faces that are small in a wide frame) places a
+    square region around the main face, and the mesh runs on that region from then
+    on, following it. The main face is the largest one the detector sees when the
+    first face is found that way; afterwards the face nearest to where it was last
+    seen, so a second person never takes over."""
 
     MESH_INPUT = 640  # larger regions are downscaled first (the mesh itself works at 192-256 px)
 
     def __init__(self):
         import mediapipe as mp
 
-        self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=2,
+        # one face: the mesh then skips its detector while it tracks (a third of its time)
+        self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1,
                                                      refine_landmarks=True, min_detection_confidence=0.5,
                                                      min_tracking_confidence=0.5)
         self._region_mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1,
@@ -128,18 +133,21 @@ class FaceTracker:
         res = self._mesh.process(rgb)
         if not res.multi_face_landmarks:
             return None
-        faces = [np.array([[p.x * W, p.y * H, p.z * W] for p in f.landmark], np.float64)
-                 for f in res.multi_face_landmarks]
-        self.faces_seen = max(self.faces_seen, len(faces))
-        if self.last_centre is None:
-            return max(faces, key=lambda f: np.ptp(f[:, 0]) * np.ptp(f[:, 1]))
-        return min(faces, key=lambda f: np.linalg.norm(f[:, :2].mean(0) - self.last_centre))
+        lm = np.array([[p.x * W, p.y * H, p.z * W] for p in res.multi_face_landmarks[0].landmark], np.float64)
+        lo, hi = lm[:, :2].min(0), lm[:, :2].max(0)
+        ref = self.last_centre
+        if ref is None:  # the first face: is it the largest one in the picture?
+            region = self._detect(rgb)
+            ref = None if region is None else np.array(region[:2]) + [0.0, region[2] / 22]
+        if ref is not None and np.linalg.norm((lo + hi) / 2 - ref) > 0.5 * max(hi - lo):
+            return OTHER_FACE  # the mesh found another face than the main one: the detector chooses
+        return lm
 
     def track(self, rgb: np.ndarray):
         rgb = np.ascontiguousarray(rgb)
         if not self.use_regions:
             lm = self._whole_frame(rgb)
-            if lm is not None:
+            if lm is not None and lm is not OTHER_FACE:
                 lo, hi = lm[:, :2].min(0), lm[:, :2].max(0)
                 self.last_centre = (lo + hi) / 2
                 return lm
