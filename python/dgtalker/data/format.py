@@ -404,8 +404,6 @@ def load(path, cache_size: int = 64, verify: str = "header") -> Dataset:
 
 def masks_to_uint8(masks: np.ndarray) -> np.ndarray:
     m = np.asarray(masks, dtype=np.float32)
-    if m.size and 0.0 <= m.min() and m.max() <= 1.0:  # the usual case: one pass less
-        return (m * 255.0 + 0.5).astype(np.uint8)
     return np.clip(np.rint(m * 255.0), 0, 255).astype(np.uint8)
 
 

@@ -190,6 +190,16 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
                               "Pass --allow-silent to preprocess it anyway (for inversion only)")
     N = info.frames_at(fps)
     notes = ["a photo: one frame, no sound (for inversion, or a look at the tracking)"] if photo else []
+    # the sound first: a silent track fails before minutes of tracking, not after
+    if info.has_audio:
+        samples, rate = vid.audio(info, fps, N)
+        if not np.any(np.abs(samples) > 1e-4) and not allow_silent:
+            raise PreprocessError(f"video: the sound track of {video} is silent; pass --allow-silent to "
+                                  "preprocess it anyway (for inversion only)")
+    else:
+        samples, rate = np.zeros(int(round(N / fps * 16000)), np.float32), 16000
+        if not photo:
+            notes.append("no sound track: wrote silence (--allow-silent)")
 
     # pass 1: the face and the person in every frame
     tracker, seg = tracking.FaceTracker(), Segmenter()
@@ -273,15 +283,6 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
             for enc, view, g in pending:
                 writer.add_encoded_frame(enc.result(), Kc, view, g)
         timings["writing"] = time.perf_counter() - t_start - timings["tracking"] - timings["pose"]
-        if info.has_audio:
-            samples, rate = vid.audio(info, fps, N)
-            if not np.any(np.abs(samples) > 1e-4) and not allow_silent:
-                raise PreprocessError(f"video: the sound track of {video} is silent; pass --allow-silent to "
-                                      "preprocess it anyway (for inversion only)")
-        else:
-            samples, rate = np.zeros(int(round(N / fps * 16000)), np.float32), 16000
-            if not photo:
-                notes.append("no sound track: wrote silence (--allow-silent)")
         kept = [i for i in range(N) if i not in drop]
         n_held = int(round(len(kept) * heldout))
         splits = {"train": kept[:len(kept) - n_held], "heldout": kept[len(kept) - n_held:]}

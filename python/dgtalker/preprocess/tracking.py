@@ -91,6 +91,7 @@ class FaceTracker:
         self.faces_seen = 0  # most faces the detector found in one frame
 
     def _detect(self, rgb):
+        """The main face's box ``(centre x, centre y, size)`` in pixels, or None."""
         H, W = rgb.shape[:2]
         res = self._detector.process(rgb)
         boxes = []
@@ -102,9 +103,16 @@ class FaceTracker:
         if not boxes:
             return None
         if self.last_centre is None:
-            cx, cy, size = max(boxes, key=lambda b: b[2])
-        else:
-            cx, cy, size = min(boxes, key=lambda b: np.hypot(b[0] - self.last_centre[0], b[1] - self.last_centre[1]))
+            return max(boxes, key=lambda b: b[2])
+        return min(boxes, key=lambda b: np.hypot(b[0] - self.last_centre[0], b[1] - self.last_centre[1]))
+
+    @staticmethod
+    def _region_around(box):
+        """The mesh's square region for a detector box: the box, a little higher (hair),
+        2.2 times as large."""
+        if box is None:
+            return None
+        cx, cy, size = box
         return cx, cy - 0.1 * size, 2.2 * size
 
     def _mesh_in(self, rgb, region):
@@ -137,8 +145,8 @@ class FaceTracker:
         lo, hi = lm[:, :2].min(0), lm[:, :2].max(0)
         ref = self.last_centre
         if ref is None:  # the first face: is it the largest one in the picture?
-            region = self._detect(rgb)
-            ref = None if region is None else np.array(region[:2]) + [0.0, region[2] / 22]
+            box = self._detect(rgb)
+            ref = None if box is None else np.array(box[:2])
         if ref is not None and np.linalg.norm((lo + hi) / 2 - ref) > 0.5 * max(hi - lo):
             return OTHER_FACE  # the mesh found another face than the main one: the detector chooses
         return lm
@@ -151,12 +159,14 @@ class FaceTracker:
                 lo, hi = lm[:, :2].min(0), lm[:, :2].max(0)
                 self.last_centre = (lo + hi) / 2
                 return lm
-            if self._detect(rgb) is None:
+            box = self._detect(rgb)
+            if box is None:
                 return None
             self.use_regions = True
+            self.region = self._region_around(box)
         lm = self._mesh_in(rgb, self.region) if self.region is not None else None
         if lm is None:
-            self.region = self._detect(rgb)
+            self.region = self._region_around(self._detect(rgb))
             lm = self._mesh_in(rgb, self.region) if self.region is not None else None
         if lm is None:
             self.region = None
@@ -177,21 +187,27 @@ class FaceTracker:
         self._detector.close()
 
 
-def similarity(src: np.ndarray, dst: np.ndarray, w: np.ndarray | None = None):
-    """Weighted Umeyama: ``(s, R, t)`` minimising sum w |s R src + t - dst|^2
-    (``src``, ``dst`` [P, 3]); R is a proper rotation."""
-    w = np.ones(len(src)) if w is None else np.asarray(w, np.float64)
+def similarities(src: np.ndarray, dst: np.ndarray, w: np.ndarray | None = None):
+    """Weighted Umeyama for every frame of ``src [F, P, 3]`` onto ``dst [P, 3]``:
+    ``(s [F], R [F, 3, 3], t [F, 3])`` minimising sum w |s R src + t - dst|^2; each R
+    is a proper rotation."""
+    w = np.ones(src.shape[1]) if w is None else np.asarray(w, np.float64)
     w = w / w.sum()
-    ms, md = w @ src, w @ dst
-    a, b = src - ms, dst - md
-    C = (b * w[:, None]).T @ a
+    ms, md = np.einsum("n,fnc->fc", w, src), w @ dst
+    a, b = src - ms[:, None], dst - md
+    C = np.einsum("nc,fnd->fcd", b * w[:, None], a)
     U, S, Vt = np.linalg.svd(C)
-    D = np.eye(3)
-    D[2, 2] = np.sign(np.linalg.det(U @ Vt))
-    R = U @ D @ Vt
-    var = float(w @ (a ** 2).sum(1))
-    s = float(np.trace(np.diag(S) @ D) / var)
-    return s, R, md - s * R @ ms
+    D = np.ones((len(src), 3))
+    D[:, 2] = np.sign(np.linalg.det(U @ Vt))
+    R = (U * D[:, None, :]) @ Vt
+    s = (S * D).sum(1) / np.einsum("n,fn->f", w, (a ** 2).sum(-1))
+    return s, R, md - s[:, None] * np.einsum("fij,fj->fi", R, ms)
+
+
+def similarity(src: np.ndarray, dst: np.ndarray, w: np.ndarray | None = None):
+    """``similarities`` of one point set ``src [P, 3]``: ``(s, R, t)``."""
+    s, R, t = similarities(src[None], dst, w)
+    return float(s[0]), R[0], t[0]
 
 
 def rigid_candidates() -> np.ndarray:
@@ -200,22 +216,6 @@ def rigid_candidates() -> np.ndarray:
     g = _groups()
     moving = set(g["lips"]) | set(g["eyes"]) | set(g["brows"]) | set(g["irises"])
     return np.array([i for i in range(NUM_POINTS) if i not in moving])
-
-
-def _similarities(P: np.ndarray, dst: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``similarity`` of every frame ``P [F, N, 3]`` onto ``dst [N, 3]`` at once: the
-    aligned frames ``[F, N, 3]``."""
-    w = w / w.sum()
-    ms, md = np.einsum("n,fnc->fc", w, P), w @ dst
-    a, b = P - ms[:, None], dst - md
-    C = np.einsum("nc,fnd->fcd", b * w[:, None], a)
-    U, S, Vt = np.linalg.svd(C)
-    D = np.ones((len(P), 3))
-    D[:, 2] = np.sign(np.linalg.det(U @ Vt))
-    R = (U * D[:, None, :]) @ Vt
-    var = np.einsum("n,fn->f", w, (a ** 2).sum(-1))
-    s = (S * D).sum(1) / var
-    return s[:, None, None] * (a @ R.transpose(0, 2, 1)) + md
 
 
 def canonical_shape(points: list[np.ndarray], iterations: int = 4):
@@ -233,7 +233,8 @@ def canonical_shape(points: list[np.ndarray], iterations: int = 4):
     w[P[:, :, 1].mean(0) > mouth_y] = 0.0
     mean = P[0]
     for _ in range(iterations):
-        aligned = _similarities(P, mean, w)
+        sc, R, t = similarities(P, mean, w)
+        aligned = sc[:, None, None] * (P @ R.transpose(0, 2, 1)) + t[:, None]
         mean = aligned.mean(0)
         spread = np.sqrt(((aligned - mean) ** 2).sum(-1).mean(0))
         scale = np.sqrt(((mean - mean.mean(0)) ** 2).sum(-1).mean())
@@ -241,12 +242,12 @@ def canonical_shape(points: list[np.ndarray], iterations: int = 4):
     return mean, w / w.max()
 
 
-def register_to_head(shape: np.ndarray, weights: np.ndarray, depth_stretch: float = 1.0):
+def register_to_head(shape: np.ndarray, weights: np.ndarray):
     """Map the clip's canonical shape (image axes: x right, y down, z away) into the
     prior's head frame (metres; x to the subject's left, y up, z out of the face) by a
     similarity through the 12 corpus landmarks. Returns ``(points [478, 3] in the head
     frame, rms residual of the 12 landmarks in metres)``."""
-    flip = np.diag([1.0, -1.0, -depth_stretch])
+    flip = np.diag([1.0, -1.0, -1.0])
     S = shape @ flip
     idx = list(MEDIAPIPE_LANDMARKS.values())
     s, R, t = similarity(S[idx], CANONICAL_LANDMARKS)

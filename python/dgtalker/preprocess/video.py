@@ -67,10 +67,30 @@ def _rotation(frame) -> int:
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
+def _frame_times(path: Path) -> list[float]:
+    """Every frame's timestamp (s), from the packets (no decoding); containers whose
+    packets carry no timestamps are decoded instead. Containers' own frame counts and
+    durations are often missing or wrong for variable frame rates."""
+    with _open(path) as c:
+        vs = c.streams.video[0]
+        packets = [p for p in c.demux(vs) if p.size]
+        if packets and all(p.pts is not None for p in packets):
+            return [float(p.pts * vs.time_base) for p in packets]
+    with _open(path) as c:
+        vs = c.streams.video[0]
+        vs.thread_type = "AUTO"
+        times = []
+        try:
+            for frame in c.decode(vs):
+                times.append(float(frame.time) if frame.time is not None else (times[-1] + 1 / 25 if times else 0.0))
+        except Exception:  # noqa: BLE001 - a damaged tail: keep the frames before it
+            pass
+        return times
+
+
 def probe(path, fps: float = 25.0) -> VideoInfo:
-    """Open ``path`` and decode it once for exact frame timestamps (containers' own
-    frame counts and durations are often missing or wrong for variable frame rates).
-    A photo (by its suffix) becomes a one-frame clip without sound."""
+    """Open ``path``: its size, rotation, exact frame timestamps and sound track. A
+    photo (by its suffix) becomes a one-frame clip without sound."""
     path = Path(path)
     if path.suffix.lower() in PHOTO_SUFFIXES and path.is_file():
         from PIL import Image, ImageOps, UnidentifiedImageError
@@ -88,36 +108,29 @@ def probe(path, fps: float = 25.0) -> VideoInfo:
             raise VideoError(f"video: {path} has no video stream"
                              + (" (it is an audio file)" if c.streams.audio else ""))
         vs = c.streams.video[0]
-        vs.thread_type = "AUTO"
-        times, last_dt = [], None
         try:
-            for frame in c.decode(vs):
-                if frame.time is not None:
-                    times.append(float(frame.time))
-                else:
-                    times.append(times[-1] + (last_dt or 1 / 25) if times else 0.0)
-                if len(times) == 1:
-                    w, h, rot = frame.width, frame.height, _rotation(frame)
+            first = next(c.decode(vs), None)
         except Exception as exc:  # noqa: BLE001
-            if not times:
-                raise VideoError(f"video: {path}: no frame could be decoded ({exc})") from None
-        if not times:
+            raise VideoError(f"video: {path}: no frame could be decoded ({exc})") from None
+        if first is None:
             raise VideoError(f"video: {path} has a video stream but no frames")
-        times = np.sort(np.asarray(times))
-        dts = np.diff(times)
-        step = float(np.median(dts)) if len(dts) else 1 / 25
-        if rot in (90, 270):
-            w, h = h, w
+        w, h, rot = first.width, first.height, _rotation(first)
         a = c.streams.audio[0] if c.streams.audio else None
+        audio_rate = int(a.rate) if a is not None else None
         audio_start = None
         if a is not None and a.start_time is not None and a.time_base is not None:
             audio_start = float(a.start_time * a.time_base)
-        return VideoInfo(path=path, width=int(w), height=int(h),
-                         source_fps=float(1.0 / step) if step > 0 else 25.0,
-                         duration=float(times[-1] - times[0] + step), start=float(times[0]),
-                         num_source_frames=len(times), rotation=rot, has_audio=a is not None,
-                         audio_rate=int(a.rate) if a is not None else None,
-                         audio_start=audio_start)
+    times = np.sort(np.asarray(_frame_times(path)))
+    if not len(times):
+        raise VideoError(f"video: {path} has a video stream but no frames")
+    dts = np.diff(times)
+    step = float(np.median(dts)) if len(dts) else 1 / 25
+    if rot in (90, 270):
+        w, h = h, w
+    return VideoInfo(path=path, width=int(w), height=int(h), source_fps=float(1.0 / step) if step > 0 else 25.0,
+                     duration=float(times[-1] - times[0] + step), start=float(times[0]),
+                     num_source_frames=len(times), rotation=rot, has_audio=a is not None,
+                     audio_rate=audio_rate, audio_start=audio_start)
 
 
 def _turn(img: np.ndarray, rotation: int) -> np.ndarray:
