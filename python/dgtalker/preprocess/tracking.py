@@ -293,78 +293,70 @@ def solve_poses(X: np.ndarray, points: list, K: np.ndarray, rigid: np.ndarray):
     return rv, tv, err
 
 
-def _rotation_matrices(r):
-    """Rodrigues: rotation vectors ``[F, 3]`` (torch) -> matrices ``[F, 3, 3]``."""
-    import torch
+def _projection_jacobian(P, f):
+    """d(pixel)/d(camera point) of a pinhole camera: ``P [..., 3]`` -> ``[..., 2, 3]``."""
+    z = np.maximum(P[..., 2], 1e-3)
+    J = np.zeros(P.shape[:-1] + (2, 3))
+    J[..., 0, 0] = f[0] / z
+    J[..., 1, 1] = f[1] / z
+    J[..., 0, 2] = -f[0] * P[..., 0] / z ** 2
+    J[..., 1, 2] = -f[1] * P[..., 1] / z ** 2
+    return J
 
-    th = r.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    k = r / th
-    z = torch.zeros_like(k[:, 0])
-    Kx = torch.stack([z, -k[:, 2], k[:, 1], k[:, 2], z, -k[:, 0], -k[:, 1], k[:, 0], z], 1).view(-1, 3, 3)
-    th = th[..., None]
-    return torch.eye(3, dtype=r.dtype) + torch.sin(th) * Kx + (1 - torch.cos(th)) * Kx @ Kx
 
-
-def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: float = 30.0):
+def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: float = 30.0, rounds: int = 12):
     """Refine the head-frame shape ``X [478, 3]``, the poses and (unless given) the
     focal length together, minimising the weighted reprojection error of the frames'
-    2D points (L-BFGS), on up to 100 frames spread over the clip; then every frame's
-    pose with that shape and focal. The shape is tied to its registered start by a
-    weak spring, which fixes the frame. A face's depth relief determines the focal
-    length only weakly, so it also has a weak prior (a ``fov_prior`` degree view, a
-    usual framing for talking-head footage); pass ``focal`` when the camera is known.
-    Returns ``(X, rvecs [F, 3], tvecs [F, 3], focal, rms error per frame [F])``;
-    frames without a face get NaN."""
-    import torch
+    2D points, on up to 100 frames spread over the clip; then every frame's pose with
+    that shape and focal. The shape is tied to its registered start by a weak spring,
+    which fixes the frame. A face's depth relief determines the focal length only
+    weakly, so it also has a weak prior (a ``fov_prior`` degree view, a usual framing
+    for talking-head footage); pass ``focal`` when the camera is known.
+
+    The objective (mean over frames of the weighted squared reprojection error, plus
+    the spring and the focal prior) is minimised by blocks, each exactly or by
+    Gauss-Newton: the poses (batched Levenberg-Marquardt, ``refine_poses``), each
+    point of the shape given the poses (a 3x3 system per point), and the log focal
+    length given both (one unknown). Returns ``(X, rvecs [F, 3], tvecs [F, 3], focal,
+    rms error per frame [F])``; frames without a face get NaN."""
+    from scipy.spatial.transform import Rotation
 
     have = [f for f, p in enumerate(points) if p is not None]
-    uv = torch.tensor(np.stack([points[f][:, :2] for f in have]))
     use = np.flatnonzero(weights >= 0.02 * weights.max())  # the rest barely count
-    wu = torch.tensor(weights[use], dtype=torch.float64)
-    centre = torch.tensor([width / 2, height / 2], dtype=torch.float64)
+    rigid = np.flatnonzero(weights >= 0.25)
     prior = float(np.log(max(width, height) / 2 / np.tan(np.radians(fov_prior) / 2)))
-
-    def run(frames, X, f0, free_shape, free_focal, iters):
-        # torch computes the loss and its gradient; scipy's L-BFGS steps (torch.optim
-        # would import torch's compiler stack, seconds of start-up for one call)
-        from scipy.optimize import minimize
-
-        rv, tv, _ = solve_poses(X, [points[have[i]] for i in frames], intrinsics(f0, width, height),
-                                np.flatnonzero(weights >= 0.25))
-        X0 = torch.tensor(X[use], dtype=torch.float64)
-        target = uv[frames][:, use]
-        F = len(frames)
-        start = np.concatenate([rv.ravel(), tv.ravel()] + ([X[use].ravel()] if free_shape else [])
-                               + ([[np.log(f0)]] if free_focal else []))
-
-        def unpack(p):
-            r, t = p[:3 * F].view(F, 3), p[3 * F:6 * F].view(F, 3)
-            k = 6 * F
-            Xt = p[k:k + X0.numel()].view(-1, 3) if free_shape else X0
-            lf = p[-1] if free_focal else torch.tensor(float(np.log(f0)), dtype=torch.float64)
-            return r, t, Xt, lf
-
-        def fun(p_np):
-            p = torch.from_numpy(p_np).requires_grad_(True)
-            r, t, Xt, lf = unpack(p)
-            P = Xt @ _rotation_matrices(r).transpose(1, 2) + t[:, None]
-            proj = lf.exp() * P[..., :2] / P[..., 2:3].clamp_min(1e-3) + centre
-            res = ((proj - target) ** 2).sum(-1)
-            loss = ((res * wu).sum() / (wu.sum() * F) + 10.0 * ((Xt - X0) ** 2).sum(-1).mean()
-                    + 0.02 * (lf - prior) ** 2 * free_focal)
-            (g,) = torch.autograd.grad(loss, p)
-            return float(loss.detach()), g.numpy()
-
-        p = minimize(fun, start, jac=True, method="L-BFGS-B", options={"maxiter": iters}).x
-        _, _, Xt, lf = unpack(torch.from_numpy(p))
-        out = X.copy()
-        out[use] = Xt.numpy()
-        return out, float(np.exp(float(lf)))
-
-    sub = np.linspace(0, len(have) - 1, min(100, len(have))).round().astype(int)
-    X, focal = run(sub, X, float(np.exp(prior)) if focal is None else float(focal), True, focal is None, 100)
+    log_f = prior if focal is None else float(np.log(focal))
+    sub = [points[have[i]] for i in np.linspace(0, len(have) - 1, min(100, len(have))).round().astype(int)]
+    uv = np.stack([p[use, :2] for p in sub])  # [F, N, 2]
+    w = weights[use] / weights[use].sum()
+    X, X0 = X.copy(), X[use].copy()
+    spring = 10.0 / len(use)  # per point: the old objective's 10 x mean squared displacement
+    centre = np.array([width / 2, height / 2])
+    rv, tv, _ = solve_poses(X, sub, intrinsics(np.exp(log_f), width, height), rigid)
+    for _ in range(rounds):
+        K = intrinsics(np.exp(log_f), width, height)
+        rv, tv, _ = refine_poses(X, sub, weights, K, rv, tv, iterations=3)
+        R = Rotation.from_rotvec(rv).as_matrix()
+        # the shape, point by point (each sees every frame's pose)
+        P = np.einsum("fij,nj->fni", R, X[use]) + tv[:, None]
+        fxy = np.full(2, np.exp(log_f))
+        r = P[..., :2] / np.maximum(P[..., 2:3], 1e-3) * fxy + centre - uv
+        J = _projection_jacobian(P, fxy) @ R[:, None]  # [F, N, 2, 3]
+        wf = w[:, None, None] / len(sub)
+        A = np.einsum("fnki,fnkj->nij", J, J) * wf + spring * np.eye(3)
+        g = np.einsum("fnki,fnk->ni", J, r) * wf[:, :, 0] + spring * (X[use] - X0)
+        X[use] = X[use] - np.linalg.solve(A, g[..., None])[..., 0]
+        if focal is None:  # the log focal length: residuals are linear in the focal
+            P = np.einsum("fij,nj->fni", R, X[use]) + tv[:, None]
+            q = P[..., :2] / np.maximum(P[..., 2:3], 1e-3)
+            fq = np.exp(log_f) * q
+            r = fq + centre - uv
+            h = (w[None, :, None] * fq * fq).sum() / len(sub) + 0.02
+            grad = (w[None, :, None] * fq * r).sum() / len(sub) + 0.02 * (log_f - prior)
+            log_f -= grad / h
+    focal = float(np.exp(log_f))
     K = intrinsics(focal, width, height)
-    rv, tv, _ = solve_poses(X, points, K, np.flatnonzero(weights >= 0.25))
+    rv, tv, _ = solve_poses(X, points, K, rigid)
     rv, tv, err = refine_poses(X, points, weights, K, rv, tv)
     return X, rv, tv, focal, err
 
@@ -392,13 +384,8 @@ def refine_poses(X, points, weights, K, rvecs, tvecs, iterations: int = 5):
     cost = (w * (r ** 2).sum(-1)).sum(1)
     lam = np.full(len(ok), 1e-3)
     for _ in range(iterations):
-        z = np.maximum(P[..., 2], 1e-3)
         # d(uv)/dP [F, N, 2, 3], dP/d(delta, t) = [-[P - t]x, I]
-        dudP = np.zeros(P.shape[:2] + (2, 3))
-        dudP[..., 0, 0] = f[0] / z
-        dudP[..., 1, 1] = f[1] / z
-        dudP[..., 0, 2] = -f[0] * P[..., 0] / z ** 2
-        dudP[..., 1, 2] = -f[1] * P[..., 1] / z ** 2
+        dudP = _projection_jacobian(P, f)
         q = P - t[:, None]
         skew = np.zeros(P.shape[:2] + (3, 3))
         skew[..., 0, 1], skew[..., 0, 2] = q[..., 2], -q[..., 1]
