@@ -403,8 +403,10 @@ def load(path, cache_size: int = 64, verify: str = "header") -> Dataset:
 
 
 def masks_to_uint8(masks: np.ndarray) -> np.ndarray:
-    m = np.asarray(masks, dtype=np.float32)
-    return np.clip(np.rint(m * 255.0), 0, 255).astype(np.uint8)
+    m = np.multiply(masks, np.float32(255.0), dtype=np.float32)  # a new array: rounded in place
+    np.rint(m, out=m)
+    np.clip(m, 0, 255, out=m)
+    return m.astype(np.uint8)
 
 
 class _ViewSetWriter:

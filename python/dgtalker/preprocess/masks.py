@@ -26,14 +26,16 @@ JAW = FACE_OVAL[8:29]  # from the subject's left ear (454) down through the chin
 def polygon(points: np.ndarray, height: int, width: int, supersample: int = 2) -> np.ndarray:
     """Coverage in [0, 1] (float32 [H, W]) of a polygon given in pixel coordinates
     (pixel centres at +0.5), anti-aliased by supersampling."""
-    from PIL import Image, ImageDraw
+    import cv2
 
     s = supersample
-    im = Image.new("L", (width * s, height * s), 0)
-    ImageDraw.Draw(im).polygon([(float(x) * s, float(y) * s) for x, y in points], fill=255)
+    im = np.zeros((height * s, width * s), np.uint8)
+    # fixed point with 4 fractional bits; a supersampled pixel's centre is its integer coordinate
+    vertices = np.round((np.asarray(points, np.float64) * s - 0.5) * 16).astype(np.int32)
+    cv2.fillPoly(im, [vertices], 255, lineType=cv2.LINE_8, shift=4)
     if s > 1:
-        im = im.resize((width, height), Image.BOX)
-    return np.asarray(im, np.float32) * (1.0 / 255.0)
+        im = cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA)
+    return im.astype(np.float32) * (1.0 / 255.0)
 
 
 def _axes(lm: np.ndarray):
