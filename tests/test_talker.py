@@ -163,6 +163,41 @@ def test_cross_view_losses_see_only_their_masks():
     assert float(I.cross_view_losses(r_i, r_j, bi3, bj)[0]) != pytest.approx(float(lip))
 
 
+def test_leak_loss_compares_only_its_regions():
+    """The cross latent's lower face against latent i, its upper face against latent j;
+    Gaussians elsewhere (and the other pairing) do not count."""
+    torch.manual_seed(0)
+    P, N = 2, 40
+    lower = torch.zeros(N, dtype=torch.bool)
+    lower[:10] = True
+    upper = torch.zeros(N, dtype=torch.bool)
+    upper[10:20] = True
+    own_i = [torch.rand(P, N, 3), None, None, torch.rand(P, N), torch.rand(P, N, 3)]
+    own_j = [torch.rand(P, N, 3), None, None, torch.rand(P, N), torch.rand(P, N, 3)]
+
+    def cross_from(lo, up, rest):
+        return [torch.where(lower[None, :, None] if t.dim() == 3 else lower[None], a,
+                            torch.where(upper[None, :, None] if t.dim() == 3 else upper[None], b, c))
+                if t is not None else None for t, a, b, c in zip(own_i, lo, up, rest)]
+
+    def loss(cross):
+        g = [None if a is None else torch.cat([a, b, c]) for a, b, c in zip(own_i, own_j, cross)]
+        return float(I.leak_loss(g, P, lower, upper))
+
+    noise = [torch.rand(P, N, 3), None, None, torch.rand(P, N), torch.rand(P, N, 3)]
+    assert loss(cross_from(own_i, own_j, noise)) == pytest.approx(0.0, abs=1e-7)  # outside the regions: free
+    assert loss(cross_from(own_j, own_j, noise)) > 1.0  # the expression moved the lower face
+    assert loss(cross_from(own_i, own_i, noise)) > 1.0  # the lips moved the upper face
+
+
+def test_face_regions_of_the_template():
+    g = tiny_generator()
+    lower, upper = I.face_regions(g.template_position)
+    assert lower.sum() > 0 and upper.sum() > 0 and not (lower & upper).any()
+    y = g.template_position[:, 1]
+    assert float(y[lower].max()) < float(y[upper].min())
+
+
 def test_cross_view_step_renders_one_latent_at_both_cameras(tmp_path, monkeypatch):
     """The step's rasterizer call gets 4P images; the last 2P are the cross latent's
     Gaussians (the same for camera i and camera j before torso posing)."""

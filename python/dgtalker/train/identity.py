@@ -73,6 +73,7 @@ class IdentityTrainConfig:
     ssim_weight: float = 0.2
     mask_weight: float = 0.5
     cross_weight: float = 1.0
+    leak_weight: float = 0.05         # the cross latent's Gaussians against the own ones on the region it must not move
     residual_reg: float = 1e-3        # mean ||residual||^2
     residual_smooth: float = 1e-3     # mean ||residual_t - residual_t+1||^2 (blinks last ~4 frames)
     coef_smooth: float = 1e-2         # mean ||c_t - c_t+1||^2 of the speech-driven coefficients
@@ -244,6 +245,41 @@ def cross_view_losses(render_at_i: torch.Tensor, render_at_j: torch.Tensor, batc
             masked_l1(render_at_j, batch_j["rgb"], batch_j["upper"]))
 
 
+# the template's face regions in the head frame (metres; the corpus landmarks put the
+# mouth corners at y = -5.2 cm, the nose base near -3.5 cm, the lids at +1.3..2.3 cm and
+# the brows at +4.2 cm; the face's front is at z > 3 cm)
+LOWER_FACE_Y, UPPER_FACE_Y, FACE_FRONT_Z, FACE_HALF_WIDTH = (-0.11, -0.036), (-0.005, 0.07), 0.03, 0.07
+
+
+def face_regions(position: torch.Tensor, per_texel: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks ``(lower, upper) [M * per_texel]`` of the Gaussians whose template
+    texel's position ``[M, 3]`` (head frame) lies on the lower face (lips, jaw, chin)
+    or the upper face (brows, eyes, lids); a texel's Gaussians are consecutive."""
+    x, y, z = position.unbind(-1)
+    front = (z > FACE_FRONT_Z) & (x.abs() < FACE_HALF_WIDTH)
+    lower = front & (y > LOWER_FACE_Y[0]) & (y < LOWER_FACE_Y[1])
+    upper = front & (y > UPPER_FACE_Y[0]) & (y < UPPER_FACE_Y[1])
+    return lower.repeat_interleave(per_texel), upper.repeat_interleave(per_texel)
+
+
+def leak_loss(gaussians, P: int, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """Disentanglement in the Gaussians themselves: the cross latents ``[2P:3P]`` (lips
+    of i, expression of j) differ from their own latent i ``[:P]`` only in the
+    expression, so their lower-face Gaussians must agree; from their own latent j
+    ``[P:2P]`` only in the lips, so their upper-face Gaussians must agree. Mean L1 of
+    positions (in millimetres), colours and opacities over each region."""
+    means, _, _, opac, colors = gaussians
+
+    def gap(a: slice, b: slice, region: torch.Tensor) -> torch.Tensor:
+        dm = (means[a][:, region] - means[b][:, region]).abs().sum(-1) * 1e3
+        dc = (colors[a][:, region] - colors[b][:, region]).abs().sum(-1)
+        do = (opac[a][:, region] - opac[b][:, region]).abs()
+        return (dm + dc + do).sum() / max(dm.numel(), 1)  # an empty region costs nothing
+
+    cross = slice(2 * P, 3 * P)
+    return gap(cross, slice(0, P), lower) + gap(cross, slice(P, 2 * P), upper)
+
+
 def compose_cross_batch(c_exp_i, c_lip_i, c_exp_j, c_lip_j):
     """Coefficients of the step's latents: [own i; own j; cross] where cross takes the lips
     of i and the expression of j. Returns (c_exp [3P, Ke], c_lip [3P, Kl])."""
@@ -337,6 +373,12 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
             per = ((image[3 * P:] - bj["rgb"]).abs() * w).sum((1, 2, 3)) / (w.sum((1, 2, 3)) * 3).clamp_min(1.0)
             data.upper_error[pj] = per.detach().float().cpu()
         out.update(cross_lip=float(lip.detach()), cross_exp=float(expr.detach()))
+        if cfg.leak_weight > 0:
+            tpl = talker.generator.template_position
+            lower, upper = face_regions(tpl, gauss[0].shape[1] // tpl.shape[0])
+            leak = leak_loss(gauss, P, lower, upper)
+            loss = loss + cfg.leak_weight * leak
+            out["leak"] = float(leak.detach())
     # regularisers
     if cfg.aniso_reg > 0:
         loss = loss + cfg.aniso_reg * needle_penalty(gauss[2])

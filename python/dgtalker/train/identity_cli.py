@@ -37,6 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-lip", type=int, default=d.k_lip, help=f"lip blendshapes (default {d.k_lip})")
     p.add_argument("--no-cross-view", action="store_true",
                    help="train without masked cross-view supervision (the ablation)")
+    p.add_argument("--leak", type=float, default=d.leak_weight,
+                   help="weight of the disentanglement loss: the cross latent's lower-face Gaussians must match "
+                        "those of the latent with its own expression, its upper-face ones those with its own "
+                        f"lips (0: off; default {d.leak_weight})")
     p.add_argument("--locality", type=float, default=d.locality,
                    help=f"weight of the locality regulariser that keeps the tuned synthesis close to the prior's "
                         f"for other heads (more: better novel views, less: closer fit; default {d.locality})")
@@ -77,7 +81,7 @@ def run(args) -> int:
                               checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                               locality=args.locality, lr_output_bias=args.lr_output_bias,
                               aniso_reg=args.aniso, lr_residual=args.lr_residual,
-                              focus=args.focus)
+                              focus=args.focus, leak_weight=args.leak)
     prior = None
     try:
         cfg.validate()
