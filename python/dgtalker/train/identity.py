@@ -73,7 +73,7 @@ class IdentityTrainConfig:
     ssim_weight: float = 0.2
     mask_weight: float = 0.5
     cross_weight: float = 1.0
-    leak_weight: float = 0.05         # the cross latent's Gaussians against the own ones on the region it must not move
+    leak_weight: float = 0.05         # each branch's change on the wrong face region over its change on its own
     residual_reg: float = 1e-3        # mean ||residual||^2
     residual_smooth: float = 1e-3     # mean ||residual_t - residual_t+1||^2 (blinks last ~4 frames)
     coef_smooth: float = 1e-2         # mean ||c_t - c_t+1||^2 of the speech-driven coefficients
@@ -262,12 +262,16 @@ def face_regions(position: torch.Tensor, per_texel: int = 1) -> tuple[torch.Tens
     return lower.repeat_interleave(per_texel), upper.repeat_interleave(per_texel)
 
 
-def leak_loss(gaussians, P: int, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """Disentanglement in the Gaussians themselves: the cross latents ``[2P:3P]`` (lips
+def leak_loss(gaussians, P: int, lower: torch.Tensor, upper: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
+    """Disentanglement in the Gaussians themselves. The cross latents ``[2P:3P]`` (lips
     of i, expression of j) differ from their own latent i ``[:P]`` only in the
-    expression, so their lower-face Gaussians must agree; from their own latent j
-    ``[P:2P]`` only in the lips, so their upper-face Gaussians must agree. Mean L1 of
-    positions (in millimetres), colours and opacities over each region."""
+    expression: that change must show on the upper face, not the lower one. From their
+    own latent j ``[P:2P]`` they differ only in the lips: that must show on the lower
+    face, not the upper one. Each term is the ratio of the change on the wrong region
+    to the change on the right one (mean L1 of positions in millimetres, colours and
+    opacities), so shrinking a branch everywhere does not lower it: only moving its
+    effect off the wrong region does. ``eps`` keeps a branch that does nothing yet
+    from dividing by zero."""
     means, _, _, opac, colors = gaussians
 
     def gap(a: slice, b: slice, region: torch.Tensor) -> torch.Tensor:
@@ -276,8 +280,10 @@ def leak_loss(gaussians, P: int, lower: torch.Tensor, upper: torch.Tensor) -> to
         do = (opac[a][:, region] - opac[b][:, region]).abs()
         return (dm + dc + do).sum() / max(dm.numel(), 1)  # an empty region costs nothing
 
-    cross = slice(2 * P, 3 * P)
-    return gap(cross, slice(0, P), lower) + gap(cross, slice(P, 2 * P), upper)
+    cross, own_i, own_j = slice(2 * P, 3 * P), slice(0, P), slice(P, 2 * P)
+    expression_leak = gap(cross, own_i, lower) / (gap(cross, own_i, upper) + eps)
+    lip_leak = gap(cross, own_j, upper) / (gap(cross, own_j, lower) + eps)
+    return expression_leak + lip_leak
 
 
 def compose_cross_batch(c_exp_i, c_lip_i, c_exp_j, c_lip_j):
