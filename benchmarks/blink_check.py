@@ -1,0 +1,79 @@
+"""Does a talker close its eyes? On a synthetic clip's training frames with the eyes
+shut (ground-truth ``blink_left`` and ``blink_right`` >= 0.7) and as many with them
+open (<= 0.05), each frame is rendered at its camera with its own coefficients
+(speech + its residual code), and mediapipe's eyelid gap over eye width is measured
+on the render and on the ground truth. Also: the open frames with ``blink_direction``
+added at 1.0 (what ``render(..., blink=1)`` does).
+
+    python benchmarks/blink_check.py --talker T.safetensors --data data/id007 [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+# mediapipe face mesh: (upper lid, lower lid, outer corner, inner corner) per eye
+EYES = ((159, 145, 33, 133), (386, 374, 263, 362))
+
+
+def openness(lm: np.ndarray) -> float:
+    return float(np.mean([np.linalg.norm(lm[u] - lm[d]) / max(np.linalg.norm(lm[a] - lm[b]), 1e-6)
+                          for u, d, a, b in EYES]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--talker", type=Path, required=True)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--frames", type=int, default=24, help="closed-eye frames (and as many open ones)")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+
+    from dgtalker.data import load
+    from dgtalker.eval.evaluate import _cameras, clip_coefficients
+    from dgtalker.eval.landmarks import FaceLandmarks
+    from dgtalker.talker import body_transforms, load_talker
+
+    data = load(a.data)
+    T = load_talker(a.talker, device="cpu")
+    train = np.asarray(data.splits["train"])
+    gt = np.load(Path(a.data) / "gt.npz")
+    shut = np.minimum(gt["blink_left"], gt["blink_right"])[train]
+    closed = train[shut >= 0.7][: a.frames]
+    opened = train[np.maximum(gt["blink_left"], gt["blink_right"])[train] <= 0.05][:: 7][: len(closed)]
+    ce, cl = clip_coefficients(T, data)
+    res = T.residual_track.detach().cpu()
+    det = FaceLandmarks()
+    out = {"closed_frames": closed.tolist(), "open_frames": opened.tolist()}
+    for name, idx, blink in (("closed", closed, 0.0), ("open", opened, 0.0), ("open+blink", opened, 1.0)):
+        w2c, K = _cameras(data, idx, a.size, data.width, data.height, "cpu")
+        c_exp = ce[idx] + res[idx] + blink * T.blink_direction.cpu()
+        with torch.no_grad():
+            img, _ = T.frames(c_exp, cl[idx], w2c, K, a.size, a.size, body=body_transforms(w2c, T.body_w2c))
+        rend, truth = [], []
+        for k, i in enumerate(idx):
+            r = det.detect((img[k].clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+            frame = data.image(int(i))
+            if frame.shape[0] != a.size:
+                frame = np.asarray(Image.fromarray(frame).resize((a.size, a.size), Image.BOX))
+            g = det.detect(frame)
+            if r is not None and g is not None:
+                rend.append(openness(r))
+                truth.append(openness(g))
+        out[name] = {"render_openness": float(np.mean(rend)), "truth_openness": float(np.mean(truth)),
+                     "frames_measured": len(rend)}
+        print(f"{name:11s} frames {len(rend):3d}  eyelid gap / eye width: render {np.mean(rend):.3f}, "
+              f"ground truth {np.mean(truth):.3f}")
+    det.close()
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
