@@ -293,6 +293,12 @@ def solve_poses(X: np.ndarray, points: list, K: np.ndarray, rigid: np.ndarray):
     return rv, tv, err
 
 
+def _project(P, f, c):
+    """Pixels of camera points ``P [..., 3]`` through a pinhole camera (focal ``f``,
+    centre ``c``); points behind 1 mm count as at 1 mm."""
+    return P[..., :2] / np.maximum(P[..., 2:3], 1e-3) * f + c
+
+
 def _projection_jacobian(P, f):
     """d(pixel)/d(camera point) of a pinhole camera: ``P [..., 3]`` -> ``[..., 2, 3]``."""
     z = np.maximum(P[..., 2], 1e-3)
@@ -340,7 +346,7 @@ def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: floa
         # the shape, point by point (each sees every frame's pose)
         P = np.einsum("fij,nj->fni", R, X[use]) + tv[:, None]
         fxy = np.full(2, np.exp(log_f))
-        r = P[..., :2] / np.maximum(P[..., 2:3], 1e-3) * fxy + centre - uv
+        r = _project(P, fxy, centre) - uv
         J = _projection_jacobian(P, fxy) @ R[:, None]  # [F, N, 2, 3]
         wf = w[:, None, None] / len(sub)
         A = np.einsum("fnki,fnkj->nij", J, J) * wf + spring * np.eye(3)
@@ -348,7 +354,7 @@ def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: floa
         X[use] = X[use] - np.linalg.solve(A, g[..., None])[..., 0]
         if focal is None:  # the log focal length: residuals are linear in the focal
             P = np.einsum("fij,nj->fni", R, X[use]) + tv[:, None]
-            q = P[..., :2] / np.maximum(P[..., 2:3], 1e-3)
+            q = _project(P, 1.0, 0.0)
             fq = np.exp(log_f) * q
             r = fq + centre - uv
             h = (w[None, :, None] * fq * fq).sum() / len(sub) + 0.02
@@ -378,7 +384,7 @@ def refine_poses(X, points, weights, K, rvecs, tvecs, iterations: int = 5):
 
     def residual(R, t):
         P = X @ R.transpose(0, 2, 1) + t[:, None]
-        return P, (P[..., :2] / np.maximum(P[..., 2:3], 1e-3)) * f + c - uv
+        return P, _project(P, f, c) - uv
 
     P, r = residual(R, t)
     cost = (w * (r ** 2).sum(-1)).sum(1)
