@@ -251,10 +251,7 @@ class Talker(nn.Module):
         _, styles = self.latents(c_exp, c_lip)
         use_amp = amp and styles.is_cuda
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-            if use_amp and self._fast_synthesis is not None:
-                raw = self._fast_synthesis(styles) + self.generator.output_bias[None]
-            else:
-                raw = self.generator.synthesize(styles)
+            raw = self.generator.synthesize(styles, network=self._fast_synthesis if use_amp else None)
         return self.generator.decode(raw.float().contiguous())
 
     def pose_torso(self, gaussians, body: Tensor | None):

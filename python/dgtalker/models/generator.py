@@ -359,12 +359,13 @@ class Generator(nn.Module):
 
         return latent_styles(self._check_w(w).contiguous(), self.affine_weight, self.affine_bias)
 
-    def synthesize(self, styles: Tensor) -> Tensor:
-        """styles [F, S] (from ``styles`` or ``compose_latent``) -> raw maps [F, 14*G, R, R]."""
+    def synthesize(self, styles: Tensor, network=None) -> Tensor:
+        """styles [F, S] (from ``styles`` or ``compose_latent``) -> raw maps [F, 14*G, R, R].
+        ``network``: another callable for ``self.synthesis`` (e.g. a compiled copy)."""
         if not isinstance(styles, Tensor) or styles.dim() != 2 or styles.shape[1] != self.num_styles:
             got = tuple(styles.shape) if isinstance(styles, Tensor) else type(styles).__name__
             raise ValueError(f"styles must be a tensor of shape [F, {self.num_styles}], got {got}")
-        return self.synthesis(styles) + self.output_bias[None]
+        return (network or self.synthesis)(styles) + self.output_bias[None]
 
     def forward(self, w: Tensor) -> Tensor:
         """w [F, D] -> raw UV maps [F, 14*G, R, R]."""

@@ -38,9 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cross-view", action="store_true",
                    help="train without masked cross-view supervision (the ablation)")
     p.add_argument("--leak", type=float, default=d.leak_weight,
-                   help="weight of the disentanglement loss: the cross latent's lower-face Gaussians must match "
-                        "those of the latent with its own expression, its upper-face ones those with its own "
-                        f"lips (0: off; default {d.leak_weight})")
+                   help="weight of the disentanglement loss on the Gaussians: each branch's change on the face "
+                        "region it must not move (expression: the lower face; lips: the upper face) over its change "
+                        f"on its own region (0: off; default {d.leak_weight})")
     p.add_argument("--locality", type=float, default=d.locality,
                    help=f"weight of the locality regulariser that keeps the tuned synthesis close to the prior's "
                         f"for other heads (more: better novel views, less: closer fit; default {d.locality})")
