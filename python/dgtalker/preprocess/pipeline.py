@@ -4,7 +4,8 @@ Two passes over the video keep memory small for any length: the first tracks the
 and segments the person in every frame (landmarks and a foreground mask of at most
 640 px are kept; the two models run in parallel threads), the second crops, masks and
 writes. In between, the clip's face shape, its registration to the head frame, the focal length,
-the per-frame poses and one fixed crop are solved from the landmarks.
+the per-frame poses and one fixed crop are solved from the landmarks and from features
+of the skin followed by optical flow.
 """
 from __future__ import annotations
 
@@ -202,14 +203,20 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
             notes.append("no sound track: wrote silence (--allow-silent)")
 
     # pass 1: the face and the person in every frame
-    tracker, seg = tracking.FaceTracker(), Segmenter()
+    tracker, features, seg = tracking.FaceTracker(), tracking.FeatureTracker(), Segmenter()
     points, foreground = [None] * N, [None] * N
-    with _bar(N, "tracking", quiet) as bar, ThreadPoolExecutor(1) as pool:
+    with _bar(N, "tracking", quiet) as bar, ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(1) as flow:
+        flowing = None  # the optical flow of one frame runs beside the face mesh of the next
         for i, rgb in vid.prefetch(vid.frames(info, fps, N)):
             fg = pool.submit(_small_foreground, seg, rgb)
             points[i] = tracker.track(rgb)
+            if flowing is not None:
+                flowing.result()
+            flowing = flow.submit(features.step, rgb, points[i])
             foreground[i] = fg.result()
             bar.update(1)
+        if flowing is not None:
+            flowing.result()
     tracker.close()
     seg.close()
     timings = {"tracking": time.perf_counter() - t_start}
@@ -228,7 +235,8 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
     sample = [points[i] for i in np.asarray(found)[np.linspace(0, len(found) - 1, min(300, len(found))).astype(int)]]
     shape, weights = tracking.canonical_shape(sample)
     X, reg_rms = tracking.register_to_head(shape, weights)
-    X, rv, tv, focal_px, err = tracking.bundle_adjust(X, points, weights, info.width, info.height, focal)
+    X, rv, tv, focal_px, err = tracking.bundle_adjust(X, points, weights, info.width, info.height, focal,
+                                                      features=features.observations())
     K = tracking.intrinsics(focal_px, info.width, info.height)
     timings["pose"] = time.perf_counter() - t_start - timings["tracking"]
     med = float(np.nanmedian(err))

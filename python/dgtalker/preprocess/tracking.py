@@ -310,21 +310,24 @@ def _projection_jacobian(P, f):
     return J
 
 
-def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: float = 30.0, rounds: int = 12):
+def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: float = 30.0, rounds: int = 12,
+                  features: np.ndarray | None = None):
     """Refine the head-frame shape ``X [478, 3]``, the poses and (unless given) the
     focal length together, minimising the weighted reprojection error of the frames'
     2D points, on up to 100 frames spread over the clip; then every frame's pose with
     that shape and focal. The shape is tied to its registered start by a weak spring,
     which fixes the frame. A face's depth relief determines the focal length only
     weakly, so it also has a weak prior (a ``fov_prior`` degree view, a usual framing
-    for talking-head footage); pass ``focal`` when the camera is known.
+    for talking-head footage); pass ``focal`` when the camera is known. The final
+    poses also fit the tracked skin features (``FeatureTracker.observations()``),
+    placed on the finished shape by ``attach_features``.
 
     The objective (mean over frames of the weighted squared reprojection error, plus
     the spring and the focal prior) is minimised by blocks, each exactly or by
     Gauss-Newton: the poses (batched Levenberg-Marquardt, ``refine_poses``), each
     point of the shape given the poses (a 3x3 system per point), and the log focal
     length given both (one unknown). Returns ``(X, rvecs [F, 3], tvecs [F, 3], focal,
-    rms error per frame [F])``; frames without a face get NaN."""
+    rms landmark error per frame [F])``; frames without a face get NaN."""
     from scipy.spatial.transform import Rotation
 
     have = [f for f, p in enumerate(points) if p is not None]
@@ -363,27 +366,42 @@ def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: floa
     focal = float(np.exp(log_f))
     K = intrinsics(focal, width, height)
     rv, tv, _ = solve_poses(X, points, K, rigid)
-    rv, tv, err = refine_poses(X, points, weights, K, rv, tv)
+    attached = None if features is None else attach_features(features, points, X)
+    rv, tv, err = refine_poses(X, points, weights, K, rv, tv, features=attached)
     return X, rv, tv, focal, err
 
 
-def refine_poses(X, points, weights, K, rvecs, tvecs, iterations: int = 5):
+def refine_poses(X, points, weights, K, rvecs, tvecs, iterations: int = 5, features=None):
     """Every frame's pose minimising the weighted reprojection error of all its points
     (shape and camera fixed): batched Levenberg-Marquardt over the frames with the
     analytic Jacobian (rotation updates on the left, R <- exp(d) R), from the PnP start.
-    Returns ``(rvecs, tvecs, rms error per frame)``, NaN where no face."""
+    ``features`` (``FaceFeatures``: tracked surface points, see ``attach_features``)
+    adds each frame's tracked points, together weighted ``FEATURE_WEIGHT`` times the
+    landmarks. Returns ``(rvecs, tvecs, rms landmark error per frame)``, NaN where no
+    face."""
     from scipy.spatial.transform import Rotation
 
     ok = np.flatnonzero(np.isfinite(rvecs).all(1))
     use = np.flatnonzero(weights >= 0.02 * weights.max())  # the rest barely count
-    X = X[use]
-    uv = np.stack([points[f][use, :2] for f in ok])
-    w = (weights[use] / weights[use].sum())[None, :]
+    n = len(use)
+    # per frame: the shape's points, then the frame's tracked features (zero-weight padding)
+    m = 0 if features is None else max(len(features.frame_points(f)[0]) for f in ok)
+    Xf = np.zeros((len(ok), n + m, 3))
+    uv = np.zeros((len(ok), n + m, 2))
+    w = np.zeros((len(ok), n + m))
+    Xf[:, :n] = X[use]
+    uv[:, :n] = np.stack([points[f][use, :2] for f in ok])
+    w[:, :n] = weights[use] / weights[use].sum()
+    for k, f in enumerate(ok if m else []):
+        Y, q = features.frame_points(f)
+        if len(Y):
+            Xf[k, n:n + len(Y)], uv[k, n:n + len(Y)] = Y, q
+            w[k, n:n + len(Y)] = FEATURE_WEIGHT / len(Y)
     f, c = np.array([K[0, 0], K[1, 1]]), K[:2, 2]
     R, t = Rotation.from_rotvec(rvecs[ok]).as_matrix(), tvecs[ok].copy()
 
     def residual(R, t):
-        P = X @ R.transpose(0, 2, 1) + t[:, None]
+        P = np.einsum("fij,fnj->fni", R, Xf) + t[:, None]
         return P, _project(P, f, c) - uv
 
     P, r = residual(R, t)
@@ -415,8 +433,176 @@ def refine_poses(X, points, weights, K, rvecs, tvecs, iterations: int = 5):
         lam = np.where(better, lam * 0.3, lam * 10)
     F = len(points)
     rv, tv, err = np.full((F, 3), np.nan), np.full((F, 3), np.nan), np.full(F, np.nan)
-    rv[ok], tv[ok], err[ok] = Rotation.from_matrix(R).as_rotvec(), t, np.sqrt(cost)
+    rv[ok], tv[ok] = Rotation.from_matrix(R).as_rotvec(), t
+    err[ok] = np.sqrt((w[:, :n] * (r[:, :n] ** 2).sum(-1)).sum(1) / w[:, :n].sum(1))  # the landmarks' rms
     return rv, tv, err
+
+
+# Surface features. mediapipe's points slide over the face as the head turns (its chin
+# and mouth corners by several pixels against the true surface points), which biases
+# the rotations; corners of the skin's own texture, followed by optical flow, stay on
+# the surface. They join the landmarks in the final pose solve.
+FEATURE_WEIGHT = 4.0  # all of a frame's features together, against its landmarks' total 1
+FEATURE_REGION = 0.85  # the face oval shrunk about its centre: no corners on the outline
+
+
+class FeatureTracker:
+    """Corners inside the rigid part of the face (the face oval shrunk by
+    ``FEATURE_REGION``, without the eyes, brows, lips and the jaw below the mouth
+    corners), followed from frame to frame by pyramidal Lucas-Kanade with a
+    forward-backward check, and topped up where fewer than 70% survive. ``step(rgb,
+    landmarks)`` once per frame in order (``landmarks`` None where no face: every
+    track ends there); ``observations()`` gives ``[n, 4]`` rows (frame, track, x, y)."""
+
+    MAX_FEATURES = 150
+    WINDOW = 21
+    LEVELS = 2
+    FB_TOLERANCE = 0.3  # pixels, there and back
+
+    def __init__(self):
+        self._holes = None
+        self.frame = -1
+        self._prev = None  # the previous frame's region (x0, y0, x1, y1) and picture
+        self._ids = np.zeros(0, np.int64)
+        self._pts = np.zeros((0, 2), np.float32)
+        self._next_id = 0
+        self._rows = []
+
+    def _region_mask(self, lm, x0, y0, shape):
+        import cv2
+
+        if self._holes is None:
+            g = _groups()
+            self._holes = (g["eyes"] + g["brows"], g["lips"])
+        mask = np.zeros(shape, np.uint8)
+        oval = lm[list(FACE_OVAL), :2] - [x0, y0]
+        c = oval.mean(0)
+        cv2.fillPoly(mask, [np.round(c + (oval - c) * FEATURE_REGION).astype(np.int32)], 255)
+        for idx in self._holes:  # the moving parts, with a margin
+            hull = cv2.convexHull(lm[idx, :2].astype(np.float32)).reshape(-1, 2) - [x0, y0]
+            c = hull.mean(0)
+            cv2.fillPoly(mask, [np.round(c + (hull - c) * 1.3).astype(np.int32)], 0)
+        mask[max(0, int(lm[[61, 291], 1].max() - y0)):] = 0
+        return mask
+
+    def step(self, rgb, landmarks):
+        import cv2
+
+        self.frame += 1
+        if landmarks is None:
+            self._prev, self._ids, self._pts = None, self._ids[:0], self._pts[:0]
+            return
+        H, W = rgb.shape[:2]
+        lo, hi = landmarks[:, :2].min(0), landmarks[:, :2].max(0)
+        pad = 0.25 * (hi - lo).max() + self.WINDOW * 2 ** self.LEVELS
+        x0, y0 = int(max(0, lo[0] - pad)), int(max(0, lo[1] - pad))
+        x1, y1 = int(min(W, hi[0] + pad)), int(min(H, hi[1] + pad))
+        if self._prev is not None:  # both frames over one region: the union of the two
+            (px0, py0, px1, py1), _ = self._prev
+            x0, y0, x1, y1 = min(x0, px0), min(y0, py0), max(x1, px1), max(y1, py1)
+        grey = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+        mask = self._region_mask(landmarks, x0, y0, grey.shape)
+        if self._prev is not None and len(self._pts):
+            prev = cv2.cvtColor(np.ascontiguousarray(self._prev[1][y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+            p0 = self._pts - np.float32([x0, y0])
+            lk = dict(winSize=(self.WINDOW, self.WINDOW), maxLevel=self.LEVELS)
+            p1, st, _ = cv2.calcOpticalFlowPyrLK(prev, grey, p0, None, **lk)
+            back, st2, _ = cv2.calcOpticalFlowPyrLK(grey, prev, p1, None, **lk)
+            keep = (st[:, 0] == 1) & (st2[:, 0] == 1) & (np.linalg.norm(back - p0, axis=1) < self.FB_TOLERANCE)
+            xi = np.clip(np.round(p1[:, 0]).astype(int), 0, grey.shape[1] - 1)
+            yi = np.clip(np.round(p1[:, 1]).astype(int), 0, grey.shape[0] - 1)
+            keep &= mask[yi, xi] > 0
+            self._ids, self._pts = self._ids[keep], p1[keep] + np.float32([x0, y0])
+        if len(self._pts) < 0.7 * self.MAX_FEATURES:
+            free = mask.copy()
+            for x, y in self._pts - np.float32([x0, y0]):
+                cv2.circle(free, (int(x), int(y)), 6, 0, -1)
+            new = cv2.goodFeaturesToTrack(grey, self.MAX_FEATURES - len(self._pts), 0.005, 6, mask=free, blockSize=5)
+            if new is not None:
+                new = new.reshape(-1, 2) + np.float32([x0, y0])
+                self._pts = np.concatenate([self._pts, new.astype(np.float32)])
+                self._ids = np.concatenate([self._ids, np.arange(self._next_id, self._next_id + len(new))])
+                self._next_id += len(new)
+        self._prev = ((x0, y0, x1, y1), rgb)
+        if len(self._pts):
+            self._rows.append(np.column_stack([np.full(len(self._pts), self.frame), self._ids, self._pts]))
+
+    def observations(self) -> np.ndarray:
+        return np.concatenate(self._rows) if self._rows else np.zeros((0, 4))
+
+
+class FaceFeatures:
+    """Tracked features fixed to the head: ``points [tracks, 3]`` in the head frame
+    and each frame's observations; ``frame_points(f)`` -> ``(head-frame points [n, 3],
+    pixels [n, 2])``."""
+
+    def __init__(self, observations: np.ndarray, points: np.ndarray, usable: np.ndarray):
+        obs = observations[usable[observations[:, 1].astype(np.int64)]] if len(observations) else observations
+        self.points = points
+        order = np.argsort(obs[:, 0], kind="stable")
+        self._obs = obs[order]
+        self._starts = np.searchsorted(self._obs[:, 0], np.arange(int(obs[:, 0].max(initial=-1)) + 2))
+
+    def frame_points(self, f: int):
+        if f + 1 >= len(self._starts):
+            return np.zeros((0, 3)), np.zeros((0, 2))
+        o = self._obs[self._starts[f]:self._starts[f + 1]]
+        return self.points[o[:, 1].astype(np.int64)], o[:, 2:4]
+
+
+def _barycentric(tri: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates ``[..., 3]`` of points ``p [..., 2]`` in triangles
+    ``tri [..., 3, 2]`` (broadcast)."""
+    e1, e2, d = tri[..., 1, :] - tri[..., 0, :], tri[..., 2, :] - tri[..., 0, :], p - tri[..., 0, :]
+    det = e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]
+    det = np.where(np.abs(det) > 1e-9, det, 1e-9)
+    b1 = (d[..., 0] * e2[..., 1] - d[..., 1] * e2[..., 0]) / det
+    b2 = (e1[..., 0] * d[..., 1] - e1[..., 1] * d[..., 0]) / det
+    return np.stack([1 - b1 - b2, b1, b2], -1)
+
+
+def attach_features(observations: np.ndarray, points: list, X: np.ndarray, min_length: int = 5) -> FaceFeatures:
+    """Each feature track's place on the head: in every frame it is seen, its
+    barycentric coordinates in the landmark triangle it lies in carry it onto the
+    head-frame shape ``X [478, 3]``; the track's point is the mean over its frames (the
+    landmarks' sliding averages out). One triangulation serves the clip (Delaunay of
+    the mean landmarks): a feature keeps its triangle from frame to frame and is only
+    looked up again once it has left it. Tracks seen in fewer than ``min_length``
+    frames, or off the landmarks, are left out."""
+    from scipy.spatial import Delaunay
+
+    if not len(observations):
+        return FaceFeatures(observations, np.zeros((0, 3)), np.zeros(0, bool))
+    frame, track = observations[:, 0].astype(np.int64), observations[:, 1].astype(np.int64)
+    q = observations[:, 2:4]
+    seen = np.unique(frame)
+    lm = np.zeros((int(frame.max()) + 1, len(X), 2))
+    lm[seen] = np.stack([points[f][:, :2] for f in seen])
+    triangles = Delaunay(lm[seen].mean(0)).simplices
+    tri = np.full(len(observations), -1)
+    bary = np.zeros((len(observations), 3))
+    # rows are in frame order: each row starts from its track's triangle in the frame before
+    last = np.full(int(track.max()) + 1, -1)
+    bounds = np.searchsorted(frame, np.r_[seen, seen[-1] + 1])
+    for f, r0, r1 in zip(seen, bounds[:-1], bounds[1:]):
+        rows = np.arange(r0, r1)
+        t = last[track[rows]]
+        corners = lm[f][triangles]  # [T, 3, 2]
+        b = _barycentric(corners[np.maximum(t, 0)], q[rows])
+        lost = (t < 0) | (b.min(1) < -0.05)
+        if lost.any():  # look those up among all triangles
+            b_all = _barycentric(corners[None], q[rows[lost], None])  # [n, T, 3]
+            worst = b_all.min(2)
+            best = worst.argmax(1)
+            t[lost] = np.where(worst.max(1) >= -1e-3, best, -1)
+            b[lost] = b_all[np.arange(lost.sum()), best]
+        tri[rows], bary[rows] = t, b
+        last[track[rows]] = t
+    inside = tri >= 0
+    total, count = np.zeros((len(last), 3)), np.zeros(len(last))
+    np.add.at(total, track[inside], np.einsum("nk,nkc->nc", bary[inside], X[triangles[tri[inside]]]))
+    np.add.at(count, track[inside], 1)
+    return FaceFeatures(observations, total / np.maximum(count, 1)[:, None], count >= min_length)
 
 
 def fill_and_smooth(rvecs: np.ndarray, tvecs: np.ndarray, sigma: float = 1.0):
