@@ -36,18 +36,43 @@ def atomic_save_npz(path: Path, **arrays) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def png_bytes(img: np.ndarray) -> bytes:
+    """PNG of a uint8 [H, W] or [H, W, 1-4] image (grey, grey + alpha, RGB, RGBA). Each
+    row is stored "up"-filtered (its difference to the row above: one numpy
+    subtraction) and compressed at zlib level 1: 2-4 times faster than Pillow's
+    adaptive filters, at about the same size for frames and masks."""
+    import struct
+    import zlib
+
+    img = np.ascontiguousarray(img)
+    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and not 1 <= img.shape[2] <= 4):
+        raise ValueError(f"a PNG needs a uint8 [H, W] or [H, W, 1-4] image, got {img.dtype} {list(img.shape)}")
+    h, w = img.shape[:2]
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    rows = img.reshape(h, w * channels)
+    data = np.empty((h, w * channels + 1), np.uint8)
+    data[:, 0] = 2  # filter type "up"
+    data[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=data[1:, 1:])  # wraps modulo 256, as PNG's filter does
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    colour = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(data.tobytes(), 1)) + chunk(b"IEND", b""))
+
+
 def encode_image(img: np.ndarray, ext: str, quality: int = 95) -> bytes:
-    """PNG (lossless, fast zlib level) or JPEG bytes of a uint8 [H, W, C] image."""
+    """PNG (lossless, ``png_bytes``) or JPEG bytes of a uint8 [H, W, C] image."""
     import io
 
     from PIL import Image
 
-    buf = io.BytesIO()
-    im = Image.fromarray(np.ascontiguousarray(img))
     if ext == "png":
-        im.save(buf, format="PNG", compress_level=1)
-    elif ext == "jpg":
-        im.save(buf, format="JPEG", quality=quality, subsampling=0)
-    else:
+        return png_bytes(img)
+    if ext != "jpg":
         raise ValueError(f"image format must be 'png' or 'jpg', got {ext!r}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="JPEG", quality=quality, subsampling=0)
     return buf.getvalue()
