@@ -233,6 +233,46 @@ def test_cross_view_step_renders_one_latent_at_both_cameras(tmp_path, monkeypatc
     assert seen["latents"] == 2 * P
 
 
+def test_random_background_composites_the_targets_and_the_renders(monkeypatch):
+    """On a random-background step the frames are composited over one seeded colour by
+    their foreground masks, and the renders over the same colour (not the plate)."""
+    from dgtalker.data import load
+
+    cfg = tiny_config(random_background=0.5)
+    drawn = [I.random_background(s, cfg, "cpu") for s in range(400)]
+    share = np.mean([c is not None for c in drawn])
+    assert 0.4 < share < 0.6, share
+    assert all(I.random_background(s, cfg, "cpu") is None for s in range(50) if drawn[s] is None)
+    s = next(s for s, c in enumerate(drawn) if c is not None)
+    assert torch.equal(I.random_background(s, cfg, "cpu"), drawn[s])  # seeded by the step
+    assert I.random_background(s, tiny_config(), "cpu") is None  # off by default
+
+    data = I.ClipFrames(load(SAMPLE), load(SAMPLE).splits["train"], 64, progress=False)
+    batch = data.batch(torch.tensor([0, 1]))
+    colour = torch.tensor([0.9, 0.1, 0.3])
+    over = I.over_background(batch, colour)
+    fg = batch["fg"][..., None]
+    assert torch.allclose(over["rgb"], batch["rgb"] * fg + colour * (1 - fg))
+    far = batch["fg"] < 1e-3
+    assert far.any() and torch.allclose(over["rgb"][far], colour.expand(int(far.sum()), 3))
+
+    talker = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96),
+                    residual_frames=data.num_frames)
+    seen = []
+    orig = talker.rasterize
+
+    def spy(*args, **kw):
+        seen.append(kw.get("background"))
+        return orig(*args, **kw)
+
+    monkeypatch.setattr(talker, "rasterize", spy)
+    cfg = tiny_config(random_background=1.0)
+    I.train_step(talker, None, I.make_optimizer(talker, cfg), data, 3, cfg)
+    assert torch.equal(seen[-1], I.random_background(3, cfg, "cpu"))
+    with pytest.raises(ValueError, match="random_background"):
+        tiny_config(random_background=1.5).validate()
+
+
 def test_tiny_training_loss_falls_and_orthogonality_holds(tmp_path):
     cfg = tiny_config(steps=30, pairs=2, locality=0.0, distill_weight=0.0)
     out = tmp_path / "t.safetensors"

@@ -83,6 +83,7 @@ class IdentityTrainConfig:
     distill_weight: float = 1.0       # causal encoder -> main encoder
     focus: float = 0.0                # share of expression frames drawn by their upper-face error (0: uniform)
     aniso_reg: float = 0.0            # penalty on needles (largest / middle axis above 4, or above 3 cm)
+    random_background: float = 0.0    # share of steps composited over a random colour instead of the plate
     invert_steps: int = 150
     invert_resolution: int = 256
     invert_views: int = 16
@@ -109,6 +110,9 @@ class IdentityTrainConfig:
             v = getattr(self, f.name)
             if isinstance(v, float) and (not math.isfinite(v) or v < 0):
                 raise ValueError(f"{f.name} must be a finite number >= 0, got {v!r}")
+        for name in ("focus", "random_background"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"{name} is a share of steps or frames, in [0, 1]; got {getattr(self, name)!r}")
 
 
 # ----------------------------------------------------------------------------------
@@ -341,6 +345,9 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     weights = expression_weights(data.upper_error, cfg.focus) if cfg.cross_view else None
     pi, pj = sample_pairs(step, len(data), P, cfg.seed, weights)
     bi, bj = data.batch(pi), data.batch(pj)
+    background = random_background(step, cfg, dev)
+    if background is not None:
+        bi, bj = over_background(bi, background), over_background(bj, background)
     fi, fj = data.indices[pi].to(dev), data.indices[pj].to(dev)
     N = data.num_frames
     nxt = lambda f: (f + 1).clamp(max=N - 1)  # noqa: E731
@@ -363,7 +370,7 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     Ks = torch.cat([v["K"] for v in views])
     g = talker.pose_torso(_gather(gauss, lat), body_transforms(w2c, talker.body_w2c))
     checked = True if dev.type == "cuda" else None
-    image, alpha = talker.rasterize(g, w2c, Ks, R, R, checked=checked)
+    image, alpha = talker.rasterize(g, w2c, Ks, R, R, checked=checked, background=background)
     own_img, own_a = image[:2 * P], alpha[:2 * P]
     target = torch.cat([bi["rgb"], bj["rgb"]])
     fg = torch.cat([bi["fg"], bj["fg"]])
@@ -407,6 +414,26 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
         p = psnr(own_img.clamp(0, 1), target)
     out.update(loss=float(loss.detach()), photo=float(photo.detach()), mask=float(mask.detach()), psnr=float(p))
     return out
+
+
+def random_background(step: int, cfg: IdentityTrainConfig, device) -> torch.Tensor | None:
+    """This step's background: None (the clip's plate) or, on a seeded ``random_background``
+    share of the steps, one random colour. Over the plate, a Gaussian at the silhouette
+    that takes the background's colour costs nothing but the alpha loss, and such
+    background-coloured fringes and floaters show from other views; over a colour that
+    changes every step they cannot hide."""
+    if cfg.random_background <= 0:
+        return None
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_033 + step)
+    if float(torch.rand((), generator=g)) >= cfg.random_background:
+        return None
+    return torch.rand(3, generator=g).to(device)
+
+
+def over_background(batch: dict, colour: torch.Tensor) -> dict:
+    """The batch with its frames composited over ``colour`` by their foreground masks."""
+    fg = batch["fg"][..., None]
+    return batch | {"rgb": batch["rgb"] * fg + colour * (1 - fg)}
 
 
 def needle_penalty(scales: torch.Tensor, max_ratio: float = 4.0, max_size: float = 0.03) -> torch.Tensor:

@@ -56,6 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aniso", type=float, default=d.aniso_reg,
                    help="weight of the penalty on needle-like Gaussians (largest/middle axis > 4), which "
                         f"the training views cannot see but side views do (default {d.aniso_reg})")
+    p.add_argument("--random-background", type=float, default=d.random_background, metavar="SHARE",
+                   help="share (0-1) of steps whose frames are composited over a random colour (by their "
+                        "foreground masks) instead of the background plate, so no Gaussian can pass for "
+                        f"background at the silhouette (default {d.random_background})")
     p.add_argument("--prior", metavar="PATH", help="prior checkpoint to start from (default: the shipped prior)")
     p.add_argument("--half", action="store_true", help="store OUT's weights in float16 (about half the size)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the frame sampling and initial weights")
@@ -81,7 +85,8 @@ def run(args) -> int:
                               checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                               locality=args.locality, lr_output_bias=args.lr_output_bias,
                               aniso_reg=args.aniso, lr_residual=args.lr_residual,
-                              focus=args.focus, leak_weight=args.leak)
+                              focus=args.focus, leak_weight=args.leak,
+                              random_background=args.random_background)
     prior = None
     try:
         cfg.validate()
