@@ -474,7 +474,7 @@ class FeatureTracker:
 
     MAX_FEATURES = 120
     WINDOW = 21
-    LEVELS = 2
+    LEVELS = 2  # pyramid levels above the full picture (3 in all)
     FB_TOLERANCE = 0.3  # pixels, there and back
 
     def __init__(self):
