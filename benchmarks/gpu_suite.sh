@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build, test and measure on a CUDA machine in one go:
 #   bash benchmarks/gpu_suite.sh [OUTDIR] [BENCH_ARGS...]
-# 1. builds and installs dgtalker (DGTALKER_CUDA=ON; architectures from
-#    DGTALKER_CUDA_ARCHITECTURES, default the native GPU's),
+# 1. installs the wheels the machine lacks (.whl/, see gpu_setup.sh), builds and installs
+#    dgtalker (DGTALKER_CUDA=ON; architectures from DGTALKER_CUDA_ARCHITECTURES, default
+#    the native GPU's),
 # 2. runs the whole test suite (the GPU tests included),
 # 3. runs the GPU tests of the three kernel families under compute-sanitizer memcheck,
 #    and the rasterizer's GPU tests under racecheck (shared-memory hazards),
@@ -17,10 +18,7 @@ status=0
 { git rev-parse HEAD 2>/dev/null || echo unknown; git status --porcelain 2>/dev/null | grep -q . && echo "(with uncommitted changes)"; } > "$out/commit.txt"
 
 echo "== build (CUDA $arch)"
-start=$(date +%s)
-DGTALKER_CUDA=ON DGTALKER_CUDA_ARCHITECTURES="$arch" \
-  python3 -m pip install --no-build-isolation --no-deps -q . 2>&1 | tail -20 || status=1
-echo "build: $(( $(date +%s) - start )) s"
+DGTALKER_CUDA_ARCHITECTURES="$arch" source benchmarks/gpu_setup.sh || status=1  # wheels from .whl/, then the build
 python3 -c "import dgtalker, json; print(json.dumps(dgtalker.build_info()))" || status=1
 
 echo "== tests"
