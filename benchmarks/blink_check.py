@@ -36,7 +36,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from dgtalker.data import load
-    from dgtalker.eval.evaluate import _cameras, clip_coefficients
+    from dgtalker.eval.evaluate import clip_coefficients, view_cameras
     from dgtalker.eval.landmarks import FaceLandmarks
     from dgtalker.talker import body_transforms, load_talker
 
@@ -52,7 +52,7 @@ def main() -> None:
     det = FaceLandmarks()
     out = {"closed_frames": closed.tolist(), "open_frames": opened.tolist()}
     for name, idx, blink in (("closed", closed, 0.0), ("open", opened, 0.0), ("open+blink", opened, 1.0)):
-        w2c, K = _cameras(data, idx, a.size, data.width, data.height, "cpu")
+        w2c, K = view_cameras(data, idx, a.size, data.width, data.height, "cpu")
         c_exp = ce[idx] + res[idx] + blink * T.blink_direction.cpu()
         with torch.no_grad():
             img, _ = T.frames(c_exp, cl[idx], w2c, K, a.size, a.size, body=body_transforms(w2c, T.body_w2c))

@@ -63,7 +63,7 @@ def history_curve(path: Path, png: Path) -> list:
         ax.plot(m, pl, label="held-out PSNR (lower face)")
         ax.axhline(32, ls="--", c="C0", lw=0.8)
         ax.axhline(28, ls="--", c="C1", lw=0.8)
-        ax.set_xlabel("training minutes (H100, inversion included)")
+        ax.set_xlabel("training minutes (one GPU, inversion included)")
         ax.set_ylabel("dB (audio only, 512²)")
         ax.grid(alpha=0.3)
         ax.legend()

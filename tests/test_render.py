@@ -242,9 +242,14 @@ def test_shipped_demo_talker_opens_its_mouth_for_speech_only():
     speech_video = T.render(BUNDLED_SPEECH, width=size, height=size)
     silent = T.render((np.zeros(RATE, np.float32), RATE), width=size, height=size)
     talking, quiet = _mouth_darkness(speech_video.frames, T, size), _mouth_darkness(silent.frames, T, size)
-    # a trained talker's mouth opens on speech (dark interior) and stays shut in silence;
-    # an untrained talker on the same prior and framing gives a margin of 0.02 here
-    assert float(talking.max()) > float(quiet.max()) + 0.05, (talking.max(), quiet.max())
+    # a trained talker's mouth stays shut in silence and opens (dark interior) on some
+    # speech frames, not all. The shipped talker: 0.00 in silence, up to 0.04 on speech,
+    # open on 7% of its frames. An untrained talker on the same prior and framing
+    # (default blendshapes and encoder, the mean head) fails all three: 0.055 in
+    # silence, 0.12 on speech, "open" on every frame.
+    assert float(quiet.max()) < 0.01, quiet.max()
+    assert float(talking.max()) > 0.03, talking.max()
+    assert 0 < float((talking > 0.02).float().mean()) < 0.9, talking
 
 
 def test_camera_turn_orbits_the_framing():

@@ -245,7 +245,7 @@ def test_random_background_composites_the_targets_and_the_renders(monkeypatch):
     assert all(I.random_background(s, cfg, "cpu") is None for s in range(50) if drawn[s] is None)
     s = next(s for s, c in enumerate(drawn) if c is not None)
     assert torch.equal(I.random_background(s, cfg, "cpu"), drawn[s])  # seeded by the step
-    assert I.random_background(s, tiny_config(), "cpu") is None  # off by default
+    assert I.random_background(s, tiny_config(random_background=0.0), "cpu") is None  # 0: always the plate
 
     data = I.ClipFrames(load(SAMPLE), load(SAMPLE).splits["train"], 64, progress=False)
     batch = data.batch(torch.tensor([0, 1]))

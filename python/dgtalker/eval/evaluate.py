@@ -62,7 +62,9 @@ class _GroundTruth:
         return torch.stack(imgs).to(self.device), torch.stack(masks).to(self.device)
 
 
-def _cameras(viewset, idx, size: int, width: int, height: int, device):
+def view_cameras(viewset, idx, size: int, width: int, height: int, device):
+    """``(w2c [n, 4, 4], K [n, 3, 3])`` of a view set's views ``idx`` (frames or novel
+    views), the intrinsics resized from ``width x height`` to a ``size``² render."""
     from ..camera import resize_intrinsics
 
     K = resize_intrinsics(torch.as_tensor(viewset.K[idx], dtype=torch.float32), width, height, size, size)
@@ -153,7 +155,7 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
     rows, static_rows, fit_rows, rigid_rows = [], [], [], []
     for s in tqdm(range(0, len(frames), batch), desc="evaluating", disable=not progress, unit="batch"):
         idx = frames[s:s + batch]
-        w2c, K = _cameras(dataset, idx, size, dataset.width, dataset.height, device)
+        w2c, K = view_cameras(dataset, idx, size, dataset.width, dataset.height, device)
         body = body_transforms(w2c, talker.body_w2c)
         gt, masks = gt_of(idx)
         ce, cl = ce_all[idx].to(device), cl_all[idx].to(device)
@@ -259,7 +261,7 @@ def evaluate_novel(talker, dataset, ce_all, cl_all, size, batch, device, progres
     for s in tqdm(range(0, len(nv), batch), desc="novel views", disable=not progress, unit="batch"):
         idx = np.arange(s, min(s + batch, len(nv)))
         fi = nv.frame_index[idx]
-        w2c, K = _cameras(nv, idx, size, dataset.width, dataset.height, device)
+        w2c, K = view_cameras(nv, idx, size, dataset.width, dataset.height, device)
         main_w2c = torch.as_tensor(dataset.w2c[fi], dtype=torch.float32, device=device)
         body = body_transforms(main_w2c, talker.body_w2c)
         gt, masks = gt_of(idx)
@@ -292,7 +294,7 @@ def disentanglement(talker, dataset, *, frame: int = 0, size: int = 256, sigma: 
     ce_all = ce_all + talker.residual_track.detach().cpu()[: len(ce_all)]
     mean_e, mean_l = ce_all.mean(0), cl_all.mean(0)
     std_e, std_l = ce_all.std(0), cl_all.std(0)
-    w2c, K = _cameras(dataset, np.array([frame]), size, dataset.width, dataset.height, device)
+    w2c, K = view_cameras(dataset, np.array([frame]), size, dataset.width, dataset.height, device)
     body = body_transforms(w2c, talker.body_w2c)
     _, masks = _GroundTruth(dataset, size, device)([frame])
     lower, upper = masks[..., 1:2], masks[..., 2:3]

@@ -61,10 +61,10 @@ def _clean(obj):
 
 def render_speed(talker, dataset, size: int, device, frames: int = 16) -> dict:
     """Frames per second of audio -> frames (features, encoder, frame path) for a batch."""
-    from .evaluate import _cameras, clip_coefficients
+    from .evaluate import clip_coefficients, view_cameras
 
     idx = np.arange(min(frames, len(dataset)))
-    w2c, K = _cameras(dataset, idx, size, dataset.width, dataset.height, device)
+    w2c, K = view_cameras(dataset, idx, size, dataset.width, dataset.height, device)
 
     def once():
         ce, cl = clip_coefficients(talker, dataset)
@@ -88,14 +88,14 @@ def contact_sheet(talker, dataset, coefficients, per_frame: list, frames: np.nda
     the clip's ``clip_coefficients``)."""
     from ..io import atomic_write_bytes, encode_image
     from ..talker import body_transforms
-    from .evaluate import _cameras, _GroundTruth
+    from .evaluate import _GroundTruth, view_cameras
 
     ps = np.array([r["psnr"] for r in per_frame])
     order = np.argsort(ps)
     pick = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
     idx = frames[pick]
     ce, cl = coefficients
-    w2c, K = _cameras(dataset, idx, size, dataset.width, dataset.height, device)
+    w2c, K = view_cameras(dataset, idx, size, dataset.width, dataset.height, device)
     gt, _ = _GroundTruth(dataset, size, device)(idx)
     with torch.no_grad():
         img, _ = talker.frames(ce[idx].to(device), cl[idx].to(device), w2c, K, size, size,

@@ -65,7 +65,7 @@ class IdentityTrainConfig:
     k_lip: int = 8
     cross_view: bool = True
     lr_synthesis: float = 5e-4
-    lr_output_bias: float = 5e-3
+    lr_output_bias: float = 1e-3      # slower than the network: better side views (benchmarks.md, runs C1, I)
     lr_w: float = 1e-3
     lr_blendshapes: float = 3e-3
     lr_encoder: float = 5e-4
@@ -83,7 +83,7 @@ class IdentityTrainConfig:
     distill_weight: float = 1.0       # causal encoder -> main encoder
     focus: float = 0.0                # share of expression frames drawn by their upper-face error (0: uniform)
     aniso_reg: float = 0.0            # penalty on needles (largest / middle axis above 4, or above 3 cm)
-    random_background: float = 0.0    # share of steps composited over a random colour instead of the plate
+    random_background: float = 0.5    # share of steps composited over a random colour instead of the plate
     invert_steps: int = 150
     invert_resolution: int = 256
     invert_views: int = 16
