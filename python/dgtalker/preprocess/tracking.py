@@ -403,15 +403,15 @@ def refine_poses(X, points, weights, K, rvecs, tvecs, iterations: int = 5, featu
     use = np.flatnonzero(weights >= 0.02 * weights.max())  # the rest barely count
     n = len(use)
     # per frame: the shape's points, then the frame's tracked features (zero-weight padding)
-    m = 0 if features is None else max(len(features.frame_points(f)[0]) for f in ok)
+    tracked = [] if features is None else [features.frame_points(f) for f in ok]
+    m = max((len(Y) for Y, _ in tracked), default=0)
     Xf = np.zeros((len(ok), n + m, 3))
     uv = np.zeros((len(ok), n + m, 2))
     w = np.zeros((len(ok), n + m))
     Xf[:, :n] = X[use]
     uv[:, :n] = np.stack([points[f][use, :2] for f in ok])
     w[:, :n] = weights[use] / weights[use].sum()
-    for k, f in enumerate(ok if m else []):
-        Y, q = features.frame_points(f)
+    for k, (Y, q) in enumerate(tracked):
         if len(Y):
             Xf[k, n:n + len(Y)], uv[k, n:n + len(Y)] = Y, q
             w[k, n:n + len(Y)] = FEATURE_WEIGHT / len(Y)
@@ -517,7 +517,7 @@ class FeatureTracker:
         # picture serves twice (as this frame's, then as the next one's previous)
         x0, y0 = int(max(0, lo[0] - pad)) // 64 * 64, int(max(0, lo[1] - pad)) // 64 * 64
         x1, y1 = int(min(W, -(-(hi[0] + pad) // 64) * 64)), int(min(H, -(-(hi[1] + pad) // 64) * 64))
-        if self._prev is not None:  # both frames over one region: the union of the two
+        if self._prev is not None:  # both frames over one region: it grows, never shrinks, until a frame without a face
             px0, py0, px1, py1 = self._prev[0]
             x0, y0, x1, y1 = min(x0, px0), min(y0, py0), max(x1, px1), max(y1, py1)
         box = (x0, y0, x1, y1)
