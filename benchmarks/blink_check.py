@@ -1,9 +1,11 @@
 """Does a talker close its eyes? On a synthetic clip's training frames with the eyes
 shut (ground-truth ``blink_left`` and ``blink_right`` >= 0.7) and as many with them
 open (<= 0.05), each frame is rendered at its camera with its own coefficients
-(speech + its residual code), and mediapipe's eyelid gap over eye width is measured
-on the render and on the ground truth. Also: the open frames with ``blink_direction``
-added at 1.0 (what ``render(..., blink=1)`` does).
+(speech + its residual code + its eyelid amount from the clip's landmarks, as in
+training), and mediapipe's eyelid gap over eye width is measured on the render and on
+the ground truth. Also: the open frames with the eyelid layer at 1.0 (what
+``render(..., blink=1)`` does) and the closed frames with it at 0 (what the latent
+blendshapes alone do).
 
     python benchmarks/blink_check.py --talker T.safetensors --data data/id007 [--json OUT]
 """
@@ -51,11 +53,13 @@ def main() -> None:
     res = T.residual_track.detach().cpu()
     det = FaceLandmarks()
     out = {"closed_frames": closed.tolist(), "open_frames": opened.tolist()}
-    for name, idx, blink in (("closed", closed, 0.0), ("open", opened, 0.0), ("open+blink", opened, 1.0)):
+    track = T.blink_track.cpu()
+    for name, idx, blink in (("closed", closed, track[closed]), ("closed, layer off", closed, torch.zeros(len(closed))),
+                             ("open", opened, track[opened]), ("open+blink", opened, torch.ones(len(opened)))):
         w2c, K = view_cameras(data, idx, a.size, data.width, data.height, "cpu")
-        c_exp = ce[idx] + res[idx] + blink * T.blink_direction.cpu()
         with torch.no_grad():
-            img, _ = T.frames(c_exp, cl[idx], w2c, K, a.size, a.size, body=body_transforms(w2c, T.body_w2c))
+            img, _ = T.frames(ce[idx] + res[idx], cl[idx], w2c, K, a.size, a.size,
+                              body=body_transforms(w2c, T.body_w2c), blink=blink)
         rend, truth = [], []
         for k, i in enumerate(idx):
             r = det.detect((img[k].clamp(0, 1).numpy() * 255).round().astype(np.uint8))
@@ -68,7 +72,7 @@ def main() -> None:
                 truth.append(openness(g))
         out[name] = {"render_openness": float(np.mean(rend)), "truth_openness": float(np.mean(truth)),
                      "frames_measured": len(rend)}
-        print(f"{name:11s} frames {len(rend):3d}  eyelid gap / eye width: render {np.mean(rend):.3f}, "
+        print(f"{name:17s} frames {len(rend):3d}  eyelid gap / eye width: render {np.mean(rend):.3f}, "
               f"ground truth {np.mean(truth):.3f}")
     det.close()
     if a.json:

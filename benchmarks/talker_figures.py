@@ -4,7 +4,8 @@
 
 - PREFIX_expression.png: one stretch of the clip's speech (rows: frames in time),
   rendered with the expression residual at zero (speech alone), with two seeded
-  samples of the residual, and with a blink set by hand (columns);
+  samples of the residual and the clip's blinks, and with every other frame's eyes
+  closed by hand (``blink=1``; columns);
 - PREFIX_components.png: what each blendshape does: every B_exp / B_lip component at
   -2σ, the clip's mean and +2σ of its coefficient over the clip.
 """
@@ -36,12 +37,16 @@ def expression_figure(T, ds, out: Path, start: int, frames: int, stride: int, si
     n = len(idx)
     vm, K = vm.expand(n, -1, -1), K.expand(n, -1, -1)
     cols = []
-    blink = T.blink_direction.expand(n, -1).clone()
-    blink[1::2] = 0  # every other frame closed
-    for residual in (torch.zeros(n, T.config.k_exp), T.sample_residual(frames * stride, seed=1)[::stride],
-                     T.sample_residual(frames * stride, seed=2)[::stride], blink):
+    zero = torch.zeros(n, T.config.k_exp)
+    by_hand = (torch.arange(n) % 2 == 0).float()  # every other frame closed
+    variants = [(zero, None)]
+    for seed in (1, 2):
+        r, b = T.sample_expression(frames * stride, seed=seed)
+        variants.append((r[::stride], b[::stride]))
+    variants.append((zero, by_hand))
+    for residual, blink in variants:
         with torch.no_grad():
-            img, _ = T.frames(ce[idx] + residual, cl[idx], vm, K, size, size)
+            img, _ = T.frames(ce[idx] + residual, cl[idx], vm, K, size, size, blink=blink)
         cols.append(img)
     # rows = frames, columns = variants
     rows = [torch.stack([c[k] for c in cols]) for k in range(n)]

@@ -28,7 +28,8 @@ def talker():
         T.body_w2c.copy_(vm)
         T.default_K.copy_(K)
         T.residual_track.normal_()
-        T.blink_direction.fill_(1.0)
+        T.blink_map.normal_()
+        T.blink_track.copy_((torch.arange(50) % 10 < 3).float())  # a blink every 10 frames
         T.background.fill_(0.25)
     return T.eval()
 

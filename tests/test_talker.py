@@ -388,9 +388,74 @@ def test_bad_talker_files_get_clear_errors(tmp_path):
             load_talker(bad)
 
 
-def test_sample_residual_is_seeded_and_varies():
+def test_sample_expression_is_seeded_and_keeps_blinks_with_their_residual():
     T = _tiny_talker()
-    a, b = T.sample_residual(20, seed=1), T.sample_residual(20, seed=1)
-    c = T.sample_residual(20, seed=2)
-    assert a.shape == (20, 2) and torch.equal(a, b)
+    with torch.no_grad():
+        T.blink_track.copy_(torch.tensor([0, 0, 1, 1, 0, 0, 0.5]))
+        T.residual_track[:, 0] = T.blink_track * 10  # the excerpts must keep the two tracks aligned
+    a, ba = T.sample_expression(20, seed=1)
+    b, bb = T.sample_expression(20, seed=1)
+    c, _ = T.sample_expression(20, seed=2)
+    assert a.shape == (20, 2) and ba.shape == (20,) and torch.equal(a, b) and torch.equal(ba, bb)
     assert not torch.equal(a, c)
+    assert torch.allclose(a[:, 0], ba * 10) and float(ba.max()) > 0
+
+
+def test_eyelid_layer_moves_only_the_eyes():
+    from dgtalker.prior import load_prior
+    from dgtalker.talker import eye_region
+
+    G = load_prior()
+    texels, weight = eye_region(G)
+    R = G.config.resolution
+    # the region: both eyes of the template, in front, between the nose bridge and the temples
+    pos = G.template_position[torch.isin(G.template_texel_index, texels)]
+    assert 500 < texels.numel() < 2000 and float(weight.max()) == 1.0 and float(weight.min()) > 0
+    assert float(pos[:, 2].min()) > 0.03 and (pos[:, 0] > 0).any() and (pos[:, 0] < 0).any()
+    assert float(pos[:, 1].min()) > -0.005 and float(pos[:, 1].max()) < 0.04
+    T = Talker(G, TalkerConfig(k_exp=2, k_lip=2), residual_frames=3)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        T.blink_map.normal_()
+    c = torch.randn(2, 2)
+    with torch.no_grad():
+        none = T.gaussians(c, c)
+        zero = T.gaussians(c, c, blink=torch.zeros(2))
+        shut = T.gaussians(c, c, blink=torch.tensor([1.0, 0.0]))
+    for a, b in zip(none, zero):
+        assert torch.equal(a, b)
+    Gp = G.config.gaussians_per_texel
+    in_eye = torch.isin(G.template_texel_index, texels).repeat_interleave(Gp)
+    moved = (shut[0][0] - none[0][0]).abs().sum(-1) + (shut[4][0] - none[4][0]).abs().sum(-1)
+    assert float(moved[~in_eye].abs().max()) == 0.0 and float(moved[in_eye].mean()) > 1e-3
+    assert torch.equal(shut[0][1], none[0][1])  # the frame with blink 0 is untouched
+    assert R * R > int(texels.max())
+
+
+def test_blink_amounts_from_eyelid_distance():
+    open_ = np.full(40, 10.0)
+    open_[::7] = 9.0       # landmark jitter: 10% closed stays open
+    open_[20:23] = (5.0, 2.0, 1.0)
+    b = I.blink_amounts(open_)
+    assert b[0] == 0 and b[7] == 0
+    assert 0.4 < b[20] < 0.7 and b[21] == pytest.approx(1.0) and b[22] == 1.0
+
+
+def test_blink_frames_are_drawn_for_the_eyelid_layer(tmp_path):
+    blink = torch.zeros(100)
+    blink[40:43] = 1.0
+    p = I.expression_weights(torch.ones(100), 0.0, blink, 0.2)
+    assert p[40] == pytest.approx(0.8 / 100 + 0.2 / 3) and p[0] == pytest.approx(0.8 / 100)
+    assert I.expression_weights(torch.ones(100), 0.0, torch.zeros(100), 0.2) is None  # no blinks: uniform
+    # the sample clip blinks at frames 43-46 (held out there: here they are trained on); training learns an
+    # eyelid layer from them and keeps the clip's blink track
+    import shutil
+
+    clip = shutil.copytree(SAMPLE, tmp_path / "clip")
+    (clip / "splits.json").write_text(json.dumps({"train": list(range(48)), "heldout": [48, 49]}))
+    cfg = tiny_config(steps=6, locality=0.0, distill_weight=0.0, blink_share=0.5)
+    out = tmp_path / "t.safetensors"
+    I.train_identity(clip, out, cfg, prior=tiny_generator(), device="cpu", progress=False)
+    T = load_talker(out)
+    assert float(T.blink_map.abs().max()) > 0
+    assert float(T.blink_track[44]) == 1.0 and float(T.blink_track[:40].max()) == 0.0

@@ -178,12 +178,14 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
     with torch.no_grad():
         c_exp, c_lip = talker.coefficients(torch.from_numpy(feats.windows), causal=causal)
     Ke = talker.config.k_exp
+    blinks = None
     if expression is None:
         resid = torch.zeros(T, Ke, device=dev)
     elif isinstance(expression, str):
         if expression != "sample":
             raise RenderError(f"expression must be None, 'sample' or coefficients [Ke] / [T, Ke], got {expression!r}")
-        resid = talker.sample_residual(T, seed=seed).to(dev)
+        resid, blinks = talker.sample_expression(T, seed=seed)
+        resid, blinks = resid.to(dev), blinks.to(dev)
     else:
         e = torch.as_tensor(np.asarray(expression) if not isinstance(expression, torch.Tensor) else expression,
                             dtype=torch.float32, device=dev)
@@ -198,8 +200,9 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
         if b.dim() == 0:
             b = b.expand(T)
         if b.shape != (T,) or not bool(torch.isfinite(b).all()):
-            raise RenderError(f"blink must be a number or [{T}] per-frame amounts (1 = closed), got {list(b.shape)}")
-        c_exp = c_exp + b[:, None] * talker.blink_direction.to(dev)
+            raise RenderError(f"blink must be a number or [{T}] per-frame amounts (0 open, 1 closed), got "
+                              f"{list(b.shape)}")
+        blinks = b
     c_exp, c_lip = c_exp * exp_scale, c_lip * lip_scale
     bg = None
     if background is not None:
@@ -213,7 +216,8 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
         e = slice(s, min(s + batch, T))
         with torch.no_grad():
             img, a = talker.frames(c_exp[e].to(dev), c_lip[e].to(dev), vm[e].to(dev), K[e].to(dev), W, H,
-                                   body=None if body is None else body[e].to(dev), background=bg)
+                                   body=None if body is None else body[e].to(dev),
+                                   blink=None if blinks is None else blinks[e], background=bg)
         frames[e] = (img.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         alphas[e] = a.cpu()
     return Video(frames, alphas, fps, (samples, rate))

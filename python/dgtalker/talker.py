@@ -12,13 +12,17 @@ A talker is the prior's generator tuned to one person plus what drives it:
   (two-sided smoothing); ``causal_encoder``: the same with at most
   ``causal_encoder.lookahead_seconds()`` (<= 0.2 s) of look-ahead, for streaming;
 - ``residual_track [T, Ke]``: the learned per-frame expression residual of the
-  training clip (blinks, gaze, brow motion that speech does not determine). At
-  inference ``c_exp = encoder(speech) + residual``; the residual is zero (the
-  clip's mean expression), a seeded excerpt of this track (``sample_residual``:
-  natural blinks and brow motion at the clip's own rates, different per seed), or
-  set by the caller; ``blink_direction [Ke]`` is the residual direction fitted to
-  the clip's eyelid landmarks (when it has them) to close both eyes — only as good as
-  the residual codes are at blinks (docs/talker.md says how good: not yet);
+  training clip (gaze, brow motion that speech does not determine). At inference
+  ``c_exp = encoder(speech) + residual``; the residual is zero (the clip's mean
+  expression), a seeded excerpt of this track (``sample_expression``: natural brow
+  motion and blinks at the clip's own times and rates, different per seed), or set
+  by the caller;
+- the eyelid layer: ``blink_map [14 G, M_eye]``, a learned offset of the generator's
+  raw maps on the template's eye texels, added ``b`` times per frame (``b`` in
+  [0, 1], 1 closes both eyes) before the decode kernel. Blinks are too rare and too
+  small for the latent blendshapes to learn; here each training frame's ``b`` is
+  measured from the clip's eyelid landmarks (``blink_track [T]``), and the map learns
+  what a closed eye looks like from those frames;
 - the torso: template Gaussians of the shoulders follow a fixed *body camera*
   (the clip's mean camera), those of the head follow the head's camera, and the
   neck blends between the two by height (linear blend skinning), so a turning head
@@ -102,6 +106,27 @@ def neck_skin_weights(generator) -> Tensor:
     return w.repeat_interleave(G)
 
 
+# the template's eye region (head frame, metres): the corpus puts the eye centres at
+# |x| 2.9-3.4 cm, y 1.4-2.2 cm (radius 1.2 cm) and the brows from y 3.8 cm
+EYE_X, EYE_Y, EYE_FRONT_Z, EYE_RAMP = (0.007, 0.056), (-0.002, 0.036), 0.03, 0.004
+
+
+def eye_region(generator) -> tuple[Tensor, Tensor]:
+    """``(texels [M_eye], weight [M_eye])``: flat UV indices of the template texels around
+    the eyes and a window weight that is 1 inside the region and falls smoothly to 0
+    over its last ``EYE_RAMP`` metres, so the eyelid layer leaves no seam."""
+    x, y, z = generator.template_position.unbind(-1)
+    ax = x.abs()
+
+    def inside(v, lo, hi):  # 0 outside [lo, hi], rising to 1 over EYE_RAMP inside it
+        t = torch.minimum(v - lo, hi - v).div(EYE_RAMP).clamp(0, 1)
+        return t * t * (3 - 2 * t)
+
+    w = inside(ax, *EYE_X) * inside(y, *EYE_Y) * (z > EYE_FRONT_Z)
+    keep = w > 0
+    return generator.template_texel_index[keep].clone(), w[keep].float()
+
+
 def _quat_mul(a: Tensor, b: Tensor) -> Tensor:
     aw, ax, ay, az = a.unbind(-1)
     bw, bx, by, bz = b.unbind(-1)
@@ -170,7 +195,12 @@ class Talker(nn.Module):
         self.encoder = AudioEncoder(enc, seed=seed)
         self.causal_encoder = AudioEncoder(enc.causal(cfg.max_lookahead_s), seed=seed + 1)
         self.residual_track = nn.Parameter(torch.zeros(max(1, int(residual_frames)), cfg.k_exp))
-        self.register_buffer("blink_direction", torch.zeros(cfg.k_exp))
+        texels, weight = eye_region(generator)
+        self.register_buffer("eye_texels", texels, persistent=False)
+        self.register_buffer("eye_weight", weight, persistent=False)
+        self.blink_map = nn.Parameter(torch.zeros(generator.output_bias.shape[0], texels.numel()))
+        # the training clip's blink amount per frame, from its eyelid landmarks (zeros without them)
+        self.register_buffer("blink_track", torch.zeros(max(1, int(residual_frames))))
         # the training clip's coefficient statistics ([c_exp + residual, c_lip]): what
         # "a typical motion of this component" is (blendshape sheets, disentanglement)
         self.register_buffer("coef_mean", torch.zeros(cfg.k_exp + cfg.k_lip))
@@ -208,15 +238,16 @@ class Talker(nn.Module):
         enc = self.causal_encoder if causal else self.encoder
         return enc(windows.to(self.device, torch.float32))
 
-    def sample_residual(self, num_frames: int, seed: int | None = None) -> Tensor:
-        """``[T, Ke]`` expression residual for a new clip: consecutive excerpts of the
-        training clip's residual track, chosen by ``seed``, joined with short
+    def sample_expression(self, num_frames: int, seed: int | None = None) -> tuple[Tensor, Tensor]:
+        """``(residual [T, Ke], blink [T])`` for a new clip: consecutive excerpts of the
+        training clip's residual and blink tracks, chosen by ``seed``, joined with short
         crossfades, so blinks and brow motion keep the clip's timing and rates."""
-        track = self.residual_track.detach()
+        track = torch.cat([self.residual_track.detach(), self.blink_track[:, None].to(self.residual_track)], 1)
         n = track.shape[0]
         g = torch.Generator().manual_seed(0 if seed is None else int(seed))
         if n < 2:
-            return track[:1].expand(num_frames, -1).clone()
+            out = track[:1].expand(num_frames, -1).clone()
+            return out[:, :-1], out[:, -1]
         seg = max(2, min(n // 2, int(4 * self.config.fps)))  # ~4 s excerpts (shorter tracks: half of it)
         fade = min(5, seg // 2)
         out = torch.empty(num_frames, track.shape[1], device=track.device)
@@ -232,7 +263,7 @@ class Talker(nn.Module):
             out[t:t + k] = piece[:k]
             prev = piece[-fade:] if k == seg else None
             t += k
-        return out
+        return out[:, :-1], out[:, -1]
 
     # -- the frame path ----------------------------------------------------------------
     def latents(self, c_exp: Tensor, c_lip: Tensor) -> tuple[Tensor, Tensor]:
@@ -245,14 +276,25 @@ class Talker(nn.Module):
         return compose_latent(self.w_can, B_exp.contiguous(), B_lip.contiguous(), se.contiguous(), sl.contiguous(),
                               G.affine_weight, G.affine_bias)
 
-    def gaussians(self, c_exp: Tensor, c_lip: Tensor, *, amp: bool = False):
+    def gaussians(self, c_exp: Tensor, c_lip: Tensor, *, blink: Tensor | None = None, amp: bool = False):
         """Gaussians ``(means, quats, scales, opacities, colors)`` ``[F, N, ...]`` of the
-        head at rest on its torso (use ``pose_torso`` for a moving head)."""
+        head at rest on its torso (use ``pose_torso`` for a moving head); ``blink [F]``
+        closes the eyes by that amount (the eyelid layer; None: open)."""
         _, styles = self.latents(c_exp, c_lip)
         use_amp = amp and styles.is_cuda
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
             raw = self.generator.synthesize(styles, network=self._fast_synthesis if use_amp else None)
-        return self.generator.decode(raw.float().contiguous())
+        raw = raw.float()
+        if blink is not None:
+            raw = raw + blink.to(raw)[:, None, None, None] * self.eyelid_offset()
+        return self.generator.decode(raw.contiguous())
+
+    def eyelid_offset(self) -> Tensor:
+        """The eyelid layer as raw maps ``[14 G, R, R]``: what a fully closed eye adds."""
+        R = self.generator.config.resolution
+        C = self.blink_map.shape[0]
+        flat = self.blink_map.new_zeros(C, R * R).index_copy(1, self.eye_texels, self.blink_map * self.eye_weight)
+        return flat.view(C, R, R)
 
     def pose_torso(self, gaussians, body: Tensor | None):
         means, quats, scales, opac, colors = gaussians
@@ -289,11 +331,12 @@ class Talker(nn.Module):
         return self.default_w2c.clone(), resize_intrinsics(self.default_K, self.config.width, self.config.height, W, H)
 
     def frames(self, c_exp: Tensor, c_lip: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int, *,
-               body: Tensor | None = None, background: Tensor | None = None, amp: bool = False,
-               checked: bool | None = None) -> tuple[Tensor, Tensor]:
+               body: Tensor | None = None, blink: Tensor | None = None, background: Tensor | None = None,
+               amp: bool = False, checked: bool | None = None) -> tuple[Tensor, Tensor]:
         """Renders F frames from coefficients ``[F, K]`` and cameras ``[F, 4, 4]``/``[F, 3, 3]``;
-        ``body [F, 4, 4]`` poses the torso (``body_transforms``), None keeps it at rest."""
-        g = self.pose_torso(self.gaussians(c_exp, c_lip, amp=amp), body)
+        ``body [F, 4, 4]`` poses the torso (``body_transforms``), None keeps it at rest;
+        ``blink [F]`` closes the eyes (0 open, 1 closed; None: open)."""
+        g = self.pose_torso(self.gaussians(c_exp, c_lip, blink=blink, amp=amp), body)
         return self.rasterize(g, viewmats, Ks, width, height, background=background, checked=checked)
 
     # -- the inference API (dgtalker.render) --------------------------------------------
@@ -305,9 +348,10 @@ class Talker(nn.Module):
         ``camera``: None (the training framing), ``(viewmat, K)``, per-frame
         ``(viewmats [T,4,4], Ks [T,3,3])`` (``dgtalker.camera.spiral/path/orbit``), or a
         dataset (its own cameras). ``expression``: None (from speech), ``"sample"``
-        (the residual sampled with ``seed``: other blinks and brow motion for the same
-        speech), or coefficients ``[Ke]`` / ``[T, Ke]`` replacing ``c_exp``. ``blink``:
-        a number or ``[T]`` amounts along ``blink_direction`` (1 closes the eyes).
+        (the residual and blinks sampled with ``seed``: other blinks and brow motion for
+        the same speech), or coefficients ``[Ke]`` / ``[T, Ke]`` replacing ``c_exp``.
+        ``blink``: a number or ``[T]`` amounts of the eyelid layer (0 open, 1 closed),
+        replacing the sampled blinks.
         ``lip_scale`` / ``exp_scale`` exaggerate (> 1) or damp (< 1) the branches.
         ``background``: None (the plate), an RGB colour or an image. Further options:
         ``width``, ``height``, ``batch``, ``causal`` (the streaming encoder),
@@ -332,7 +376,8 @@ class Talker(nn.Module):
         synth = [p for n, p in G.named_parameters() if not n.startswith("mapping.") and n != "output_bias"]
         return {"synthesis": synth, "output_bias": [G.output_bias], "w_can": [self.w_can],
                 "blendshapes": list(self.blendshapes.parameters()), "encoder": list(self.encoder.parameters()),
-                "causal_encoder": list(self.causal_encoder.parameters()), "residual": [self.residual_track]}
+                "causal_encoder": list(self.causal_encoder.parameters()), "residual": [self.residual_track],
+                "eyelid": [self.blink_map]}
 
 
 # ----------------------------------------------------------------------------------
@@ -347,7 +392,8 @@ class TalkerCheckpointError(CheckpointError):
     The message names the file and the problem."""
 
 
-_OPTIONAL_BUFFERS = ("coef_mean", "coef_std")
+_OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "blink_track")
+_RETIRED = ("blink_direction",)  # a residual direction that never closed the eyes; the eyelid layer replaced it
 _KEEP_FLOAT32 = ("w_can", "blendshapes.", "body_w2c", "default_w2c", "default_K", "encoder.mel_", "causal_encoder.mel_")
 
 
@@ -412,7 +458,7 @@ def load_talker(path=None, *, device=None) -> Talker:
     generator = generator_from_tensors(path, gcfg, gen_tensors, error=TalkerCheckpointError)
     talker = Talker(generator, cfg, residual_frames=n_res)
     expected = talker.state_dict()
-    rest = {k: v for k, v in tensors.items()}
+    rest = {k: v for k, v in tensors.items() if k not in _RETIRED}
     for k in _OPTIONAL_BUFFERS:  # files written before these existed keep their defaults
         if k not in rest:
             rest[k] = expected[k]

@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--focus", type=float, default=d.focus,
                    help="share (0-1) of expression frames drawn in proportion to their last upper-face error, so "
                         f"rare events such as blinks are seen often (default {d.focus}: uniform)")
+    p.add_argument("--blink-share", type=float, default=d.blink_share,
+                   help="share (0-1) of expression frames drawn among the clip's closed-eye frames (from its "
+                        f"eyelid landmarks), so the eyelid layer sees enough blinks (default {d.blink_share})")
     p.add_argument("--aniso", type=float, default=d.aniso_reg,
                    help="weight of the penalty on needle-like Gaussians (largest/middle axis > 4), which "
                         f"the training views cannot see but side views do (default {d.aniso_reg})")
@@ -86,7 +89,7 @@ def run(args) -> int:
                               locality=args.locality, lr_output_bias=args.lr_output_bias,
                               aniso_reg=args.aniso, lr_residual=args.lr_residual,
                               focus=args.focus, leak_weight=args.leak,
-                              random_background=args.random_background)
+                              random_background=args.random_background, blink_share=args.blink_share)
     prior = None
     try:
         cfg.validate()
