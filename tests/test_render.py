@@ -253,6 +253,39 @@ def test_shipped_demo_talker_opens_its_mouth_for_speech_only():
     assert 0 < float((talking > 0.02).float().mean()) < 0.9, talking
 
 
+def _eye_colour_share(frames, talker, size):
+    """Share of pixels around both eyes (projected from the head frame) whose colour is
+    not skin's (red not above green: sclera, iris, pupil)."""
+    vm, K = talker.camera(size, size)
+    shares = []
+    for side in (-1.0, 1.0):
+        p = vm @ torch.tensor([0.031 * side, 0.018, 0.065, 1.0])
+        u, v = (K[:2, :2] @ (p[:2] / p[2]) + K[:2, 2]).tolist()
+        r = int(0.012 * K[0, 0] / p[2])
+        crop = frames[:, int(v) - r:int(v) + r, int(u) - r:int(u) + r].float() / 255
+        shares.append((crop[..., 0] - crop[..., 1] < 0.08).float().mean((1, 2)))
+    return torch.stack(shares).mean(0)
+
+
+def test_shipped_demo_talker_blinks_on_request():
+    from dgtalker.talker import load_talker
+
+    T = load_talker()
+    size = 128
+    quiet = (np.zeros(RATE // 5, np.float32), RATE)
+    opened = _eye_colour_share(T.render(quiet, width=size, height=size).frames, T, size)
+    shut = _eye_colour_share(T.render(quiet, width=size, height=size, blink=1.0).frames, T, size)
+    half = _eye_colour_share(T.render(quiet, width=size, height=size, blink=0.5).frames, T, size)
+    # the shipped talker: eye colours on 0.33 of the crop open, 0.05 shut. A talker without
+    # a trained eyelid layer (the one before it) renders 0.34 either way
+    assert float(opened.min()) > 0.2 and float(shut.max()) < 0.5 * float(opened.min()), (opened, shut)
+    assert float(shut.max()) <= float(half.min()) and float(half.max()) <= float(opened.max())
+    # its clip blinks, and sampled expressions carry those blinks
+    assert float((T.blink_track >= 0.5).float().mean()) > 0.02
+    _, blinks = T.sample_expression(250, seed=0)
+    assert float(blinks.max()) > 0.5
+
+
 def test_camera_turn_orbits_the_framing():
     """camera.turn moves a given camera around the look-at point exactly as orbit counts
     angles: turning the frontal orbit camera gives the orbit camera at that yaw/pitch."""
