@@ -366,3 +366,15 @@ def test_cli(synthetic, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["preprocess", str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_square_window_pads_outside_the_frame():
+    from dgtalker.preprocess.video import square_window
+
+    img = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3) + 1
+    assert np.array_equal(square_window(img, 1, 1, 3), img[1:4, 1:4])  # inside: a plain slice
+    w = square_window(img, -2, 3, 4)  # sticks out left and below: zeros there
+    assert w.shape == (4, 4, 3) and (w[:, :2] == 0).all() and (w[2:] == 0).all()
+    assert np.array_equal(w[:2, 2:], img[3:5, 0:2])
+    e = square_window(img, -2, 3, 4, edge=True)  # the kept crop repeats the edge colours instead
+    assert np.array_equal(e[0, 0], img[3, 0]) and np.array_equal(e[3, 3], img[4, 1])

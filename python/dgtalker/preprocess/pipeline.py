@@ -114,12 +114,7 @@ def _crop_box(w2c, K, points, width, height):
 def _crop(img, x0, y0, side, size):
     from PIL import Image
 
-    H, W = img.shape[:2]
-    pad = max(0, -x0, -y0, x0 + side - W, y0 + side - H)
-    if pad:
-        img = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-        x0, y0 = x0 + pad, y0 + pad
-    out = img[y0:y0 + side, x0:x0 + side]
+    out = vid.square_window(img, x0, y0, side, edge=True)
     if side != size:
         out = np.asarray(Image.fromarray(out).resize((size, size), Image.BOX if side > size else Image.BICUBIC))
     return np.ascontiguousarray(out)

@@ -136,13 +136,12 @@ class FaceTracker:
     def _mesh_in(self, rgb, region):
         from PIL import Image
 
-        H, W = rgb.shape[:2]
+        from .video import square_window
+
         cx, cy, side = region
         side = max(int(round(side)), 16)
         x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-        pad = max(0, -x0, -y0, x0 + side - W, y0 + side - H)
-        img = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0))) if pad else rgb
-        crop = img[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
+        crop = square_window(rgb, x0, y0, side)
         scale = 1.0
         if side > self.MESH_INPUT:
             scale = side / self.MESH_INPUT

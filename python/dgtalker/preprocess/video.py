@@ -133,6 +133,17 @@ def probe(path, fps: float = 25.0) -> VideoInfo:
                      audio_rate=audio_rate, audio_start=audio_start)
 
 
+def square_window(img: np.ndarray, x0: int, y0: int, side: int, *, edge: bool = False) -> np.ndarray:
+    """The ``side`` x ``side`` window of ``img [H, W, C]`` whose top-left corner is
+    ``(x0, y0)`` (may lie outside the frame): padded with zeros, or with the edge
+    colours when ``edge`` (a crop that is kept should not show black borders)."""
+    H, W = img.shape[:2]
+    pad = max(0, -x0, -y0, x0 + side - W, y0 + side - H)
+    if pad:
+        img = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge" if edge else "constant")
+    return img[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
+
+
 def _turn(img: np.ndarray, rotation: int) -> np.ndarray:
     """The frame as displayed: turned ``rotation`` degrees clockwise."""
     return np.ascontiguousarray(np.rot90(img, -(rotation // 90))) if rotation else img
