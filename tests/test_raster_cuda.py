@@ -206,6 +206,26 @@ def test_cupy_forward_matches_torch():
         assert torch.allclose(torch.as_tensor(cp.asnumpy(a)), b.cpu(), atol=1e-5)
 
 
+def test_cupy_forward_rejects_bad_cameras_and_sizes():
+    cp = pytest.importorskip("cupy")
+    from dgtalker.ops.raster_array import rasterize_cupy
+    args = [cp.asarray(a.numpy()) for a in scene(n=100, seed=37)]
+    bad_k = args[6].copy()
+    bad_k[0, 0, 0] = -1.0
+    with pytest.raises(ValueError, match="Ks must be finite pinhole"):
+        rasterize_cupy(*args[:6], bad_k, 48, 40)
+    bad_v = args[5].copy()
+    bad_v[0, 1, 3] = float("nan")
+    with pytest.raises(ValueError, match="viewmats must be finite"):
+        rasterize_cupy(*args[:5], bad_v, args[6], 48, 40)
+    with pytest.raises(ValueError, match="width"):
+        rasterize_cupy(*args, 0, 40)
+    with pytest.raises(ValueError, match="near"):
+        rasterize_cupy(*args, 48, 40, near=0.0)
+    with pytest.raises(ValueError, match="background"):
+        rasterize_cupy(*args, 48, 40, background=cp.zeros(5, dtype=cp.float32))
+
+
 def test_invalid_values_found_on_device():
     args = [a.cuda() for a in scene(n=100, seed=35)]
     dgtalker.rasterize(*args, 48, 40)  # sizes this shape, so later calls do not wait

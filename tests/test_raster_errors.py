@@ -136,6 +136,14 @@ def test_camera_checks_are_shared_by_both_backends(case, spoil, pattern, bit):
     assert int(inp.invalid_flags) == bit
     ok = prepare_inputs(*good(), 48, 40, 0.01, 1e10, torch.rand(2, 3), check_values=False)
     assert int(ok.invalid_flags) == 0
+    # the CuPy path runs the same predicates through numpy's API: here on numpy arrays
+    import numpy as np
+
+    from dgtalker.ops._inputs import camera_checks, check_cameras_now
+
+    with pytest.raises(ValueError, match=pattern):
+        check_cameras_now(camera_checks(args[5].numpy(), args[6].numpy(), bg.numpy(), xp=np))
+    check_cameras_now(camera_checks(good()[5].numpy(), good()[6].numpy(), np.random.rand(2, 3), xp=np))
 
 
 def test_status_names_the_camera_and_background_bits():

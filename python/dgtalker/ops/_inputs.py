@@ -125,9 +125,7 @@ def prepare_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width,
         raise ValueError(f"colors must have 1 to {MAX_CHANNELS} channels, got C = {C}")
 
     width, height = _check_size("width", width), _check_size("height", height)
-    near, far = float(near), float(far)
-    if not (near > 0 and far > near and far < float("inf")):
-        raise ValueError(f"need 0 < near < far < inf, got near={near}, far={far}")
+    near, far = check_clip_planes(near, far)
 
     if background is not None:
         background = _require_tensor("background", background)
@@ -151,9 +149,7 @@ def prepare_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width,
     checks = camera_checks(viewmats, Ks, background)
     invalid_flags = None
     if check_values:
-        for name, what, ok, _ in checks:
-            if not bool(ok.all()):
-                raise ValueError(f"{name} must be {what}; {int((~ok).sum())} camera(s) are not")
+        check_cameras_now(checks)
     else:
         invalid_flags = camera_flags(checks)
 
@@ -165,17 +161,18 @@ def prepare_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width,
         width=width, height=height, near=near, far=far, invalid_flags=invalid_flags)
 
 
-def camera_checks(viewmats: Tensor, Ks: Tensor, background: Tensor | None) -> list[tuple[str, str, Tensor, int]]:
+def camera_checks(viewmats: Tensor, Ks: Tensor, background: Tensor | None, xp=torch) -> list[tuple[str, str, Tensor, int]]:
     """The per-camera value checks, for every backend: ``(argument, requirement,
-    ok [B] bool on the inputs' device, status bit)``. Nothing is read back."""
-    finite_k = torch.isfinite(Ks).all(dim=(1, 2))
+    ok [B] bool on the inputs' device, status bit)``. Nothing is read back. ``xp``: the
+    arrays' library (torch, or numpy / cupy for ``raster_array``)."""
+    finite_k = xp.isfinite(Ks).all(axis=(1, 2))
     k_ok = finite_k & (Ks[:, 0, 0] > 0) & (Ks[:, 1, 1] > 0) & (Ks[:, 0, 1] == 0) & (Ks[:, 1, 0] == 0)
     k_ok &= (Ks[:, 2, 0] == 0) & (Ks[:, 2, 1] == 0) & (Ks[:, 2, 2] == 1)
-    checks = [("viewmats", "finite", torch.isfinite(viewmats).all(dim=(1, 2)), INVALID_CAMERAS),
+    checks = [("viewmats", "finite", xp.isfinite(viewmats).all(axis=(1, 2)), INVALID_CAMERAS),
               ("Ks", "finite pinhole intrinsics [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0 (no skew)",
                k_ok, INVALID_CAMERAS)]
     if background is not None:
-        checks.append(("background", "finite", torch.isfinite(background).all(dim=1), INVALID_BACKGROUND))
+        checks.append(("background", "finite", xp.isfinite(background).all(axis=1), INVALID_BACKGROUND))
     return checks
 
 
@@ -187,6 +184,20 @@ def camera_flags(checks) -> Tensor:
         f = (~ok).any().to(torch.int64) * bit
         flags = f if flags is None else flags | f
     return flags
+
+
+def check_clip_planes(near, far) -> tuple[float, float]:
+    near, far = float(near), float(far)
+    if not (near > 0 and far > near and far < float("inf")):
+        raise ValueError(f"need 0 < near < far < inf, got near={near}, far={far}")
+    return near, far
+
+
+def check_cameras_now(checks) -> None:
+    """Raises for the first failed ``camera_checks`` entry (reads the flags back)."""
+    for name, what, ok, _ in checks:
+        if not bool(ok.all()):
+            raise ValueError(f"{name} must be {what}; {int((~ok).sum())} camera(s) are not")
 
 
 def _check_size(name: str, value) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dgtalker._engine import engine
 
+from ._inputs import _check_size, camera_checks, check_cameras_now, check_clip_planes
 from ._raster_common import (RasterInputError, _invalid_message, grown_capacity, initial_capacity,
                              set_input_addresses)
 
@@ -45,14 +46,21 @@ def rasterize_cupy(means, quats, scales, opacities, colors, viewmats, Ks, width:
     opacities = _check("opacities", opacities, lead, cp)
     colors = _check("colors", colors, lead + (None,), cp)
     C = colors.shape[-1]
+    width, height = _check_size("width", width), _check_size("height", height)
+    near, far = check_clip_planes(near, far)
+    bg = None
+    if background is not None:
+        bg = cp.asarray(background, dtype=cp.float32)
+        if bg.shape not in ((C,), (B, C)):
+            raise ValueError(f"background must have shape [C] = [{C}] or [B, C] = [{B}, {C}], got {list(bg.shape)}")
+        bg = cp.ascontiguousarray(cp.broadcast_to(bg.reshape(-1, C), (B, C)))
+    # cameras are checked here, as dgtalker.rasterize checks them (the kernel does not)
+    check_cameras_now(camera_checks(viewmats, Ks, bg, xp=cp))
     C_ = engine()
     cfg = C_.RasterConfig()
     cfg.batch, cfg.num_gaussians, cfg.channels, cfg.per_image = B, N, C, per_image
     cfg.width, cfg.height, cfg.near_plane, cfg.far_plane = int(width), int(height), float(near), float(far)
     cfg.capacity = initial_capacity(B, N)
-    bg = None
-    if background is not None:
-        bg = cp.ascontiguousarray(cp.broadcast_to(cp.asarray(background, dtype=cp.float32).reshape(-1, C), (B, C)))
     device = means.device.id
     stream = cp.cuda.get_current_stream().ptr
     with cp.cuda.Device(device):
