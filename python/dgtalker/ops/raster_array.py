@@ -59,7 +59,7 @@ def rasterize_cupy(means, quats, scales, opacities, colors, viewmats, Ks, width:
     C_ = engine()
     cfg = C_.RasterConfig()
     cfg.batch, cfg.num_gaussians, cfg.channels, cfg.per_image = B, N, C, per_image
-    cfg.width, cfg.height, cfg.near_plane, cfg.far_plane = int(width), int(height), float(near), float(far)
+    cfg.width, cfg.height, cfg.near_plane, cfg.far_plane = width, height, near, far
     cfg.capacity = initial_capacity(B, N)
     device = means.device.id
     stream = cp.cuda.get_current_stream().ptr

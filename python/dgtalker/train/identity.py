@@ -206,8 +206,8 @@ class ClipFrames:
         self.source = {"dataset": str(dataset.root), "dataset_source": dataset.meta.get("source"),
                        "train_frames": int(len(idx)), "seconds": round(len(idx) / self.fps, 3),
                        "fps": self.fps, "size": [dataset.width, dataset.height]}
-        self.eye_openness = _eye_openness(dataset)
-        b = None if self.eye_openness is None else blink_amounts(self.eye_openness)
+        openness = _eye_openness(dataset)
+        b = None if openness is None else blink_amounts(openness)
         self.blink = None if b is None else torch.from_numpy(b).to(device)  # per clip frame, 0 open .. 1 closed
         self.upper_error = torch.ones(len(idx))  # last upper-face error per frame (the sampler's state)
         self.split_blink = None if self.blink is None else self.blink[self.indices.to(self.blink.device)].cpu()
