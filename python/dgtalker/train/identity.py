@@ -85,6 +85,8 @@ class IdentityTrainConfig:
     distill_weight: float = 1.0       # causal encoder -> main encoder
     focus: float = 0.0                # share of expression frames drawn by their upper-face error (0: uniform)
     aniso_reg: float = 0.0            # penalty on needles (largest / middle axis above 4, or above 3 cm)
+    side_silhouette: float = 0.0      # weight of the prior's silhouettes at side views the clip does not show
+    side_resolution: int = 128        # image size of those side views
     random_background: float = 0.5    # share of steps composited over a random colour instead of the plate
     invert_steps: int = 150
     invert_resolution: int = 256
@@ -98,7 +100,8 @@ class IdentityTrainConfig:
     validate_frames: int = 8          # held-out frames used by that check
 
     def validate(self) -> None:
-        for name in ("steps", "resolution", "pairs", "checkpoint_every", "preview_every", "locality_every"):
+        for name in ("steps", "resolution", "pairs", "checkpoint_every", "preview_every", "locality_every",
+                     "side_resolution"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -438,6 +441,11 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
         out["distill"] = float(distill.detach())
     if reference is not None and cfg.locality > 0 and step % cfg.locality_every == 0:
         loss = loss + cfg.locality * locality_loss(talker.generator, reference, step, cfg)
+    if reference is not None and cfg.side_silhouette > 0:
+        side = side_silhouette_loss(talker, reference, _gather(gauss, torch.arange(P, device=dev)),
+                                    c_exp[:P], c_lip[:P], bi["w2c"], bi["K"], step, cfg)
+        loss = loss + cfg.side_silhouette * side
+        out["side_silhouette"] = float(side.detach())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -490,6 +498,50 @@ def locality_loss(generator, reference, step: int, cfg: IdentityTrainConfig, n: 
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
         out = generator.synthesis(generator.styles(w))
     return (out.float() - ref.float()).pow(2).mean()
+
+
+# side views: a talking-head clip turns the head by about +-15 degrees; beyond that the
+# tuned head's outline drifts from the prior's (measured on identity 7: the prior's
+# silhouette at 30-45 degrees is closer to the truth than the tuned head's)
+SIDE_YAW = (20.0, 45.0)
+SIDE_PITCH = 15.0
+
+
+def side_cameras(w2c: torch.Tensor, step: int, cfg: IdentityTrainConfig) -> torch.Tensor:
+    """Each camera ``[n, 4, 4]`` turned around the head by a seeded yaw of 20-45 degrees to
+    either side and a pitch within +-15 degrees."""
+    from ..camera import turn
+
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_037 + step)
+    n = w2c.shape[0]
+    yaw = torch.empty(n).uniform_(*SIDE_YAW, generator=g) * (torch.randint(0, 2, (n,), generator=g) * 2 - 1)
+    pitch = torch.empty(n).uniform_(-SIDE_PITCH, SIDE_PITCH, generator=g)
+    return torch.stack([turn(w2c[k], float(yaw[k]), float(pitch[k])) for k in range(n)])
+
+
+def side_silhouette_loss(talker, reference, gaussians, c_exp, c_lip, w2c, K, step: int,
+                         cfg: IdentityTrainConfig) -> torch.Tensor:
+    """Mean |alpha| difference between the tuned head (``gaussians``, the latents of
+    ``c_exp, c_lip``) and the prior's head at the same latents, seen from side cameras
+    (``side_cameras`` of ``w2c``) at ``side_resolution``. Only outlines are compared: the
+    prior's colours are not the person's."""
+    from ..camera import resize_intrinsics
+    from ..talker import body_transforms
+
+    R, S = cfg.resolution, cfg.side_resolution
+    views = side_cameras(w2c, step, cfg)
+    Ks = resize_intrinsics(K, R, R, S, S)
+    body = body_transforms(w2c, talker.body_w2c)  # the torso where frame i has it
+    black, checked = torch.zeros(3, device=w2c.device), (True if w2c.is_cuda else None)
+    with torch.no_grad():
+        w, _ = talker.latents(c_exp, c_lip)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.amp and w.is_cuda):
+            raw = reference.synthesize(reference.styles(w))
+        prior_g = talker.pose_torso(reference.decode(raw.float().contiguous()), body)
+        _, target = talker.rasterize(prior_g, views, Ks, S, S, background=black, checked=checked)
+    _, alpha = talker.rasterize(talker.pose_torso(gaussians, body), views, Ks, S, S, background=black,
+                                checked=checked)
+    return (alpha - target).abs().mean()
 
 
 @torch.no_grad()
@@ -723,7 +775,8 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
 
     try:
         while step < cfg.steps and elapsed() < budget:
-            metrics = train_step(talker, reference if cfg.locality > 0 else None, opt, data, step, cfg)
+            metrics = train_step(talker, reference if cfg.locality > 0 or cfg.side_silhouette > 0 else None, opt,
+                                 data, step, cfg)
             if not math.isfinite(metrics["loss"]):
                 raise FloatingPointError(f"loss became {metrics['loss']} at step {step}; lower the learning rates")
             step += 1

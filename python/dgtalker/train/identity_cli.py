@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aniso", type=float, default=d.aniso_reg,
                    help="weight of the penalty on needle-like Gaussians (largest/middle axis > 4), which "
                         f"the training views cannot see but side views do (default {d.aniso_reg})")
+    p.add_argument("--side-silhouette", type=float, default=d.side_silhouette, metavar="W",
+                   help="weight of the prior's outlines at side views 20-45 degrees beyond the clip's cameras "
+                        f"(the tuned head's outline drifts there; default {d.side_silhouette})")
     p.add_argument("--random-background", type=float, default=d.random_background, metavar="SHARE",
                    help="share (0-1) of steps whose frames are composited over a random colour (by their "
                         "foreground masks) instead of the background plate, so no Gaussian can pass for "
@@ -89,7 +92,8 @@ def run(args) -> int:
                               locality=args.locality, lr_output_bias=args.lr_output_bias,
                               aniso_reg=args.aniso, lr_residual=args.lr_residual,
                               focus=args.focus, leak_weight=args.leak,
-                              random_background=args.random_background, blink_share=args.blink_share)
+                              random_background=args.random_background, blink_share=args.blink_share,
+                              side_silhouette=args.side_silhouette)
     prior = None
     try:
         cfg.validate()
