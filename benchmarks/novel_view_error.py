@@ -9,7 +9,10 @@
   outline (silhouette misplacement shows there).
 
 For each, its share of the pixels and of the squared error, and the PSNR without it.
-Both sides are composited over one grey, as ``dgtalker eval`` does for novel views.
+Also the PSNR of every novel camera (signed yaw x pitch), and how far the clip's own
+cameras turn around the head (``camera.orbit_angles``): views outside that range are
+extrapolated. Both sides are composited over one grey, as ``dgtalker eval`` does for
+novel views.
 
     python benchmarks/novel_view_error.py --talker T.safetensors --data data/id007 [--json OUT]
 """
@@ -60,6 +63,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
 
+    from dgtalker.camera import orbit_angles
     from dgtalker.data import load
     from dgtalker.eval.evaluate import _GroundTruth, clip_coefficients, view_cameras
     from dgtalker.talker import body_transforms, load_talker
@@ -74,8 +78,10 @@ def main() -> None:
     seen = (visibility(T, data, train, ce, cl, a.size) > a.seen).float()
     grey = torch.full((3,), 0.5)
     truth = _GroundTruth(nv, a.size, "cpu")
-    yaw = np.abs(np.asarray(nv.extra["yaw_deg"]))
+    signed_yaw, pitch = np.asarray(nv.extra["yaw_deg"]), np.asarray(nv.extra.get("pitch_deg", np.zeros(len(nv))))
+    yaw = np.abs(signed_yaw)
     rows: dict = {}
+    grid: dict = {}
     for i in range(len(nv)):
         f = nv.frame_index[[i]]
         w2c, K = view_cameras(nv, np.array([i]), a.size, data.width, data.height, "cpu")
@@ -92,6 +98,7 @@ def main() -> None:
                    "outline": outline(m[0, ..., 3] > 0.5, a.band)}
         r = rows.setdefault(int(yaw[i]), {"mse": []})
         r["mse"].append(float(err.mean()))
+        grid.setdefault((int(pitch[i]), int(signed_yaw[i])), []).append(float(err.mean()))
         for name, px in regions.items():
             r.setdefault(name + "_pixels", []).append(float(px.float().mean()))
             r.setdefault(name + "_error", []).append(float(err[px].sum() / err.sum()))
@@ -112,8 +119,20 @@ def main() -> None:
               f"{o['psnr_without_outline']:.2f} |")
     print(f"never seen: {int((seen == 0).sum())} of {seen.numel()} Gaussians "
           f"({len(train)} training frames at {a.size}²)")
+    yaws, pitches = sorted({k[1] for k in grid}), sorted({k[0] for k in grid})
+    psnr_grid = {f"{p},{y}": float(np.mean([-10 * np.log10(x) for x in grid[(p, y)]])) for p, y in grid}
+    print("\nPSNR per novel camera\n| pitch \\ yaw | " + " | ".join(f"{y}°" for y in yaws) + " |\n|"
+          + "---|" * (len(yaws) + 1))
+    for p in pitches:
+        print(f"| {p}° | " + " | ".join(f"{psnr_grid.get(f'{p},{y}', float('nan')):.2f}" for y in yaws) + " |")
+    ang = orbit_angles(data.w2c[np.asarray(data.splits["train"])])
+    reach = {name: [float(v) for v in np.percentile(ang[:, k], [0, 5, 50, 95, 100])]
+             for k, name in enumerate(("yaw", "pitch"))}
+    print("training cameras around the head (min / 5% / median / 95% / max): "
+          + "; ".join(f"{n} " + " / ".join(f"{v:.1f}°" for v in q) for n, q in reach.items()))
     if a.json:
         a.json.write_text(json.dumps({"talker": str(a.talker), "per_yaw": out,
+                                      "psnr_per_camera": psnr_grid, "training_camera_angles": reach,
                                       "never_seen_gaussians": int((seen == 0).sum()),
                                       "gaussians": int(seen.numel())}, indent=1))
 

@@ -297,6 +297,7 @@ def test_camera_turn_orbits_the_framing():
     for yaw, pitch in ((20, 0), (-35, 10)):
         want, _ = dgtalker.camera.orbit(yaw, pitch, width=32, height=32)
         assert torch.allclose(dgtalker.camera.turn(front, yaw, pitch), want, atol=1e-5), (yaw, pitch)
+        assert np.allclose(dgtalker.camera.orbit_angles(want), (yaw, pitch), atol=1e-4)  # its inverse
     # a camera at another distance keeps its distance to the target
     far = front.clone()
     far[2, 3] += 0.3

@@ -78,6 +78,18 @@ def turn(viewmat, yaw: float, pitch: float = 0.0, *, target=None):
     return (viewmat.to(torch.float64) @ M.to(viewmat.device)).to(viewmat.dtype)
 
 
+def orbit_angles(viewmats, target=None) -> np.ndarray:
+    """``[..., 2]`` (yaw, pitch) in degrees of cameras ``[..., 4, 4]`` (numpy or torch) around
+    ``target`` (head frame; default the corpus' look-at point), as ``orbit`` counts them:
+    e.g. how far a clip's head turns relative to its camera."""
+    v = np.asarray(viewmats.detach().cpu() if hasattr(viewmats, "detach") else viewmats, np.float64)
+    centre = -np.einsum("...ji,...j->...i", v[..., :3, :3], v[..., :3, 3])
+    d = centre - np.asarray(DEFAULT_TARGET if target is None else target, np.float64)
+    yaw = np.degrees(np.arctan2(d[..., 0], d[..., 2]))
+    pitch = np.degrees(np.arctan2(d[..., 1], np.hypot(d[..., 0], d[..., 2])))
+    return np.stack([yaw, pitch], -1)
+
+
 def orbit(yaw: float, pitch: float, *, distance: float | None = None, fov: float | None = None,
           width: int, height: int, target=None):
     """(viewmat [4, 4], K [3, 3]) float32 torch tensors of a camera looking at the head.

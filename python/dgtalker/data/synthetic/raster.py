@@ -52,6 +52,7 @@ _FRAG_SHADE = """
 #version 330
 uniform sampler2D tex;
 uniform vec3 cam_pos;        // camera centre in the head frame
+uniform vec3 spec_pos;       // where the highlights are seen from (normally cam_pos)
 uniform vec3 cam_z;          // camera forward axis in the head frame
 uniform vec3 light_dir[3];   // unit vectors towards the lights, head frame
 uniform vec3 light_col[3];
@@ -74,7 +75,7 @@ void main() {
     vec3 col = albedo * mix(ambient_down, ambient_up, hemi) * v_tint.a;
     for (int i = 0; i < 3; ++i) {
         float d = max((dot(n, light_dir[i]) + wrap) / (1.0 + wrap), 0.0);
-        vec3 h = normalize(light_dir[i] + view);
+        vec3 h = normalize(light_dir[i] + normalize(spec_pos - v_pos));
         float s = pow(max(dot(n, h), 0.0), shininess) * spec_strength * step(0.0, dot(n, light_dir[i]));
         col += light_col[i] * (albedo * d * mix(1.0, v_tint.a, 0.6) + s * v_tint.a);
     }
@@ -262,13 +263,15 @@ class MeshRenderer:
         prog["w2c"].write(np.ascontiguousarray(w2c.T, dtype="f4").tobytes())
 
     def render(self, K: np.ndarray, w2c: np.ndarray, lighting: Lighting,
-               head_to_world_rot: np.ndarray):
+               head_to_world_rot: np.ndarray, specular_from: np.ndarray | None = None):
         """Render the current geometry for one camera.
 
         Returns ``rgb`` uint8 [H, W, 3]; ``labels`` float32 [H, W, 4] in [0, 1]: the
         coverage of the head, lower-face, upper-face and person labels, anti-aliased
         exactly like the image; ``depth`` float32 [H, W]: the nearest camera z among a
         pixel's samples (inf on background), for landmark visibility.
+        ``specular_from``: another camera's world-to-camera matrix whose view direction
+        the highlights take (measures how much of an image is view-dependent).
         """
         import moderngl
 
@@ -277,6 +280,8 @@ class MeshRenderer:
         p = self._prog
         self._set_camera(p, K, w2c, self.ss)
         p["cam_pos"].value = tuple(cam_pos)
+        spec = cam_pos if specular_from is None else -specular_from[:3, :3].T @ specular_from[:3, 3]
+        p["spec_pos"].value = tuple(spec)
         p["cam_z"].value = tuple(w2c[2, :3])
         # lights live in the world; the meshes live in the head frame
         dirs = (R.T @ lighting.directions.T).T
