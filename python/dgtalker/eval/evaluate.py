@@ -220,7 +220,9 @@ def spiral_consistency(talker, dataset, *, frame: int = 0, views: int = 24, size
     gap over the distance between the eye corners, 33 and 263) varies with the view
     (coefficient of variation; a consistent head keeps its mouth the same from every
     side, though foreshortening alone moves this ratio by several percent at ±25°, so
-    compare talkers by it rather than read it as an absolute). Needs mediapipe."""
+    compare talkers by it rather than read it as an absolute; it is a ratio to the
+    mean gap, so take a frame with the mouth open and faces of 256 px or more).
+    Needs mediapipe."""
     from ..camera import spiral
     from . import landmarks as L
 
