@@ -9,8 +9,10 @@
   outline (silhouette misplacement shows there).
 
 For each, its share of the pixels and of the squared error, and the PSNR without it.
-Also the PSNR of every novel camera (signed yaw x pitch), and how far the clip's own
-cameras turn around the head (``camera.orbit_angles``): views outside that range are
+Also the outline error (mean |alpha - the truth's foreground|) of the talker and of the
+untuned prior at the same latents (what the tuning does to the silhouette where the
+clip shows it and beyond), the PSNR of every novel camera (signed yaw x pitch), and
+how far the clip's own cameras turn around the head (``camera.orbit_angles``): views outside that range are
 extrapolated. Both sides are composited over one grey, as ``dgtalker eval`` does for
 novel views.
 
@@ -19,6 +21,7 @@ novel views.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -66,9 +69,12 @@ def main() -> None:
     from dgtalker.camera import orbit_angles
     from dgtalker.data import load
     from dgtalker.eval.evaluate import _GroundTruth, clip_coefficients, view_cameras
+    from dgtalker.prior import load_prior
     from dgtalker.talker import body_transforms, load_talker
 
     T = load_talker(a.talker, device="cpu")
+    untuned = copy.deepcopy(T)  # the same talker on the prior's own network
+    untuned.generator.load_state_dict(load_prior(device="cpu").state_dict())
     data = load(a.data)
     nv = data.novel
     if nv is None:
@@ -93,11 +99,15 @@ def main() -> None:
             img, alpha = T.rasterize(g, w2c, K, a.size, a.size, background=grey)
             seen_alpha, _ = T.rasterize((*g[:4], seen[None, :, None].expand(1, -1, 3).contiguous()), w2c, K,
                                         a.size, a.size, background=torch.zeros(3))
+            _, prior_alpha = untuned.rasterize(untuned.pose_torso(untuned.gaussians(ce[f], cl[f]), body), w2c, K,
+                                               a.size, a.size, background=grey)
         err = ((img.clamp(0, 1) - gt) ** 2).mean(-1)[0]
         regions = {"never_seen": (alpha[0] - seen_alpha[0, ..., 0]) > 0.5,
                    "outline": outline(m[0, ..., 3] > 0.5, a.band)}
         r = rows.setdefault(int(yaw[i]), {"mse": []})
         r["mse"].append(float(err.mean()))
+        r.setdefault("alpha_error", []).append(float((alpha[0] - m[0, ..., 3]).abs().mean()))
+        r.setdefault("prior_alpha_error", []).append(float((prior_alpha[0] - m[0, ..., 3]).abs().mean()))
         grid.setdefault((int(pitch[i]), int(signed_yaw[i])), []).append(float(err.mean()))
         for name, px in regions.items():
             r.setdefault(name + "_pixels", []).append(float(px.float().mean()))
@@ -105,18 +115,19 @@ def main() -> None:
             r.setdefault("mse_without_" + name, []).append(float(err[~px].sum() / err.numel()))
     out = {}
     print("| |yaw| | PSNR | never-seen: pixels / error | PSNR without it | outline band: pixels / error | "
-          "PSNR without it |\n|---|---|---|---|---|---|")
+          "PSNR without it | outline error: talker / untuned prior |\n|---|---|---|---|---|---|---|")
     for b in sorted(rows):
         r = rows[b]
         db = lambda k: float(np.mean([-10 * np.log10(x) for x in r[k]]))  # noqa: E731
         pct = lambda k: 100 * float(np.mean(r[k]))  # noqa: E731
         out[b] = {"psnr": db("mse"), "views": len(r["mse"]), **{
             f"{n}_{q}": pct(f"{n}_{q}") for n in ("never_seen", "outline") for q in ("pixels", "error")},
-            "psnr_without_never_seen": db("mse_without_never_seen"), "psnr_without_outline": db("mse_without_outline")}
+            "psnr_without_never_seen": db("mse_without_never_seen"), "psnr_without_outline": db("mse_without_outline"),
+            "alpha_error": pct("alpha_error"), "prior_alpha_error": pct("prior_alpha_error")}
         o = out[b]
         print(f"| {b}° | {o['psnr']:.2f} | {o['never_seen_pixels']:.1f}% / {o['never_seen_error']:.1f}% | "
               f"{o['psnr_without_never_seen']:.2f} | {o['outline_pixels']:.1f}% / {o['outline_error']:.1f}% | "
-              f"{o['psnr_without_outline']:.2f} |")
+              f"{o['psnr_without_outline']:.2f} | {o['alpha_error']:.2f}% / {o['prior_alpha_error']:.2f}% |")
     print(f"never seen: {int((seen == 0).sum())} of {seen.numel()} Gaussians "
           f"({len(train)} training frames at {a.size}²)")
     yaws, pitches = sorted({k[1] for k in grid}), sorted({k[0] for k in grid})

@@ -3,14 +3,11 @@
 #   bash benchmarks/train_talker_gpu.sh PACK MINUTES [train options...]
 # PACK is benchmarks/clip_pack.py's output (e.g. .pack/id007); wheels the machine
 # lacks (librosa, soundfile, soxr, ...) are expected in .whl/. Writes OUT_DIR (default
-# $OUT or ./out): talker.safetensors (float16), its preview and the training log.
+# $OUT or ./out): talker.safetensors (float16), its history and preview, train.log.
+# (train_talkers_gpu.sh with one configuration, its run0/ moved up.)
 set -euo pipefail
 PACK=$1; MINUTES=$2; shift 2
-OUT_DIR=${OUT:-out}; mkdir -p "$OUT_DIR"
-source benchmarks/gpu_setup.sh
-python3 benchmarks/clip_pack.py unpack "$PACK" /tmp/clip
-nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
-dgtalker train /tmp/clip --out "$OUT_DIR/talker.safetensors" --minutes "$MINUTES" --half "$@" 2>&1 \
-  | tr '\r' '\n' | awk 'NR % 50 == 0 || /trained|Error|error|Traceback/' | tee "$OUT_DIR/train.log"
-rm -f "$OUT_DIR"/talker.safetensors.state.safetensors   # float32 state: too large to bring back
+OUT_DIR=${OUT:-out}
+OUT=$OUT_DIR bash "$(dirname "$0")/train_talkers_gpu.sh" "$PACK" "$MINUTES" "$*"
+mv "$OUT_DIR"/run0/* "$OUT_DIR"/ && rmdir "$OUT_DIR/run0"
 ls -la "$OUT_DIR"
