@@ -321,7 +321,9 @@ def test_side_silhouette_compares_outlines_with_the_prior_beyond_the_clip_views(
 
 
 def test_tiny_training_loss_falls_and_orthogonality_holds(tmp_path):
-    cfg = tiny_config(steps=30, pairs=2, locality=0.0, distill_weight=0.0)
+    # the tiny network fits mostly through its per-texel output bias, so it gets the bias
+    # rate of the full-size runs before N1 (the default 2e-4 suits the full network)
+    cfg = tiny_config(steps=30, pairs=2, locality=0.0, distill_weight=0.0, lr_output_bias=1e-3)
     out = tmp_path / "t.safetensors"
     I.train_identity(SAMPLE, out, cfg, prior=tiny_generator(), device="cpu", progress=False)
     hist = json.loads((tmp_path / "t.safetensors.history.json").read_text())
