@@ -85,6 +85,32 @@ def test_controls_change_the_frames(talker):
     assert fixed.frames.shape == base.frames.shape
 
 
+def test_default_render_blinks_with_the_persons_own_blinks(talker):
+    """By default the eyelids follow blinks excerpted from the training clip (seeded, the
+    same excerpts as expression="sample"); None keeps the eyes open; bad values are named."""
+    x = speech_like(1.0)
+    T = 25
+    sampled = talker.sample_expression(T, seed=4)[1]
+    assert float(sampled.max()) > 0.5  # the fixture's clip blinks every 10 frames
+    default = talker.render((x, RATE), seed=4)
+    assert torch.equal(default.frames, talker.render((x, RATE), blink=sampled).frames)
+    assert not torch.equal(default.frames, talker.render((x, RATE), blink=None).frames)
+    assert torch.equal(talker.render((x, RATE), blink=None).frames, talker.render((x, RATE), blink=0.0).frames)
+    both = talker.render((x, RATE), expression="sample", seed=4)  # residual and blinks from one excerpt
+    resid = talker.sample_expression(T, seed=4)[0]
+    ce, _ = talker.coefficients(torch.from_numpy(
+        dgtalker.audio.features(x, RATE, fps=25, context=talker.encoder.config.half_window / 100.0).windows))
+    assert torch.equal(both.frames, talker.render((x, RATE), expression=(ce + resid).detach(), seed=4).frames)
+    with pytest.raises(RenderError, match="blink"):
+        talker.render((x, RATE), blink="often")
+    with pytest.raises(RenderError, match="blink"):
+        talker.render((x, RATE), blink=np.zeros(3))
+    with pytest.raises(RenderError, match="blink"):
+        list(talker.stream([x], blink="often"))
+    with pytest.raises(RenderError, match="blink holds 3"):
+        list(talker.stream([x], blink=np.zeros(3)))
+
+
 def test_save_writes_mp4_with_audio(talker, tmp_path):
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
         pytest.skip("ffmpeg not installed")
@@ -273,7 +299,7 @@ def test_shipped_demo_talker_blinks_on_request():
     T = load_talker()
     size = 128
     quiet = (np.zeros(RATE // 5, np.float32), RATE)
-    opened = _eye_colour_share(T.render(quiet, width=size, height=size).frames, T, size)
+    opened = _eye_colour_share(T.render(quiet, width=size, height=size, blink=0.0).frames, T, size)
     shut = _eye_colour_share(T.render(quiet, width=size, height=size, blink=1.0).frames, T, size)
     half = _eye_colour_share(T.render(quiet, width=size, height=size, blink=0.5).frames, T, size)
     # the shipped talker: eye colours on 0.41 of the crops open, 0.28 half shut, 0.18 shut (the

@@ -448,6 +448,9 @@ def test_sample_expression_is_seeded_and_keeps_blinks_with_their_residual():
     assert a.shape == (20, 2) and ba.shape == (20,) and torch.equal(a, b) and torch.equal(ba, bb)
     assert not torch.equal(a, c)
     assert torch.allclose(a[:, 0], ba * 10) and float(ba.max()) > 0
+    # a longer draw starts with the shorter one (a stream extends its blinks this way)
+    longer, blonger = T.sample_expression(47, seed=1)
+    assert torch.equal(longer[:20], a) and torch.equal(blonger[:20], ba)
 
 
 def test_eyelid_layer_moves_only_the_eyes():

@@ -150,7 +150,27 @@ def cameras(camera, talker, num_frames: int, width: int, height: int):
     return vm.contiguous(), K.contiguous(), body
 
 
-def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=None, seed=None, blink=None,
+def blink_amounts(talker, blink, num_frames: int, seed, device) -> torch.Tensor | None:
+    """Per-frame eyelid amounts ``[T]`` for ``render``'s ``blink``: ``"sample"`` (the
+    training clip's blinks, excerpted with ``seed`` as ``Talker.sample_expression`` does,
+    so they match ``expression="sample"`` of the same seed), a number or ``[T]`` amounts
+    (0 open, 1 closed), or None (no eyelid layer: the eyes stay open)."""
+    if blink is None:
+        return None
+    if isinstance(blink, str):
+        if blink != "sample":
+            raise RenderError(f"blink must be 'sample', None, a number or [{num_frames}] amounts, got {blink!r}")
+        return talker.sample_expression(num_frames, seed=seed)[1].to(device)
+    b = torch.as_tensor(np.asarray(blink, np.float32)).to(device)
+    if b.dim() == 0:
+        b = b.expand(num_frames)
+    if b.shape != (num_frames,) or not bool(torch.isfinite(b).all()):
+        raise RenderError(f"blink must be a number or [{num_frames}] per-frame amounts (0 open, 1 closed), got "
+                          f"{list(b.shape)}")
+    return b
+
+
+def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=None, seed=None, blink="sample",
                   lip_scale: float = 1.0, exp_scale: float = 1.0, background=None, device=None,
                   sample_rate=None, width: int | None = None, height: int | None = None, batch: int = 16,
                   causal: bool = False, progress: bool = False) -> Video:
@@ -178,14 +198,12 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
     with torch.no_grad():
         c_exp, c_lip = talker.coefficients(torch.from_numpy(feats.windows), causal=causal)
     Ke = talker.config.k_exp
-    blinks = None
     if expression is None:
         resid = torch.zeros(T, Ke, device=dev)
     elif isinstance(expression, str):
         if expression != "sample":
             raise RenderError(f"expression must be None, 'sample' or coefficients [Ke] / [T, Ke], got {expression!r}")
-        resid, blinks = talker.sample_expression(T, seed=seed)
-        resid, blinks = resid.to(dev), blinks.to(dev)
+        resid = talker.sample_expression(T, seed=seed)[0].to(dev)
     else:
         e = torch.as_tensor(np.asarray(expression) if not isinstance(expression, torch.Tensor) else expression,
                             dtype=torch.float32, device=dev)
@@ -195,14 +213,7 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
             raise RenderError(f"expression coefficients must be finite [{Ke}] or [{T}, {Ke}], got {list(e.shape)}")
         c_exp, resid = e.clone(), torch.zeros(T, Ke, device=dev)
     c_exp = c_exp + resid
-    if blink is not None:
-        b = torch.as_tensor(np.asarray(blink, np.float32)).to(dev)
-        if b.dim() == 0:
-            b = b.expand(T)
-        if b.shape != (T,) or not bool(torch.isfinite(b).all()):
-            raise RenderError(f"blink must be a number or [{T}] per-frame amounts (0 open, 1 closed), got "
-                              f"{list(b.shape)}")
-        blinks = b
+    blinks = blink_amounts(talker, blink, T, seed, dev)
     c_exp, c_lip = c_exp * exp_scale, c_lip * lip_scale
     bg = None
     if background is not None:
@@ -224,7 +235,7 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
 
 
 def stream_talker(talker, chunks, camera=None, *, fps: float = 25.0, sample_rate: int = 16000,
-                  width: int | None = None, height: int | None = None, device=None):
+                  width: int | None = None, height: int | None = None, device=None, blink="sample", seed=None):
     """See ``Talker.stream``."""
     from collections import deque
 
@@ -248,6 +259,28 @@ def stream_talker(talker, chunks, camera=None, *, fps: float = 25.0, sample_rate
         if per_frame[0].dim() != 3 or per_frame[1].shape[:1] != per_frame[0].shape[:1]:
             raise RenderError(f"camera must hold viewmats [N,4,4] and Ks [N,3,3] with one N, got "
                               f"{list(per_frame[0].shape)} and {list(per_frame[1].shape)}")
+    if isinstance(blink, str) and blink != "sample":
+        raise RenderError(f"blink must be 'sample', None, a number or per-frame amounts, got {blink!r}")
+    if blink is not None and not isinstance(blink, str):
+        blink = torch.as_tensor(np.asarray(blink, np.float32))
+        if blink.dim() > 1 or not bool(torch.isfinite(blink).all()):
+            raise RenderError(f"blink must be a number or [N] per-frame amounts, got {list(blink.shape)}")
+    sampled = torch.zeros(0)  # the sampled blinks so far: a longer draw keeps the shorter one as its start
+
+    def blink_at(t: int):
+        nonlocal sampled
+        if blink is None:
+            return None
+        if isinstance(blink, str):
+            if t >= len(sampled):
+                sampled = talker.sample_expression(max(2 * len(sampled), t + 1, 250), seed=seed)[1].cpu()
+            return sampled[t:t + 1].to(dev)
+        if blink.dim() == 0:
+            return blink.expand(1).to(dev)
+        if t >= len(blink):
+            raise RenderError(f"blink holds {len(blink)} per-frame amounts but the stream reached frame {t}")
+        return blink[t:t + 1].to(dev)
+
     feats = A.StreamingFeatures(fps=fps, context=cfg.half_window / 100.0, lookahead=cfg.lookahead_mel / 100.0)
     span = cfg.past + 1 + cfg.future
     emb: deque = deque(maxlen=span + cfg.future + 1)   # embeddings of the frames still needed
@@ -267,7 +300,7 @@ def stream_talker(talker, chunks, camera=None, *, fps: float = 25.0, sample_rate
                     raise RenderError(f"camera holds {len(per_frame[0])} per-frame cameras but the stream reached "
                                       f"frame {t}; pass one camera per frame of the whole stream, or a single one")
                 v, k, _ = cameras((per_frame[0][t], per_frame[1][t]), talker, 1, W, H)
-            img, _ = talker.frames(ce, cl, v.to(dev), k.to(dev), W, H)
+            img, _ = talker.frames(ce, cl, v.to(dev), k.to(dev), W, H, blink=blink_at(t))
         return (img[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
     def take(windows):

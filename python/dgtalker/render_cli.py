@@ -27,11 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="mp4 to write (h264 + aac, the speech in sync)")
     p.add_argument("--camera", default="front", help="front | spiral | orbit:YAW,PITCH | DATASET_DIR (see below)")
     p.add_argument("--expression", choices=("speech", "sample"), default="speech",
-                   help="upper face from speech alone (default, eyes open) or with the residual and blinks "
-                        "sampled from the training clip (brows, blinks at the person's own rate)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --expression sample")
+                   help="upper face from speech alone (default) or with the expression residual sampled "
+                        "from the training clip (brow motion at the person's own times)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled blinks and of --expression sample")
     p.add_argument("--blink", type=float, metavar="AMOUNT",
-                   help="hold the eyelids at AMOUNT on every frame (0 open, 1 closed), instead of sampled blinks")
+                   help="hold the eyelids at AMOUNT on every frame (0 open, 1 closed) instead of the person's "
+                        "own blinks (by default sampled from the training clip)")
     p.add_argument("--lip-scale", type=float, default=1.0, help="exaggerate (>1) or damp (<1) the lips")
     p.add_argument("--exp-scale", type=float, default=1.0, help="exaggerate (>1) or damp (<1) the upper face")
     p.add_argument("--size", type=int, help="frame width = height in pixels (default: the talker's)")
@@ -79,7 +80,7 @@ def run(args) -> int:
         start = time.perf_counter()
         video = talker.render((samples, rate), cam, fps=args.fps,
                               expression="sample" if args.expression == "sample" else None, seed=args.seed,
-                              blink=args.blink,
+                              blink="sample" if args.blink is None else args.blink,
                               lip_scale=args.lip_scale, exp_scale=args.exp_scale, width=size, height=size,
                               device=device, progress=True)
         took = time.perf_counter() - start

@@ -340,7 +340,7 @@ class Talker(nn.Module):
         return self.rasterize(g, viewmats, Ks, width, height, background=background, checked=checked)
 
     # -- the inference API (dgtalker.render) --------------------------------------------
-    def render(self, audio, camera=None, *, fps: float = 25.0, expression=None, seed=None, blink=None,
+    def render(self, audio, camera=None, *, fps: float = 25.0, expression=None, seed=None, blink="sample",
                lip_scale: float = 1.0, exp_scale: float = 1.0, background=None, device=None, **kw):
         """Speech -> ``dgtalker.render.Video`` (uint8 frames, alpha, fps, the speech).
 
@@ -350,8 +350,9 @@ class Talker(nn.Module):
         dataset (its own cameras). ``expression``: None (from speech), ``"sample"``
         (the residual and blinks sampled with ``seed``: other blinks and brow motion for
         the same speech), or coefficients ``[Ke]`` / ``[T, Ke]`` replacing ``c_exp``.
-        ``blink``: a number or ``[T]`` amounts of the eyelid layer (0 open, 1 closed),
-        replacing the sampled blinks.
+        ``blink``: ``"sample"`` (default: the person's own blinks from the training clip,
+        excerpted with ``seed``, the same as ``expression="sample"`` carries), a number or
+        ``[T]`` amounts of the eyelid layer (0 open, 1 closed), or None (eyes open).
         ``lip_scale`` / ``exp_scale`` exaggerate (> 1) or damp (< 1) the branches.
         ``background``: None (the plate), an RGB colour or an image. Further options:
         ``width``, ``height``, ``batch``, ``causal`` (the streaming encoder),
@@ -364,8 +365,9 @@ class Talker(nn.Module):
     def stream(self, chunks, camera=None, **kw):
         """Yields uint8 frames ``[H, W, 3]`` as 16 kHz audio chunks arrive (the causal
         encoder: each frame waits for at most ``causal_encoder.lookahead_seconds()`` of
-        audio after its time); memory stays flat however long the stream. The frames
-        equal ``render(..., causal=True)`` of the whole audio."""
+        audio after its time); memory stays flat however long the stream. ``blink`` and
+        ``seed`` as for ``render`` (``[N]`` amounts: one per frame of the stream). The
+        frames equal ``render(..., causal=True)`` of the whole audio."""
         from .render import stream_talker
 
         return stream_talker(self, chunks, camera, **kw)
