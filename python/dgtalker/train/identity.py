@@ -24,7 +24,8 @@ renders, in one rasterizer call:
   (its expression must match frame j). ``cross_view=False`` drops these two images.
 
 Regularisers: the residual codes' size and frame-to-frame change, the coefficients'
-frame-to-frame change (no jitter), the causal encoder's distance to the main one.
+frame-to-frame change (no jitter), the causal encoder's distance to the main one;
+optionally the prior's outlines at side views (``side_silhouette``).
 
 Every step's frames come from a seeded RNG of (seed, step), so a resumed run is the
 same run. ``OUT`` is the talker (safetensors), ``OUT.state.safetensors`` the
@@ -502,7 +503,8 @@ def locality_loss(generator, reference, step: int, cfg: IdentityTrainConfig, n: 
 
 # side views: a talking-head clip turns the head by about +-15 degrees; beyond that the
 # tuned head's outline drifts from the prior's (measured on identity 7: the prior's
-# silhouette at 30-45 degrees is closer to the truth than the tuned head's)
+# silhouette at 30-45 degrees was closer to the truth than a tuned head's). Pulling
+# towards it did not raise the side views (docs/benchmarks.md, run M0): off by default.
 SIDE_YAW = (20.0, 45.0)
 SIDE_PITCH = 15.0
 
