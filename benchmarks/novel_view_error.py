@@ -68,9 +68,9 @@ def main() -> None:
 
     from dgtalker.camera import orbit_angles
     from dgtalker.data import load
-    from dgtalker.eval.evaluate import _GroundTruth, clip_coefficients, view_cameras
+    from dgtalker.eval.evaluate import _GroundTruth, clip_coefficients, novel_view_cameras
     from dgtalker.prior import load_prior
-    from dgtalker.talker import body_transforms, load_talker
+    from dgtalker.talker import load_talker
 
     T = load_talker(a.talker, device="cpu")
     untuned = copy.deepcopy(T)  # the same talker on the prior's own network
@@ -89,9 +89,7 @@ def main() -> None:
     rows: dict = {}
     grid: dict = {}
     for i in range(len(nv)):
-        f = nv.frame_index[[i]]
-        w2c, K = view_cameras(nv, np.array([i]), a.size, data.width, data.height, "cpu")
-        body = body_transforms(torch.as_tensor(data.w2c[f], dtype=torch.float32), T.body_w2c)
+        f, w2c, K, body = novel_view_cameras(T, data, np.array([i]), a.size, "cpu")
         gt, m = truth([i])
         gt = gt * m[..., 3:4] + grey * (1 - m[..., 3:4])
         with torch.no_grad():

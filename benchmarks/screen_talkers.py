@@ -1,8 +1,8 @@
 """Quick side-by-side screen of several talkers trained on one synthetic clip: held-out
 frames (every ``--every``-th, audio only, at the talker's plate) and the clip's novel
 views per |yaw|, with the 0°→30° gap on the whole frame and inside the head mask.
-The same renders and metrics as ``dgtalker eval`` (which adds landmarks, baselines and
-all held-out frames), in a few minutes per talker on a CPU.
+``dgtalker.eval.evaluate`` without landmarks and baselines (``dgtalker eval`` adds
+them and uses all held-out frames), in a few minutes per talker on a CPU.
 
     python benchmarks/screen_talkers.py --data data/id007 T1.safetensors T2.safetensors ... [--json OUT]
 """
@@ -13,32 +13,19 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def screen(path: Path, data, every: int) -> dict:
-    from dgtalker.eval import metrics as M
-    from dgtalker.eval.evaluate import _GroundTruth, clip_coefficients, evaluate_novel, view_cameras
-    from dgtalker.talker import body_transforms, load_talker
+    from dgtalker.eval.evaluate import evaluate
+    from dgtalker.talker import load_talker
 
-    T = load_talker(path, device="cpu")
-    ce, cl = clip_coefficients(T, data)
-    size = data.width
-    truth = _GroundTruth(data, size, "cpu")
     held = np.asarray(data.splits["heldout"])[::every]
-    whole, lower = [], []
-    for s in range(0, len(held), 4):
-        idx = held[s:s + 4]
-        w2c, K = view_cameras(data, idx, size, data.width, data.height, "cpu")
-        gt, masks = truth(idx)
-        with torch.no_grad():
-            img, _ = T.frames(ce[idx], cl[idx], w2c, K, size, size, body=body_transforms(w2c, T.body_w2c))
-        for k in range(len(idx)):
-            whole.append(M.psnr(img[k].clamp(0, 1), gt[k]))
-            lower.append(M.psnr(img[k].clamp(0, 1), gt[k], masks[k, ..., 1]))
-    out = {"heldout_frames": len(held), "psnr": float(np.mean(whole)), "psnr_lower_face": float(np.nanmean(lower))}
-    if data.novel is not None:
-        nv = evaluate_novel(T, data, ce, cl, size, 4, "cpu", False)
+    rep = evaluate(load_talker(path, device="cpu"), data, frames=held, landmarks=False, baselines=False,
+                   progress=False)
+    f = rep["frames"]
+    out = {"heldout_frames": len(held), "psnr": f["psnr"], "psnr_lower_face": f["psnr_lower_face"]}
+    nv = rep.get("novel_views")
+    if nv:
         out["novel"] = nv
         if "0" in nv and "30" in nv:
             out["gap_0_30"] = nv["0"]["psnr"] - nv["30"]["psnr"]

@@ -32,9 +32,9 @@ def main() -> None:
     from dgtalker.data.synthetic.generate import intrinsics, studio_lighting
     from dgtalker.data.synthetic.head import STATE_KEYS, HeadModel, draw_identity
     from dgtalker.data.synthetic.raster import MeshRenderer
-    from dgtalker.eval.evaluate import _GroundTruth, clip_coefficients, view_cameras
+    from dgtalker.eval.evaluate import _GroundTruth, clip_coefficients, novel_view_cameras
     from dgtalker.eval.metrics import psnr
-    from dgtalker.talker import body_transforms, load_talker
+    from dgtalker.talker import load_talker
 
     data = load(a.data)
     nv, src = data.novel, data.meta.get("source", {})
@@ -73,10 +73,9 @@ def main() -> None:
         r.setdefault("stored_vs_rerendered", []).append(psnr(over(gt), images["rerendered"]))
         r.setdefault("view_dependent", []).append(psnr(images["rerendered"], images["highlights_fixed"]))
         if talker is not None:
-            w2ct, Kt = view_cameras(nv, np.array([i]), size, data.width, data.height, "cpu")
-            body = body_transforms(torch.as_tensor(data.w2c[[f]], dtype=torch.float32), talker.body_w2c)
+            fi, w2ct, Kt, body = novel_view_cameras(talker, data, np.array([i]), size, "cpu")
             with torch.no_grad():
-                img, _ = talker.frames(ce[[f]], cl[[f]], w2ct, Kt, size, size, body=body, background=grey)
+                img, _ = talker.frames(ce[fi], cl[fi], w2ct, Kt, size, size, body=body, background=grey)
             img = img.clamp(0, 1)
             r.setdefault("talker", []).append(psnr(img, images["rerendered"]))
             r.setdefault("talker_vs_highlights_fixed", []).append(psnr(img, images["highlights_fixed"]))

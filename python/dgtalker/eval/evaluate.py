@@ -131,11 +131,12 @@ def fit_upper_face(talker, c_exp, c_lip, w2c, K, body, gt, upper, size: int, ste
 
 def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bool = True, fit_upper_steps: int = 0,
              fit_every: int = 1, batch: int = 4, device=None, progress: bool = True, landmarks: bool | None = None,
-             coefficients=None) -> dict:
+             coefficients=None, baselines: bool = True) -> dict:
     """Metrics of ``talker`` on ``frames`` of ``dataset`` (default: its held-out split, or all
     frames if it has none); see the module docstring. ``landmarks``: also LMD and the
     landmark mouth opening with mediapipe's face mesh (default: when it is installed).
-    ``coefficients``: the clip's ``clip_coefficients``, if the caller already has them."""
+    ``coefficients``: the clip's ``clip_coefficients``, if the caller already has them.
+    ``baselines=False`` skips the static and rigid-torso renders (a third of the cost each)."""
     from . import landmarks as L
     from tqdm import tqdm
 
@@ -162,11 +163,12 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
         with torch.no_grad():
             img, _ = talker.frames(ce, cl, w2c, K, size, size, body=body)
             rows += _frame_metrics(img.clamp(0, 1), gt, masks, detector, scale)
-            img0, _ = talker.frames(torch.zeros_like(ce), torch.zeros_like(cl), w2c, K, size, size, body=body)
-            static_rows += _frame_metrics(img0.clamp(0, 1), gt, masks, detector, scale)
-            # the torso carried rigidly by the head camera (no skinning), for comparison
-            img1, _ = talker.frames(ce, cl, w2c, K, size, size, body=None)
-            rigid_rows += _frame_metrics(img1.clamp(0, 1), gt, masks)
+            if baselines:
+                img0, _ = talker.frames(torch.zeros_like(ce), torch.zeros_like(cl), w2c, K, size, size, body=body)
+                static_rows += _frame_metrics(img0.clamp(0, 1), gt, masks, detector, scale)
+                # the torso carried rigidly by the head camera (no skinning), for comparison
+                img1, _ = talker.frames(ce, cl, w2c, K, size, size, body=None)
+                rigid_rows += _frame_metrics(img1.clamp(0, 1), gt, masks)
         if fit_upper_steps > 0:
             keep = (np.arange(s, s + len(idx)) % fit_every) == 0
             if keep.any():
@@ -182,11 +184,13 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
     lag, corr = M.best_lag(loud, [r["mouth_render"] for r in rows])
     report = {"loudness_lag": {"lag_frames": lag, "corr": corr, "truth_lag_frames": M.best_lag(
         loud, [r["mouth_truth"] for r in rows])[0]}}
-    report.update({"frames": _summary(rows), "static": _summary(static_rows), "torso_rigid": _summary(rigid_rows),
-              "size": size, "landmarks": "mediapipe face mesh" if detector is not None else None,
+    report.update({"frames": _summary(rows), "size": size,
+                   "landmarks": "mediapipe face mesh" if detector is not None else None,
               "evaluated_frames": [int(i) for i in frames],
               "per_frame": [{k: round(v, 4) for k, v in r.items()} for r in rows],
               "coefficient_jitter": M.jitter(torch.cat([ce_all, cl_all], 1).numpy())})
+    if baselines:
+        report.update(static=_summary(static_rows), torso_rigid=_summary(rigid_rows))
     if fit_rows:
         report["fit_upper"] = _summary(fit_rows)
     if dataset.gt is not None and "jaw_open" in dataset.gt:
@@ -249,11 +253,22 @@ def spiral_consistency(talker, dataset, *, frame: int = 0, views: int = 24, size
             "lip_gap_cv": float(g.std() / g.mean()) if len(g) > 1 and g.mean() > 0 else None}
 
 
+def novel_view_cameras(talker, dataset, idx, size: int, device):
+    """``(frame_index, w2c, K, body)`` of the dataset's novel views ``idx``: their cameras
+    at ``size`` and the torso posed by their frame's head pose (a novel camera orbits
+    that frame's head; the body stays where the frame has it)."""
+    from ..talker import body_transforms
+
+    nv = dataset.novel
+    fi = nv.frame_index[idx]
+    w2c, K = view_cameras(nv, idx, size, dataset.width, dataset.height, device)
+    main_w2c = torch.as_tensor(dataset.w2c[fi], dtype=torch.float32, device=device)
+    return fi, w2c, K, body_transforms(main_w2c, talker.body_w2c)
+
+
 def evaluate_novel(talker, dataset, ce_all, cl_all, size, batch, device, progress) -> dict:
     """Image metrics at the novel-view cameras, per |yaw| bucket (see module docstring)."""
     from tqdm import tqdm
-
-    from ..talker import body_transforms
 
     nv = dataset.novel
     yaw = np.asarray(nv.extra.get("yaw_deg", np.zeros(len(nv))), np.float64)
@@ -262,10 +277,7 @@ def evaluate_novel(talker, dataset, ce_all, cl_all, size, batch, device, progres
     per = []
     for s in tqdm(range(0, len(nv), batch), desc="novel views", disable=not progress, unit="batch"):
         idx = np.arange(s, min(s + batch, len(nv)))
-        fi = nv.frame_index[idx]
-        w2c, K = view_cameras(nv, idx, size, dataset.width, dataset.height, device)
-        main_w2c = torch.as_tensor(dataset.w2c[fi], dtype=torch.float32, device=device)
-        body = body_transforms(main_w2c, talker.body_w2c)
+        fi, w2c, K, body = novel_view_cameras(talker, dataset, idx, size, device)
         gt, masks = gt_of(idx)
         gt = gt * masks[..., 3:4] + grey * (1 - masks[..., 3:4])
         with torch.no_grad():
