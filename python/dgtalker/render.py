@@ -150,24 +150,35 @@ def cameras(camera, talker, num_frames: int, width: int, height: int):
     return vm.contiguous(), K.contiguous(), body
 
 
+def blink_setting(blink):
+    """``render``'s and ``stream``'s ``blink`` checked: ``"sample"`` (the training clip's
+    blinks, excerpted with ``seed`` as ``Talker.sample_expression`` does, so they match
+    ``expression="sample"`` of the same seed), None (no eyelid layer: the eyes stay
+    open), or a finite float tensor: one amount, or one per frame (0 open, 1 closed)."""
+    if blink is None or (isinstance(blink, str) and blink == "sample"):
+        return blink
+    if isinstance(blink, str):
+        raise RenderError(f"blink must be 'sample', None, a number or per-frame amounts, got {blink!r}")
+    b = torch.as_tensor(np.asarray(blink, np.float32))
+    if b.dim() > 1 or not bool(torch.isfinite(b).all()):
+        raise RenderError(f"blink must be a finite number or per-frame amounts [N] (0 open, 1 closed), got "
+                          f"{list(b.shape)}")
+    return b
+
+
 def blink_amounts(talker, blink, num_frames: int, seed, device) -> torch.Tensor | None:
-    """Per-frame eyelid amounts ``[T]`` for ``render``'s ``blink``: ``"sample"`` (the
-    training clip's blinks, excerpted with ``seed`` as ``Talker.sample_expression`` does,
-    so they match ``expression="sample"`` of the same seed), a number or ``[T]`` amounts
-    (0 open, 1 closed), or None (no eyelid layer: the eyes stay open)."""
+    """Per-frame eyelid amounts ``[T]`` (or None) of ``render``'s ``blink`` (``blink_setting``)."""
+    blink = blink_setting(blink)
     if blink is None:
         return None
     if isinstance(blink, str):
-        if blink != "sample":
-            raise RenderError(f"blink must be 'sample', None, a number or [{num_frames}] amounts, got {blink!r}")
         return talker.sample_expression(num_frames, seed=seed)[1].to(device)
-    b = torch.as_tensor(np.asarray(blink, np.float32)).to(device)
-    if b.dim() == 0:
-        b = b.expand(num_frames)
-    if b.shape != (num_frames,) or not bool(torch.isfinite(b).all()):
+    if blink.dim() == 0:
+        blink = blink.expand(num_frames)
+    if blink.shape != (num_frames,):
         raise RenderError(f"blink must be a number or [{num_frames}] per-frame amounts (0 open, 1 closed), got "
-                          f"{list(b.shape)}")
-    return b
+                          f"{list(blink.shape)}")
+    return blink.to(device)
 
 
 def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=None, seed=None, blink="sample",
@@ -259,12 +270,7 @@ def stream_talker(talker, chunks, camera=None, *, fps: float = 25.0, sample_rate
         if per_frame[0].dim() != 3 or per_frame[1].shape[:1] != per_frame[0].shape[:1]:
             raise RenderError(f"camera must hold viewmats [N,4,4] and Ks [N,3,3] with one N, got "
                               f"{list(per_frame[0].shape)} and {list(per_frame[1].shape)}")
-    if isinstance(blink, str) and blink != "sample":
-        raise RenderError(f"blink must be 'sample', None, a number or per-frame amounts, got {blink!r}")
-    if blink is not None and not isinstance(blink, str):
-        blink = torch.as_tensor(np.asarray(blink, np.float32))
-        if blink.dim() > 1 or not bool(torch.isfinite(blink).all()):
-            raise RenderError(f"blink must be a number or [N] per-frame amounts, got {list(blink.shape)}")
+    blink = blink_setting(blink)
     sampled = torch.zeros(0)  # the sampled blinks so far: a longer draw keeps the shorter one as its start
 
     def blink_at(t: int):
