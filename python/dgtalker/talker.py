@@ -201,6 +201,10 @@ class Talker(nn.Module):
         self.blink_map = nn.Parameter(torch.zeros(generator.output_bias.shape[0], texels.numel()))
         # the training clip's blink amount per frame, from its eyelid landmarks (zeros without them)
         self.register_buffer("blink_track", torch.zeros(max(1, int(residual_frames))))
+        # which clip frames the talker was trained on (1) and which it never saw (0: held-out
+        # frames, whose residual codes are untrained): sampled expressions and blinks come
+        # from training frames only
+        self.register_buffer("train_mask", torch.ones(max(1, int(residual_frames)), dtype=torch.bool))
         # the training clip's coefficient statistics ([c_exp + residual, c_lip]): what
         # "a typical motion of this component" is (blendshape sheets, disentanglement)
         self.register_buffer("coef_mean", torch.zeros(cfg.k_exp + cfg.k_lip))
@@ -295,6 +299,22 @@ class Talker(nn.Module):
         C = self.blink_map.shape[0]
         flat = self.blink_map.new_zeros(C, R * R).index_copy(1, self.eye_texels, self.blink_map * self.eye_weight)
         return flat.view(C, R, R)
+
+    def clip_gaussians(self, c_exp: Tensor, c_lip: Tensor, w2c: Tensor, *, blink: Tensor | None = None,
+                       amp: bool = False):
+        """Gaussians ``[F, N, ...]`` of clip frames seen by their own head cameras ``w2c
+        [F, 4, 4]``: the torso posed where that clip has it (``body_transforms`` against
+        the body camera). The one place that renders dataset frames with their torso."""
+        return self.pose_torso(self.gaussians(c_exp, c_lip, blink=blink, amp=amp),
+                               body_transforms(w2c, self.body_w2c.to(w2c.device)))
+
+    def clip_frames(self, c_exp: Tensor, c_lip: Tensor, w2c: Tensor, Ks: Tensor, width: int, height: int, *,
+                    blink: Tensor | None = None, background: Tensor | None = None, amp: bool = False,
+                    checked: bool | None = None) -> tuple[Tensor, Tensor]:
+        """``frames`` of clip frames at their own cameras, the torso following the clip's
+        head motion (``clip_gaussians``); images ``[F, H, W, 3]`` and alphas ``[F, H, W]``."""
+        g = self.clip_gaussians(c_exp, c_lip, w2c, blink=blink, amp=amp)
+        return self.rasterize(g, w2c, Ks, width, height, background=background, checked=checked)
 
     def pose_torso(self, gaussians, body: Tensor | None):
         means, quats, scales, opac, colors = gaussians
@@ -394,7 +414,7 @@ class TalkerCheckpointError(CheckpointError):
     The message names the file and the problem."""
 
 
-_OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "blink_track")
+_OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "blink_track", "train_mask")
 _RETIRED = ("blink_direction",)  # a residual direction that never closed the eyes; the eyelid layer replaced it
 _KEEP_FLOAT32 = ("w_can", "blendshapes.", "body_w2c", "default_w2c", "default_K", "encoder.mel_", "causal_encoder.mel_")
 
