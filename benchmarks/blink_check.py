@@ -37,7 +37,6 @@ def sheet(path: Path, data, T, idx, ce, cl, res, size: int) -> None:
     """Eye crops: truth, with the frame's blink, layer off, blink=1 (rows) of ``idx``."""
     from dgtalker.eval.evaluate import view_cameras
     from dgtalker.io import atomic_write_bytes, encode_image
-    from dgtalker.talker import body_transforms
 
     w2c, K = view_cameras(data, idx, size, data.width, data.height, "cpu")
     rows = [torch.stack([torch.from_numpy(np.asarray(Image.fromarray(data.image(int(i))).resize((size, size),
@@ -45,8 +44,7 @@ def sheet(path: Path, data, T, idx, ce, cl, res, size: int) -> None:
                          .float() / 255 for i in idx])]
     for blink in (T.blink_track.cpu()[idx], torch.zeros(len(idx)), torch.ones(len(idx))):
         with torch.no_grad():
-            img, _ = T.frames(ce[idx] + res[idx], cl[idx], w2c, K, size, size,
-                              body=body_transforms(w2c, T.body_w2c), blink=blink)
+            img, _ = T.clip_frames(ce[idx] + res[idx], cl[idx], w2c, K, size, size, blink=blink)
         rows.append(img)
     y0, y1, x0, x1 = (int(size * f) for f in (0.23, 0.59, 0.19, 0.81))  # the eyes in the clip's framing
     grid = torch.cat([torch.cat([im[y0:y1, x0:x1] for im in r], 1) for r in rows], 0)
@@ -67,7 +65,7 @@ def main() -> None:
     from dgtalker.data import load
     from dgtalker.eval.evaluate import clip_coefficients, view_cameras
     from dgtalker.eval.landmarks import FaceLandmarks
-    from dgtalker.talker import body_transforms, load_talker
+    from dgtalker.talker import load_talker
 
     data = load(a.data)
     T = load_talker(a.talker, device="cpu")
@@ -86,8 +84,7 @@ def main() -> None:
                              ("open", opened, track[opened]), ("open+blink", opened, torch.ones(len(opened)))):
         w2c, K = view_cameras(data, idx, a.size, data.width, data.height, "cpu")
         with torch.no_grad():
-            img, _ = T.frames(ce[idx] + res[idx], cl[idx], w2c, K, a.size, a.size,
-                              body=body_transforms(w2c, T.body_w2c), blink=blink)
+            img, _ = T.clip_frames(ce[idx] + res[idx], cl[idx], w2c, K, a.size, a.size, blink=blink)
         rend, truth = [], []
         for k, i in enumerate(idx):
             r = det.detect((img[k].clamp(0, 1).numpy() * 255).round().astype(np.uint8))

@@ -33,13 +33,12 @@ import torch.nn.functional as F
 def visibility(T, data, frames, ce, cl, size: int, batch: int = 9) -> torch.Tensor:
     """Per Gaussian: summed blending weight over the pixels of ``frames``' renders."""
     from dgtalker.eval.evaluate import view_cameras
-    from dgtalker.talker import body_transforms
 
     total = None
     for chunk in np.array_split(frames, max(1, len(frames) // batch)):
         w2c, K = view_cameras(data, chunk, size, data.width, data.height, "cpu")
         with torch.no_grad():
-            g = T.pose_torso(T.gaussians(ce[chunk], cl[chunk]), body_transforms(w2c, T.body_w2c))
+            g = T.clip_gaussians(ce[chunk], cl[chunk], w2c)
         colors = g[4].clone().requires_grad_(True)
         img, _ = T.rasterize((*g[:4], colors), w2c, K, size, size, background=torch.zeros(3))
         img.sum().backward()
@@ -89,15 +88,15 @@ def main() -> None:
     rows: dict = {}
     grid: dict = {}
     for i in range(len(nv)):
-        f, w2c, K, body = novel_view_cameras(T, data, np.array([i]), a.size, "cpu")
+        f, w2c, K, frame_w2c = novel_view_cameras(data, np.array([i]), a.size, "cpu")
         gt, m = truth([i])
         gt = gt * m[..., 3:4] + grey * (1 - m[..., 3:4])
         with torch.no_grad():
-            g = T.pose_torso(T.gaussians(ce[f], cl[f]), body)
+            g = T.clip_gaussians(ce[f], cl[f], frame_w2c)
             img, alpha = T.rasterize(g, w2c, K, a.size, a.size, background=grey)
             seen_alpha, _ = T.rasterize((*g[:4], seen[None, :, None].expand(1, -1, 3).contiguous()), w2c, K,
                                         a.size, a.size, background=torch.zeros(3))
-            _, prior_alpha = untuned.rasterize(untuned.pose_torso(untuned.gaussians(ce[f], cl[f]), body), w2c, K,
+            _, prior_alpha = untuned.rasterize(untuned.clip_gaussians(ce[f], cl[f], frame_w2c), w2c, K,
                                                a.size, a.size, background=grey)
         err = ((img.clamp(0, 1) - gt) ** 2).mean(-1)[0]
         regions = {"never_seen": (alpha[0] - seen_alpha[0, ..., 0]) > 0.5,

@@ -21,7 +21,7 @@ import torch
 def main(argv=None) -> int:
     from dgtalker.checkpoint import load_prior
     from dgtalker.data import load
-    from dgtalker.invert import InversionConfig, evaluate, invert, load_views
+    from dgtalker.train.invert import InversionConfig, evaluate, invert, load_views
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prior", required=True)

@@ -73,9 +73,10 @@ def main() -> None:
         r.setdefault("stored_vs_rerendered", []).append(psnr(over(gt), images["rerendered"]))
         r.setdefault("view_dependent", []).append(psnr(images["rerendered"], images["highlights_fixed"]))
         if talker is not None:
-            fi, w2ct, Kt, body = novel_view_cameras(talker, data, np.array([i]), size, "cpu")
+            fi, w2ct, Kt, frame_w2c = novel_view_cameras(data, np.array([i]), size, "cpu")
             with torch.no_grad():
-                img, _ = talker.frames(ce[fi], cl[fi], w2ct, Kt, size, size, body=body, background=grey)
+                img, _ = talker.rasterize(talker.clip_gaussians(ce[fi], cl[fi], frame_w2c), w2ct, Kt, size, size,
+                                          background=grey)
             img = img.clamp(0, 1)
             r.setdefault("talker", []).append(psnr(img, images["rerendered"]))
             r.setdefault("talker_vs_highlights_fixed", []).append(psnr(img, images["highlights_fixed"]))

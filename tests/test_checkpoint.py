@@ -174,7 +174,7 @@ def test_shipped_prior_is_trained():
 
     import dgtalker
     from dgtalker.data import load
-    from dgtalker.invert import evaluate, load_views
+    from dgtalker.train.invert import evaluate, load_views
 
     views = load_views(load(Path(__file__).parent / "data" / "sample"), [0, 5, 10], 64)
     G = dgtalker.load_prior()

@@ -4,7 +4,7 @@ import torch
 
 from dgtalker.checkpoint import load_prior
 from dgtalker.data import load
-from dgtalker.invert import InversionConfig, Views, evaluate, invert, load_views
+from dgtalker.train.invert import InversionConfig, Views, evaluate, invert, load_views
 from dgtalker.train.prior import PriorTrainConfig, pretrain_prior
 from priors import RES, TINY, write_corpus
 
@@ -58,7 +58,7 @@ def test_invert_gives_the_generator_back_as_it_came(trained, monkeypatch):
     invert(gen, views, InversionConfig(steps=2, batch=2, tune_steps=1), progress=False)
     assert [p.requires_grad for p in params] == flags
     # also when the fit is interrupted halfway
-    import dgtalker.invert as inv
+    import dgtalker.train.invert as inv
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -15,7 +15,8 @@ from dgtalker.models.blendshapes import Blendshapes
 from dgtalker.models.generator import Generator, GeneratorConfig
 from dgtalker.talker import (Talker, TalkerCheckpointError, TalkerConfig, body_transforms, load_talker, mean_camera,
                              save_talker, skin)
-from dgtalker.train import identity as I
+from dgtalker.train import clip, identity, losses, plate, sampler, state
+from dgtalker.train.config import IdentityTrainConfig
 
 SAMPLE = Path(__file__).parent / "data" / "sample"
 
@@ -28,7 +29,7 @@ def tiny_config(**kw):
     base = dict(steps=4, resolution=64, pairs=2, k_exp=2, k_lip=3, invert_steps=2, invert_resolution=32,
                 invert_views=4, checkpoint_every=100, preview_every=100, amp=False)
     base.update(kw)
-    return I.IdentityTrainConfig(**base)
+    return IdentityTrainConfig(**base)
 
 
 # -- blendshapes -------------------------------------------------------------------------
@@ -138,7 +139,7 @@ def test_mean_camera_and_body_transforms():
 def test_cross_batch_takes_lips_from_i_and_expression_from_j():
     ce_i, cl_i = torch.full((2, 2), 1.0), torch.full((2, 3), 2.0)
     ce_j, cl_j = torch.full((2, 2), 3.0), torch.full((2, 3), 4.0)
-    c_exp, c_lip = I.compose_cross_batch(ce_i, cl_i, ce_j, cl_j)
+    c_exp, c_lip = sampler.compose_cross_batch(ce_i, cl_i, ce_j, cl_j)
     assert torch.equal(c_exp[4:], ce_j) and torch.equal(c_lip[4:], cl_i)
     assert torch.equal(c_exp[:2], ce_i) and torch.equal(c_lip[2:4], cl_j)
 
@@ -153,14 +154,14 @@ def test_cross_view_losses_see_only_their_masks():
     upper[:, 2:6, 3:13] = 1.0
     bi = {"rgb": torch.rand(2, H, H, 3), "lower": lower, "upper": upper}
     bj = {"rgb": torch.rand(2, H, H, 3), "lower": lower, "upper": upper}
-    lip, expr = I.cross_view_losses(r_i, r_j, bi, bj)
+    lip, expr = losses.cross_view_losses(r_i, r_j, bi, bj)
     bi2 = dict(bi, rgb=torch.where(lower[..., None] > 0, bi["rgb"], torch.rand(2, H, H, 3)))
     bj2 = dict(bj, rgb=torch.where(upper[..., None] > 0, bj["rgb"], torch.rand(2, H, H, 3)))
-    lip2, expr2 = I.cross_view_losses(r_i, r_j, bi2, bj2)
+    lip2, expr2 = losses.cross_view_losses(r_i, r_j, bi2, bj2)
     assert float(lip2) == pytest.approx(float(lip), abs=1e-7) and float(expr2) == pytest.approx(float(expr), abs=1e-7)
     # and pixels inside the masks do count
     bi3 = dict(bi, rgb=bi["rgb"] + 0.5 * lower[..., None])
-    assert float(I.cross_view_losses(r_i, r_j, bi3, bj)[0]) != pytest.approx(float(lip))
+    assert float(losses.cross_view_losses(r_i, r_j, bi3, bj)[0]) != pytest.approx(float(lip))
 
 
 def test_leak_loss_compares_only_its_regions():
@@ -182,7 +183,7 @@ def test_leak_loss_compares_only_its_regions():
 
     def loss(cross):
         g = [None if a is None else torch.cat([a, b, c]) for a, b, c in zip(own_i, own_j, cross)]
-        return float(I.leak_loss(g, P, lower, upper))
+        return float(losses.leak_loss(g, P, lower, upper))
 
     noise = [torch.rand(P, N, 3), None, None, torch.rand(P, N), torch.rand(P, N, 3)]
     assert loss(cross_from(own_i, own_j, noise)) == pytest.approx(0.0, abs=1e-7)  # outside the regions: free
@@ -193,14 +194,14 @@ def test_leak_loss_compares_only_its_regions():
 
     def scaled(k):
         g = [None if a is None else torch.cat([a, a + k * dj, a + k * dc]) for a, dj, dc in zip(own_i, d_j, d_c)]
-        return float(I.leak_loss(g, P, lower, upper))
+        return float(losses.leak_loss(g, P, lower, upper))
 
     assert scaled(0.5) == pytest.approx(scaled(1.0), rel=0.01) and scaled(1.0) > 0.1
 
 
 def test_face_regions_of_the_template():
     g = tiny_generator()
-    lower, upper = I.face_regions(g.template_position)
+    lower, upper = losses.face_regions(g.template_position)
     assert lower.sum() > 0 and upper.sum() > 0 and not (lower & upper).any()
     y = g.template_position[:, 1]
     assert float(y[lower].max()) < float(y[upper].min())
@@ -212,24 +213,24 @@ def test_cross_view_step_renders_one_latent_at_both_cameras(tmp_path, monkeypatc
     from dgtalker.data import load
 
     cfg = tiny_config()
-    data = I.ClipFrames(load(SAMPLE), load(SAMPLE).splits["train"], 64, progress=False)
+    data = clip.ClipFrames(load(SAMPLE), load(SAMPLE).splits["train"], 64, progress=False)
     talker = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96),
                     residual_frames=data.num_frames)
     seen = {}
-    orig = I._gather
+    orig = sampler.gather
 
     def spy(gauss, idx):
         seen["latents"], seen["idx"] = gauss[0].shape[0], idx.clone()
         return orig(gauss, idx)
 
-    monkeypatch.setattr(I, "_gather", spy)
-    opt = I.make_optimizer(talker, cfg)
-    I.train_step(talker, None, opt, data, 0, cfg)
+    monkeypatch.setattr(identity, "gather", spy)
+    opt = state.make_optimizer(talker, cfg)
+    identity.train_step(talker, None, opt, data, 0, cfg)
     P = cfg.pairs
     assert seen["latents"] == 3 * P
     assert torch.equal(seen["idx"], torch.cat([torch.arange(P), torch.arange(P, 2 * P), torch.arange(2 * P, 3 * P),
                                                torch.arange(2 * P, 3 * P)]))
-    I.train_step(talker, None, opt, data, 1, I.IdentityTrainConfig(**{**cfg.__dict__, "cross_view": False}))
+    identity.train_step(talker, None, opt, data, 1, IdentityTrainConfig(**{**cfg.__dict__, "cross_view": False}))
     assert seen["latents"] == 2 * P
 
 
@@ -239,18 +240,18 @@ def test_random_background_composites_the_targets_and_the_renders(monkeypatch):
     from dgtalker.data import load
 
     cfg = tiny_config(random_background=0.5)
-    drawn = [I.random_background(s, cfg, "cpu") for s in range(400)]
+    drawn = [plate.random_background(s, cfg, "cpu") for s in range(400)]
     share = np.mean([c is not None for c in drawn])
     assert 0.4 < share < 0.6, share
-    assert all(I.random_background(s, cfg, "cpu") is None for s in range(50) if drawn[s] is None)
+    assert all(plate.random_background(s, cfg, "cpu") is None for s in range(50) if drawn[s] is None)
     s = next(s for s, c in enumerate(drawn) if c is not None)
-    assert torch.equal(I.random_background(s, cfg, "cpu"), drawn[s])  # seeded by the step
-    assert I.random_background(s, tiny_config(random_background=0.0), "cpu") is None  # 0: always the plate
+    assert torch.equal(plate.random_background(s, cfg, "cpu"), drawn[s])  # seeded by the step
+    assert plate.random_background(s, tiny_config(random_background=0.0), "cpu") is None  # 0: always the plate
 
-    data = I.ClipFrames(load(SAMPLE), load(SAMPLE).splits["train"], 64, progress=False)
+    data = clip.ClipFrames(load(SAMPLE), load(SAMPLE).splits["train"], 64, progress=False)
     batch = data.batch(torch.tensor([0, 1]))
     colour = torch.tensor([0.9, 0.1, 0.3])
-    over = I.over_background(batch, colour)
+    over = plate.over_background(batch, colour)
     fg = batch["fg"][..., None]
     assert torch.allclose(over["rgb"], batch["rgb"] * fg + colour * (1 - fg))
     far = batch["fg"] < 1e-3
@@ -267,8 +268,8 @@ def test_random_background_composites_the_targets_and_the_renders(monkeypatch):
 
     monkeypatch.setattr(talker, "rasterize", spy)
     cfg = tiny_config(random_background=1.0)
-    I.train_step(talker, None, I.make_optimizer(talker, cfg), data, 3, cfg)
-    assert torch.equal(seen[-1], I.random_background(3, cfg, "cpu"))
+    identity.train_step(talker, None, state.make_optimizer(talker, cfg), data, 3, cfg)
+    assert torch.equal(seen[-1], plate.random_background(3, cfg, "cpu"))
     with pytest.raises(ValueError, match="random_background"):
         tiny_config(random_background=1.5).validate()
 
@@ -284,17 +285,17 @@ def test_side_silhouette_compares_outlines_with_the_prior_beyond_the_clip_views(
     from dgtalker.data import load
 
     cfg = tiny_config(side_silhouette=1.0, side_resolution=32)
-    data = I.ClipFrames(load(SAMPLE), load(SAMPLE).splits["train"], 64, progress=False)
+    data = clip.ClipFrames(load(SAMPLE), load(SAMPLE).splits["train"], 64, progress=False)
     b = data.batch(torch.tensor([0, 1, 2, 3]))
-    views = I.side_cameras(b["w2c"], 7, cfg)
-    assert torch.equal(views, I.side_cameras(b["w2c"], 7, cfg))
-    assert not torch.equal(views, I.side_cameras(b["w2c"], 8, cfg))
+    views = losses.side_cameras(b["w2c"], 7, cfg)
+    assert torch.equal(views, losses.side_cameras(b["w2c"], 7, cfg))
+    assert not torch.equal(views, losses.side_cameras(b["w2c"], 8, cfg))
     pivot = torch.tensor(camera.DEFAULT_TARGET, dtype=torch.float64)
     for k in range(4):
         c0 = torch.linalg.inv(b["w2c"][k].double())[:3, 3] - pivot
         c1 = torch.linalg.inv(views[k].double())[:3, 3] - pivot
         angle = math.degrees(math.acos(float(c0 @ c1 / (c0.norm() * c1.norm()))))
-        assert I.SIDE_YAW[0] - 0.5 < angle < math.hypot(I.SIDE_YAW[1], I.SIDE_PITCH) + 0.5, angle
+        assert losses.SIDE_YAW[0] - 0.5 < angle < math.hypot(losses.SIDE_YAW[1], losses.SIDE_PITCH) + 0.5, angle
 
     reference = tiny_generator()
     talker = Talker(copy.deepcopy(reference), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96),
@@ -303,7 +304,7 @@ def test_side_silhouette_compares_outlines_with_the_prior_beyond_the_clip_views(
 
     def loss():
         g = talker.gaussians(ce, cl)
-        return I.side_silhouette_loss(talker, reference, g, ce, cl, b["w2c"], b["K"], 3, cfg)
+        return losses.side_silhouette_loss(talker, reference, g, ce, cl, b["w2c"], b["K"], 3, cfg)
 
     assert float(loss().detach()) < 1e-6  # the prior itself
     with torch.no_grad():
@@ -325,7 +326,7 @@ def test_tiny_training_loss_falls_and_orthogonality_holds(tmp_path):
     # rate of the full-size runs before N1 (the default 2e-4 suits the full network)
     cfg = tiny_config(steps=30, pairs=2, locality=0.0, distill_weight=0.0, lr_output_bias=1e-3)
     out = tmp_path / "t.safetensors"
-    I.train_identity(SAMPLE, out, cfg, prior=tiny_generator(), device="cpu", progress=False)
+    identity.train_identity(SAMPLE, out, cfg, prior=tiny_generator(), device="cpu", progress=False)
     hist = json.loads((tmp_path / "t.safetensors.history.json").read_text())
     first = np.mean([h["photo"] for h in hist[:5]])
     last = np.mean([h["photo"] for h in hist[-5:]])
@@ -339,10 +340,10 @@ def test_tiny_training_loss_falls_and_orthogonality_holds(tmp_path):
 def test_training_resumes_exactly(tmp_path):
     cfg = tiny_config(steps=6, focus=0.5)  # the error-driven sampler's state is resumed too
     a = tmp_path / "a.safetensors"
-    I.train_identity(SAMPLE, a, cfg, prior=tiny_generator(), device="cpu", progress=False)
+    identity.train_identity(SAMPLE, a, cfg, prior=tiny_generator(), device="cpu", progress=False)
     b = tmp_path / "b.safetensors"
-    I.train_identity(SAMPLE, b, tiny_config(steps=3, focus=0.5), prior=tiny_generator(), device="cpu", progress=False)
-    I.train_identity(SAMPLE, b, tiny_config(steps=6, focus=0.5), prior=tiny_generator(), device="cpu", progress=False)
+    identity.train_identity(SAMPLE, b, tiny_config(steps=3, focus=0.5), prior=tiny_generator(), device="cpu", progress=False)
+    identity.train_identity(SAMPLE, b, tiny_config(steps=6, focus=0.5), prior=tiny_generator(), device="cpu", progress=False)
     ta, tb = load_talker(a), load_talker(b)
     sa, sb = ta.state_dict(), tb.state_dict()
     assert set(sa) == set(sb)
@@ -354,12 +355,12 @@ def test_training_resumes_exactly(tmp_path):
 def test_expression_frames_are_drawn_by_their_error():
     err = torch.full((100,), 0.01)
     err[7] = 0.5  # a blink the model does not render yet
-    assert I.expression_weights(err, 0.0) is None
-    p = I.expression_weights(err, 0.5)
+    assert sampler.expression_weights(err, 0.0) is None
+    p = sampler.expression_weights(err, 0.5)
     assert p.sum() == pytest.approx(1.0) and p[7] > 0.4 and p[0] == pytest.approx(p[1])
     counts = np.zeros(100)
     for step in range(200):
-        i, j = I.sample_pairs(step, 100, 2, seed=0, weights=p)
+        i, j = sampler.sample_pairs(step, 100, 2, seed=0, weights=p)
         assert bool((i != j).all())
         counts += np.bincount(j.numpy(), minlength=100)
     assert counts[7] > 0.3 * counts.sum()
@@ -369,7 +370,7 @@ def test_existing_output_without_state_is_refused(tmp_path):
     out = tmp_path / "t.safetensors"
     out.write_bytes(b"x")
     with pytest.raises(FileExistsError, match="no training state"):
-        I.train_identity(SAMPLE, out, tiny_config(), prior=tiny_generator(), device="cpu", progress=False)
+        identity.train_identity(SAMPLE, out, tiny_config(), prior=tiny_generator(), device="cpu", progress=False)
 
 
 def test_multiview_corpus_is_refused(tmp_path):
@@ -377,7 +378,7 @@ def test_multiview_corpus_is_refused(tmp_path):
 
     corpus = write_corpus(tmp_path / "corpus")
     with pytest.raises(ValueError, match="talking clip"):
-        I.train_identity(corpus, tmp_path / "t.safetensors", tiny_config(), prior=tiny_generator(), device="cpu",
+        identity.train_identity(corpus, tmp_path / "t.safetensors", tiny_config(), prior=tiny_generator(), device="cpu",
                          progress=False)
 
 
@@ -488,7 +489,7 @@ def test_blink_amounts_from_eyelid_distance():
     open_ = np.full(40, 10.0)
     open_[::7] = 9.0       # landmark jitter: 10% closed stays open
     open_[20:23] = (5.0, 2.0, 1.0)
-    b = I.blink_amounts(open_)
+    b = clip.blink_amounts(open_)
     assert b[0] == 0 and b[7] == 0
     assert 0.4 < b[20] < 0.7 and b[21] == pytest.approx(1.0) and b[22] == 1.0
 
@@ -496,9 +497,9 @@ def test_blink_amounts_from_eyelid_distance():
 def test_blink_frames_are_drawn_for_the_eyelid_layer(tmp_path):
     blink = torch.zeros(100)
     blink[40:43] = 1.0
-    p = I.expression_weights(torch.ones(100), 0.0, blink, 0.2)
+    p = sampler.expression_weights(torch.ones(100), 0.0, blink, 0.2)
     assert p[40] == pytest.approx(0.8 / 100 + 0.2 / 3) and p[0] == pytest.approx(0.8 / 100)
-    assert I.expression_weights(torch.ones(100), 0.0, torch.zeros(100), 0.2) is None  # no blinks: uniform
+    assert sampler.expression_weights(torch.ones(100), 0.0, torch.zeros(100), 0.2) is None  # no blinks: uniform
     # the sample clip blinks at frames 43-46 (held out there: here they are trained on); training learns an
     # eyelid layer from them and keeps the clip's blink track
     import shutil
@@ -507,7 +508,7 @@ def test_blink_frames_are_drawn_for_the_eyelid_layer(tmp_path):
     (clip / "splits.json").write_text(json.dumps({"train": list(range(48)), "heldout": [48, 49]}))
     cfg = tiny_config(steps=6, locality=0.0, distill_weight=0.0, blink_share=0.5)
     out = tmp_path / "t.safetensors"
-    I.train_identity(clip, out, cfg, prior=tiny_generator(), device="cpu", progress=False)
+    identity.train_identity(clip, out, cfg, prior=tiny_generator(), device="cpu", progress=False)
     T = load_talker(out)
     assert float(T.blink_map.abs().max()) > 0
     assert float(T.blink_track[44]) == 1.0 and float(T.blink_track[:40].max()) == 0.0

@@ -10,14 +10,58 @@ import argparse
 import importlib
 import sys
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (``8.7``, ``0`` and ``-1`` are refused by name)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def check_device(value: str | None) -> str:
+    """The torch device a ``--device`` value names (None: cuda if there is one, else cpu);
+    ValueError with what is available when it cannot be used here."""
+    import torch
+
+    if value is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {value!r} is not a device (cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"--device {value}: no CUDA device is available here (use --device cpu)")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"--device {value}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {value}: only cpu and cuda are supported")
+    return str(dev)
+
+
 # name -> (module, one-line help)
 SUBCOMMANDS = {
     "demo": ("dgtalker.demo", "render heads sampled from the shipped prior into a PNG (the engine end to end)"),
     "synth": ("dgtalker.data.synth_cli", "generate a synthetic talking-head dataset"),
-    "preprocess": ("dgtalker.preprocess.cli", "turn a video of a person talking into a dataset (face tracking, pose, masks)"),
+    "preprocess": ("dgtalker.preprocess.preprocess_cli", "turn a video of a person talking into a dataset (face tracking, pose, masks)"),
     "render": ("dgtalker.render_cli", "render a talker speaking an audio file into an mp4"),
     "blendshapes": ("dgtalker.blendshapes_cli", "picture of what each expression and lip blendshape of a talker does"),
-    "eval": ("dgtalker.eval.report", "measure a talker against a clip's ground truth (report.json, report.md, figures)"),
+    "eval": ("dgtalker.eval.eval_cli", "measure a talker against a clip's ground truth (report.json, report.md, figures)"),
     "train": ("dgtalker.train.identity_cli", "train a talking head (a talker) on one person's clip"),
     "pretrain-prior": ("dgtalker.train.prior_cli", "train the Gaussian generative prior on a multi-identity corpus"),
     "info": ("dgtalker.info", "print how the engine was built and which backends run here"),

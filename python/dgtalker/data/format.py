@@ -382,6 +382,45 @@ class Dataset(ViewSet):
 
         return load_audio(self.audio_path, sample_rate=None)
 
+    def fingerprint(self, samples: int = 8, chunk: int = 4096) -> str:
+        """A cheap content hash (sha256 hex) of the dataset: meta.json, splits.json, the
+        cameras and ground truth, the name and size of every file, and the first and last
+        ``chunk`` bytes of the audio and of ``samples`` frames spread over the clip. Any
+        edit of the metadata, the splits, the cameras, a frame count or a file size
+        changes it; it reads about ``2 * chunk * (samples + 1)`` bytes of the media, so
+        a re-encoded frame of the same size can slip through."""
+        import hashlib
+
+        h = hashlib.sha256()
+
+        def part(name: str, data: bytes) -> None:
+            h.update(f"{name}:{len(data)}:".encode())
+            h.update(data)
+
+        def ends(path: Path) -> bytes:
+            with open(path, "rb") as f:
+                head = f.read(chunk)
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(size - chunk, len(head)))
+                return head + f.read(chunk)
+
+        for name in ("meta.json", "splits.json", "cameras.npz", "gt.npz"):
+            if (self.root / name).is_file():
+                part(name, (self.root / name).read_bytes())
+        listing = sorted((str(q.relative_to(self.root)), q.stat().st_size) for q in self.root.rglob("*")
+                         if q.is_file() and not q.name.startswith(".") and "preview" not in q.relative_to(self.root).parts)
+        part("files", json.dumps(listing).encode())
+        if self.audio_path is not None:
+            part("audio", ends(self.audio_path))
+        media = (self.root / self._frames) if self._video is not None else None
+        for i in np.unique(np.linspace(0, self.n - 1, min(samples, self.n)).round().astype(int)):
+            if media is None:
+                part(f"frame{i}", ends(self._image_path(int(i))))
+            part(f"mask{i}", ends(self._mask_path(int(i))))
+        if media is not None:
+            part("video", ends(media))
+        return h.hexdigest()
+
     def __repr__(self):
         fps = f", fps={self.fps:g}" if self.fps else ""
         nov = f", novel={len(self.novel)}" if self.novel is not None else ""
@@ -407,6 +446,54 @@ def masks_to_uint8(masks: np.ndarray) -> np.ndarray:
     np.rint(m, out=m)
     np.clip(m, 0, 255, out=m)
     return m.astype(np.uint8)
+
+
+def tail_splits(frames, heldout: float, *, min_train: int = 2) -> dict:
+    """``{"train", "heldout"}`` of ``frames`` (indices in time order) with the last
+    ``heldout`` fraction (rounded to whole frames) held out. Refused (ValueError) when
+    the train split would have fewer than ``min_train`` frames, or when a non-zero
+    fraction holds out no frame at all (``heldout=0`` asks for none)."""
+    frames = [int(i) for i in frames]
+    if not 0.0 <= heldout < 1.0:
+        raise ValueError(f"the held-out fraction must be in [0, 1), got {heldout!r}")
+    n_held = int(round(len(frames) * heldout))
+    if heldout > 0 and n_held == 0:
+        raise ValueError(f"holding out {heldout:g} of {len(frames)} frames holds out none; pass 0 to hold out "
+                         f"nothing, or at least {0.5 / max(len(frames), 1):.3g} to hold out a frame")
+    if len(frames) - n_held < min_train:
+        raise ValueError(f"holding out {heldout:g} of {len(frames)} frames leaves {len(frames) - n_held} for "
+                         f"training; at least {min_train} are needed (lower the held-out fraction)")
+    return {"train": frames[:len(frames) - n_held], "heldout": frames[len(frames) - n_held:]}
+
+
+def check_splits(splits: dict, n: int) -> dict:
+    """``{"train": [...], "heldout": [...]}`` as lists of ints, checked for a dataset of
+    ``n`` frames: indices in [0, n), none repeated or in both, and a train split that is
+    not empty (an empty one would leave a trainer nothing to learn from, or tempt it to
+    learn from every frame, held-out ones included). An empty held-out split is allowed:
+    it means none are held out, and evaluation then says so."""
+    if not isinstance(splits, dict) or set(splits) - {"train", "heldout"}:
+        raise ValueError(f"splits must be a dict with keys 'train' and 'heldout', got {splits!r:.200}")
+    out = {}
+    for key in ("train", "heldout"):
+        v = splits.get(key, [])
+        a = np.asarray(v)
+        if a.ndim != 1 or (a.size and not (np.issubdtype(a.dtype, np.integer) or bool(np.all(a == np.round(a))))):
+            raise ValueError(f"splits[{key!r}] must be a list of frame indices, got {v!r:.200}")
+        idx = [int(i) for i in a]
+        bad = [i for i in idx if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"splits[{key!r}] has indices outside [0, {n}): {bad[:5]}")
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"splits[{key!r}] repeats frames")
+        out[key] = idx
+    if not out["train"]:
+        raise ValueError(f"the train split is empty ({n} frames, {len(out['heldout'])} held out): "
+                         "keep at least one frame for training")
+    both = set(out["train"]) & set(out["heldout"])
+    if both:
+        raise ValueError(f"frames {sorted(both)[:5]} are in both the train and the held-out split")
+    return out
 
 
 class _ViewSetWriter:
@@ -528,7 +615,11 @@ class DatasetWriter:
             meta["audio"] = {"path": "audio.wav", "sample_rate": int(sample_rate)}
         if splits is None:
             splits = {"train": list(range(n)), "heldout": []}
-        splits = {k: [int(i) for i in splits.get(k, [])] for k in ("train", "heldout")}
+        try:
+            splits = check_splits(splits, n)
+        except ValueError:
+            self.abort()
+            raise
         atomic_write_json(self.tmp / "splits.json", splits)
         self.main.finish()
         if self.novel is not None:

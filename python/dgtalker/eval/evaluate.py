@@ -17,6 +17,11 @@ the ground-truth frame:
 - ``novel_views`` (a dataset with ``novel/``): renders at the novel cameras, both
   sides composited over one grey (the plate is only valid for the training camera),
   per |yaw| bucket.
+
+Every render whose pixels become a number runs the rasterizer checked
+(``checked=True``): on CUDA a render that overflowed its intersection buffers is
+redone before it is measured, and bad input raises in the call (CPU calls always
+check).
 """
 from __future__ import annotations
 
@@ -114,14 +119,14 @@ def _summary(rows: list[dict]) -> dict:
     return out
 
 
-def fit_upper_face(talker, c_exp, c_lip, w2c, K, body, gt, upper, size: int, steps: int = 40, lr: float = 0.05):
+def fit_upper_face(talker, c_exp, c_lip, w2c, K, gt, upper, size: int, steps: int = 40, lr: float = 0.05):
     """Test-time fit of ``c_exp`` alone to frames on their upper-face masks (lips fixed)."""
-    from ..train.identity import masked_l1
+    from ..metrics import masked_l1
 
     c = c_exp.clone().requires_grad_(True)
     opt = torch.optim.Adam([c], lr=lr)
     for _ in range(steps):
-        img, _ = talker.frames(c, c_lip, w2c, K, size, size, body=body)
+        img, _ = talker.clip_frames(c, c_lip, w2c, K, size, size, checked=True)
         loss = masked_l1(img, gt, upper)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -129,25 +134,80 @@ def fit_upper_face(talker, c_exp, c_lip, w2c, K, body, gt, upper, size: int, ste
     return c.detach()
 
 
+def trained_on(talker, dataset) -> bool | None:
+    """Whether ``dataset`` is the clip ``talker`` was trained on: by the content hash the
+    trainer records (``dataset_sha256``), else by its path; None if the talker records
+    neither (an untrained or hand-made talker)."""
+    src = talker.source or {}
+    if src.get("dataset_sha256"):
+        return src["dataset_sha256"] == dataset.fingerprint()
+    if src.get("dataset"):
+        from pathlib import Path
+
+        return Path(src["dataset"]).resolve() == Path(dataset.root).resolve()
+    return None
+
+
+def scored_frames(talker, dataset, frames) -> dict:
+    """What the evaluated ``frames`` of ``dataset`` are to ``talker``: how many it trained
+    on and how many it never saw, and a label saying so. On its own training clip the
+    training frames are those of ``talker.train_mask`` (recorded by the trainer; a
+    talker from before it was recorded: the clip's train split); on any other clip
+    every frame is unseen."""
+    frames = np.asarray(frames, np.int64)
+    n = len(frames)
+    same = trained_on(talker, dataset)
+    if same:
+        mask = talker.train_mask.detach().cpu().numpy().astype(bool)
+        if "dataset_sha256" not in talker.source or len(mask) != len(dataset):
+            mask = np.zeros(len(dataset), bool)
+            mask[dataset.splits["train"]] = True
+        seen = int(mask[frames].sum())
+        unseen = n - seen
+        if seen == 0:
+            label = f"{n} held-out frames"
+        elif unseen == 0:
+            label = f"{n} training frames"
+        else:
+            label = f"{n} frames ({seen} training, {unseen} held-out)"
+        return {"label": label, "frames": n, "training_frames": seen, "unseen_frames": unseen,
+                "clip": "the training clip"}
+    what = "a clip the talker was not trained on" if same is False else "a clip (the talker records no training clip)"
+    return {"label": f"{n} frames of {what}", "frames": n, "training_frames": 0 if same is False else None,
+            "unseen_frames": n if same is False else None, "clip": what}
+
+
 def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bool = True, fit_upper_steps: int = 0,
              fit_every: int = 1, batch: int = 4, device=None, progress: bool = True, landmarks: bool | None = None,
              coefficients=None, baselines: bool = True) -> dict:
-    """Metrics of ``talker`` on ``frames`` of ``dataset`` (default: its held-out split, or all
-    frames if it has none); see the module docstring. ``landmarks``: also LMD and the
+    """Metrics of ``talker`` on ``frames`` of ``dataset`` (default: its held-out split; a
+    dataset without held-out frames is refused, pass ``frames`` to score others); see the
+    module docstring. ``report["scored"]`` says what the frames are to the talker
+    (``scored_frames``: training or held-out frames, or another clip's). ``landmarks``: also LMD and the
     landmark mouth opening with mediapipe's face mesh (default: when it is installed).
     ``coefficients``: the clip's ``clip_coefficients``, if the caller already has them.
     ``baselines=False`` skips the static and rigid-torso renders (a third of the cost each)."""
-    from . import landmarks as L
     from tqdm import tqdm
 
-    from ..talker import body_transforms
+    from . import landmarks as L
 
     device = torch.device(device) if device is not None else talker.device
     talker = talker.to(device).eval()
-    size = size or dataset.width
+    if size is None:
+        size = dataset.width
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
     if frames is None:
-        frames = dataset.splits["heldout"] if dataset.splits["heldout"].size else np.arange(len(dataset))
+        frames = dataset.splits["heldout"]
+        if frames.size == 0:
+            raise ValueError(f"{dataset.root} has no held-out frames (splits.json); pass frames= (e.g. every "
+                             "frame of a clip the talker never saw) to score others")
     frames = np.asarray(frames, np.int64)
+    if frames.ndim != 1 or frames.size == 0 or frames.min() < 0 or frames.max() >= len(dataset):
+        raise ValueError(f"frames must be a non-empty list of frame indices in [0, {len(dataset)}), got "
+                         f"{frames.size} of them")
     ce_all, cl_all = coefficients if coefficients is not None else clip_coefficients(talker, dataset)
     gt_of = _GroundTruth(dataset, size, device)
     use_landmarks = L.available() if landmarks is None else bool(landmarks)
@@ -157,26 +217,26 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
     for s in tqdm(range(0, len(frames), batch), desc="evaluating", disable=not progress, unit="batch"):
         idx = frames[s:s + batch]
         w2c, K = view_cameras(dataset, idx, size, dataset.width, dataset.height, device)
-        body = body_transforms(w2c, talker.body_w2c)
         gt, masks = gt_of(idx)
         ce, cl = ce_all[idx].to(device), cl_all[idx].to(device)
         with torch.no_grad():
-            img, _ = talker.frames(ce, cl, w2c, K, size, size, body=body)
+            img, _ = talker.clip_frames(ce, cl, w2c, K, size, size, checked=True)
             rows += _frame_metrics(img.clamp(0, 1), gt, masks, detector, scale)
             if baselines:
-                img0, _ = talker.frames(torch.zeros_like(ce), torch.zeros_like(cl), w2c, K, size, size, body=body)
+                img0, _ = talker.clip_frames(torch.zeros_like(ce), torch.zeros_like(cl), w2c, K, size, size,
+                                             checked=True)
                 static_rows += _frame_metrics(img0.clamp(0, 1), gt, masks, detector, scale)
                 # the torso carried rigidly by the head camera (no skinning), for comparison
-                img1, _ = talker.frames(ce, cl, w2c, K, size, size, body=None)
+                img1, _ = talker.frames(ce, cl, w2c, K, size, size, body=None, checked=True)
                 rigid_rows += _frame_metrics(img1.clamp(0, 1), gt, masks)
         if fit_upper_steps > 0:
             keep = (np.arange(s, s + len(idx)) % fit_every) == 0
             if keep.any():
                 k = torch.from_numpy(np.nonzero(keep)[0]).to(device)
-                c_fit = fit_upper_face(talker, ce[k], cl[k], w2c[k], K[k], body[k], gt[k], masks[k][..., 2], size,
+                c_fit = fit_upper_face(talker, ce[k], cl[k], w2c[k], K[k], gt[k], masks[k][..., 2], size,
                                        steps=fit_upper_steps)
                 with torch.no_grad():
-                    img, _ = talker.frames(c_fit, cl[k], w2c[k], K[k], size, size, body=body[k])
+                    img, _ = talker.clip_frames(c_fit, cl[k], w2c[k], K[k], size, size, checked=True)
                 fit_rows += _frame_metrics(img.clamp(0, 1), gt[k], masks[k])
     if detector is not None:
         detector.close()
@@ -184,7 +244,7 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
     lag, corr = M.best_lag(loud, [r["mouth_render"] for r in rows])
     report = {"loudness_lag": {"lag_frames": lag, "corr": corr, "truth_lag_frames": M.best_lag(
         loud, [r["mouth_truth"] for r in rows])[0]}}
-    report.update({"frames": _summary(rows), "size": size,
+    report.update({"frames": _summary(rows), "size": size, "scored": scored_frames(talker, dataset, frames),
                    "landmarks": "mediapipe face mesh" if detector is not None else None,
               "evaluated_frames": [int(i) for i in frames],
               "per_frame": [{k: round(v, 4) for k, v in r.items()} for r in rows],
@@ -240,7 +300,7 @@ def spiral_consistency(talker, dataset, *, frame: int = 0, views: int = 24, size
     vms, Ks = spiral(views, width=size, height=size, distance=dist, fov=fov)
     with torch.no_grad():
         img, _ = talker.frames(ce[[frame]].expand(views, -1).to(device), cl[[frame]].expand(views, -1).to(device),
-                               vms.to(device), Ks.to(device), size, size)
+                               vms.to(device), Ks.to(device), size, size, checked=True)
     det = L.FaceLandmarks()
     gaps = []
     for im in (img.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy():
@@ -253,17 +313,15 @@ def spiral_consistency(talker, dataset, *, frame: int = 0, views: int = 24, size
             "lip_gap_cv": float(g.std() / g.mean()) if len(g) > 1 and g.mean() > 0 else None}
 
 
-def novel_view_cameras(talker, dataset, idx, size: int, device):
-    """``(frame_index, w2c, K, body)`` of the dataset's novel views ``idx``: their cameras
-    at ``size`` and the torso posed by their frame's head pose (a novel camera orbits
-    that frame's head; the body stays where the frame has it)."""
-    from ..talker import body_transforms
-
+def novel_view_cameras(dataset, idx, size: int, device):
+    """``(frame_index, w2c, K, frame_w2c)`` of the dataset's novel views ``idx``: their
+    cameras at ``size`` and the head camera of the frame each one shows (a novel camera
+    orbits that frame's head; the body stays where the frame has it: pose the torso
+    with ``Talker.clip_gaussians(..., frame_w2c)``)."""
     nv = dataset.novel
     fi = nv.frame_index[idx]
     w2c, K = view_cameras(nv, idx, size, dataset.width, dataset.height, device)
-    main_w2c = torch.as_tensor(dataset.w2c[fi], dtype=torch.float32, device=device)
-    return fi, w2c, K, body_transforms(main_w2c, talker.body_w2c)
+    return fi, w2c, K, torch.as_tensor(dataset.w2c[fi], dtype=torch.float32, device=device)
 
 
 def evaluate_novel(talker, dataset, ce_all, cl_all, size, batch, device, progress) -> dict:
@@ -277,12 +335,12 @@ def evaluate_novel(talker, dataset, ce_all, cl_all, size, batch, device, progres
     per = []
     for s in tqdm(range(0, len(nv), batch), desc="novel views", disable=not progress, unit="batch"):
         idx = np.arange(s, min(s + batch, len(nv)))
-        fi, w2c, K, body = novel_view_cameras(talker, dataset, idx, size, device)
+        fi, w2c, K, frame_w2c = novel_view_cameras(dataset, idx, size, device)
         gt, masks = gt_of(idx)
         gt = gt * masks[..., 3:4] + grey * (1 - masks[..., 3:4])
         with torch.no_grad():
-            img, _ = talker.frames(ce_all[fi].to(device), cl_all[fi].to(device), w2c, K, size, size, body=body,
-                                   background=grey)
+            g = talker.clip_gaussians(ce_all[fi].to(device), cl_all[fi].to(device), frame_w2c)
+            img, _ = talker.rasterize(g, w2c, K, size, size, background=grey, checked=True)
         for k, r in enumerate(_frame_metrics(img.clamp(0, 1), gt, masks)):
             r["yaw"] = float(yaw[idx[k]])
             per.append(r)
@@ -301,15 +359,12 @@ def disentanglement(talker, dataset, *, frame: int = 0, size: int = 256, sigma: 
     times its spread over the clip (speech coefficients plus residual), one at a time,
     from the clip's mean; changes are mean |image difference| inside the ground-truth
     lower- and upper-face masks of ``frame`` at its camera."""
-    from ..talker import body_transforms
-
     device = torch.device(device) if device is not None else talker.device
     ce_all, cl_all = clip_coefficients(talker, dataset)
     ce_all = ce_all + talker.residual_track.detach().cpu()[: len(ce_all)]
     mean_e, mean_l = ce_all.mean(0), cl_all.mean(0)
     std_e, std_l = ce_all.std(0), cl_all.std(0)
     w2c, K = view_cameras(dataset, np.array([frame]), size, dataset.width, dataset.height, device)
-    body = body_transforms(w2c, talker.body_w2c)
     _, masks = _GroundTruth(dataset, size, device)([frame])
     lower, upper = masks[..., 1:2], masks[..., 2:3]
     Ke, Kl = len(mean_e), len(mean_l)
@@ -323,8 +378,8 @@ def disentanglement(talker, dataset, *, frame: int = 0, size: int = 256, sigma: 
         cl[2 + 2 * (Ke + k), k] -= sigma * std_l[k]
     n = ce.shape[0]
     with torch.no_grad():
-        img, _ = talker.frames(ce.to(device), cl.to(device), w2c.expand(n, -1, -1), K.expand(n, -1, -1), size, size,
-                               body=body.expand(n, -1, -1))
+        img, _ = talker.clip_frames(ce.to(device), cl.to(device), w2c.expand(n, -1, -1), K.expand(n, -1, -1), size,
+                                    size, checked=True)
     d = (img[1:] - img[:1]).abs()
     lo = (d * lower).sum((1, 2, 3)) / lower.sum().clamp_min(1) / 3
     up = (d * upper).sum((1, 2, 3)) / upper.sum().clamp_min(1) / 3

@@ -30,7 +30,7 @@ def psnr(a, b, mask=None) -> float:
 
 def ssim(a, b) -> float:
     """Mean SSIM (Gaussian 11x11 window) of ``[B, H, W, 3]`` or ``[H, W, 3]`` images."""
-    from ..train.losses import ssim as _ssim
+    from ..metrics import ssim as _ssim
 
     a, b = _t(a).float(), _t(b).float()
     if a.dim() == 3:

@@ -1,8 +1,6 @@
-"""``dgtalker eval``: a talker measured against a clip's ground truth, as a report.
+"""The report of ``dgtalker eval`` (the command: ``dgtalker.eval.eval_cli``).
 
-    dgtalker eval --data data/id007 [--talker T] [--all-frames] [--out report_dir]
-
-Writes ``report.json`` (metrics, baselines, speed, provenance), ``report.md`` (the
+It writes ``report.json`` (metrics, baselines, speed, provenance), ``report.md`` (the
 tables), ``sheet.png`` (ground truth | render | error at the worst, median and best
 frames) and ``mouth.png`` (mouth opening of truth and render over time). The
 protocol is ``dgtalker.eval.evaluate``'s. Landmark distance (LMD) needs a face
@@ -12,48 +10,22 @@ and the report says why.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-EPILOG = """\
-settings (docs/benchmarks.md):
-  self-driven                 dgtalker eval --data CLIP --talker T             (held-out frames)
-  3D-aware self-driven        the same: a synthetic clip's novel/ views are evaluated too
-  audio generalization        dgtalker synth --identity I --audio OTHER.wav --out NEW;
-                              dgtalker eval --data NEW --talker T --all-frames
-"""
-
-
-def add_arguments(p) -> None:
-    import argparse
-
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = EPILOG
-    p.add_argument("--data", required=True, help="a talking-clip dataset directory with ground truth")
-    p.add_argument("--talker", help="talker checkpoint (default: the shipped demo talker)")
-    p.add_argument("--ablation", help="a talker trained on the same clip with --no-cross-view, as a baseline")
-    p.add_argument("--all-frames", action="store_true",
-                   help="evaluate every frame (a clip whose audio the talker never saw) instead of the held-out split")
-    p.add_argument("--out", default="eval_report", help="report directory (default eval_report)")
-    p.add_argument("--size", type=int, help="evaluation image size (default: the dataset's)")
-    p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--no-novel", action="store_true", help="skip the novel views")
-
-
 def _float(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
-def _clean(obj):
+def clean(obj):
+    """``obj`` with numpy scalars as Python numbers and non-finite floats as None (JSON)."""
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [clean(v) for v in obj]
     if isinstance(obj, (np.floating, np.integer)):
         obj = obj.item()
     return _float(obj) if isinstance(obj, float) else obj
@@ -69,7 +41,7 @@ def render_speed(talker, dataset, size: int, device, frames: int = 16) -> dict:
     def once():
         ce, cl = clip_coefficients(talker, dataset)
         with torch.no_grad():
-            img, _ = talker.frames(ce[idx].to(device), cl[idx].to(device), w2c, K, size, size)
+            img, _ = talker.clip_frames(ce[idx].to(device), cl[idx].to(device), w2c, K, size, size, checked=True)
         if img.is_cuda:
             torch.cuda.synchronize()
 
@@ -87,7 +59,6 @@ def contact_sheet(talker, dataset, coefficients, per_frame: list, frames: np.nda
     """GT | render | error for the worst, median and best frames by PSNR (``coefficients``:
     the clip's ``clip_coefficients``)."""
     from ..io import atomic_write_bytes, encode_image
-    from ..talker import body_transforms
     from .evaluate import _GroundTruth, view_cameras
 
     ps = np.array([r["psnr"] for r in per_frame])
@@ -98,8 +69,7 @@ def contact_sheet(talker, dataset, coefficients, per_frame: list, frames: np.nda
     w2c, K = view_cameras(dataset, idx, size, dataset.width, dataset.height, device)
     gt, _ = _GroundTruth(dataset, size, device)(idx)
     with torch.no_grad():
-        img, _ = talker.frames(ce[idx].to(device), cl[idx].to(device), w2c, K, size, size,
-                               body=body_transforms(w2c, talker.body_w2c))
+        img, _ = talker.clip_frames(ce[idx].to(device), cl[idx].to(device), w2c, K, size, size, checked=True)
     err = ((img - gt).abs() * 4).clamp(0, 1)
     rows = [torch.cat([g, r.clamp(0, 1), e], 1) for g, r, e in zip(gt, img, err)]
     atomic_write_bytes(path, encode_image((torch.cat(rows, 0) * 255).round().byte().cpu().numpy(), "png"))
@@ -128,31 +98,12 @@ def mouth_plot(per_frame: list, frames: np.ndarray, fps: float, path: Path) -> b
     return True
 
 
-def _command(args) -> str:
-    parts = ["dgtalker eval", "--data", str(args.data)]
-    for flag, value in (("--talker", args.talker), ("--ablation", args.ablation), ("--size", args.size),
-                        ("--device", args.device), ("--out", args.out)):
-        if value is not None:
-            parts += [flag, str(value)]
-    parts += [f for f, on in (("--all-frames", args.all_frames), ("--no-novel", args.no_novel)) if on]
-    return " ".join(parts)
-
-
-def _commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def markdown(rep: dict) -> str:
     def f(x, d=2):
         return "–" if x is None else f"{x:.{d}f}"
 
     lines = [f"# Evaluation of {rep['talker']['path']}", "", f"Data: `{rep['data']['path']}` "
-             f"({rep['frames']['frames']} frames, {rep['data']['split']}); command: `{rep['command']}`", "",
+             f"({rep['data']['split']}); command: `{rep['command']}`", "",
              "| | PSNR | PSNR head | PSNR lower face | SSIM | LMD px | mouth corr | lag |", "|---|---|---|---|---|---|---|---|"]
     for name, m in [("talker", rep["frames"])] + [(k, v) for k, v in rep["baselines"].items()]:
         lines.append(f"| {name} | {f(m['psnr'])} | {f(m['psnr_head'])} | {f(m['psnr_lower_face'])} | "
@@ -182,65 +133,3 @@ def markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args) -> int:
-    from ..checkpoint import CheckpointError
-    from ..data import DatasetError, load
-    from ..io import atomic_write_bytes, atomic_write_json
-    from ..talker import load_talker
-    from .evaluate import clip_coefficients, evaluate, spiral_consistency
-
-    out = Path(args.out)
-    try:
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dataset = load(args.data)
-        if dataset.kind != "talking":
-            raise ValueError(f"{args.data}: evaluation needs a talking clip, got a {dataset.kind!r} dataset")
-        talker = load_talker(args.talker, device=device)
-        frames = np.arange(len(dataset)) if args.all_frames or not dataset.splits["heldout"].size \
-            else dataset.splits["heldout"]
-        size = args.size or dataset.width
-        out.mkdir(parents=True, exist_ok=True)
-        coefficients = clip_coefficients(talker, dataset)  # once for the evaluation, the sheet and the spiral
-        res = evaluate(talker, dataset, frames=frames, size=size, novel=not args.no_novel, device=device,
-                       coefficients=coefficients)
-        baselines = {"static (w_can only)": res["static"]}
-        if args.ablation:
-            abl = evaluate(load_talker(args.ablation, device=device), dataset, frames=frames, size=size,
-                           novel=False, device=device, progress=False)
-            baselines["ablation (no cross-view)"] = abl["frames"]
-    except (ValueError, FileNotFoundError, DatasetError, CheckpointError) as exc:
-        print(f"dgtalker eval: {exc}", file=sys.stderr)
-        return 2
-    if res.get("landmarks"):
-        lmd_note = ("mediapipe face mesh on render and ground truth alike: mean distance of the 40 lip-contour "
-                    "points in pixels at the dataset's size; mouth_corr_landmarks correlates their inner-lip gaps")
-    else:
-        lmd_note = ("not measured: it needs mediapipe's face mesh (pip install \".[eval]\", Python <= 3.12); "
-                    "mouth motion is compared with the mouth-interior measure only")
-        for m in [res["frames"], *baselines.values()]:
-            m["lmd_px"] = None
-    rep = {"frames": res["frames"], "novel_views": res.get("novel_views"), "baselines": baselines,
-           "loudness_lag": res["loudness_lag"],
-           "spiral": (spiral_consistency(talker, dataset, frame=int(frames[0]), size=min(size, 256), device=device,
-                                         coefficients=coefficients)
-                      if not res.get("novel_views") else None),
-           "speed": render_speed(talker, dataset, size, device),
-           "command": _command(args),
-           "commit": _commit(), "talker": {"path": args.talker or "demo talker", "source": talker.source},
-           "data": {"path": str(args.data), "split": "all frames" if args.all_frames else "held-out frames",
-                    "source": dataset.meta.get("source")},
-           "lmd_note": lmd_note, "per_frame": res["per_frame"]}
-    rep["worst_median_best"] = contact_sheet(talker, dataset, coefficients, res["per_frame"], frames, size,
-                                             out / "sheet.png", device)
-    rep["mouth_plot"] = mouth_plot(res["per_frame"], frames, dataset.fps, out / "mouth.png")
-    rep = _clean(rep)
-    atomic_write_json(out / "report.json", rep)
-    atomic_write_bytes(out / "report.md", markdown(rep).encode())
-    m = rep["frames"]
-
-    def f(x, d=2):
-        return "n/a" if x is None else f"{x:.{d}f}"
-
-    print(f"{m['frames']} frames: PSNR {f(m['psnr'])} dB (lower face {f(m['psnr_lower_face'])}), "
-          f"mouth corr {f(m['mouth_corr'], 3)} at lag {m['mouth_lag_frames']} -> {out}/report.md")
-    return 0

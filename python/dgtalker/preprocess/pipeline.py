@@ -159,7 +159,7 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
     """Turn a talking-head video into a dataset directory ``out`` (see the module doc
     and docs/preprocess.md). Raises :class:`PreprocessError` or ``video.VideoError``
     with a message that names the problem."""
-    from ..data.format import DatasetWriter
+    from ..data.format import DatasetWriter, tail_splits
     from ..data.synthetic.head import LANDMARK_NAMES
 
     t_start = time.perf_counter()
@@ -185,6 +185,10 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
         raise PreprocessError(f"video: {video} has no sound track; the talking head learns from speech. "
                               "Pass --allow-silent to preprocess it anyway (for inversion only)")
     N = info.frames_at(fps)
+    try:  # the split the clip allows, before minutes of tracking (dropped frames can only shrink it)
+        tail_splits(range(N), heldout, min_train=1)
+    except ValueError as exc:
+        raise PreprocessError(f"--heldout: {exc}") from None
     notes = ["a photo: one frame, no sound (for inversion, or a look at the tracking)"] if photo else []
     # the sound first: a silent track fails before minutes of tracking, not after
     if info.has_audio:
@@ -287,8 +291,11 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
                 writer.add_encoded_frame(enc.result(), Kc, view, g)
         timings["writing"] = time.perf_counter() - t_start - timings["tracking"] - timings["pose"]
         kept = [i for i in range(N) if i not in drop]
-        n_held = int(round(len(kept) * heldout))
-        splits = {"train": kept[:len(kept) - n_held], "heldout": kept[len(kept) - n_held:]}
+        try:
+            splits = tail_splits(kept, heldout, min_train=1)
+        except ValueError as exc:
+            raise PreprocessError(f"--heldout: {exc} (after dropping {len(drop)} frames without a usable face)") \
+                from None
         angles = head_angles(w2c[kept])
         summary = Summary(out=str(out), frames=N, kept=len(kept), dropped=dropped, seconds=N / fps,
                           source_fps=round(info.source_fps, 3), focal_px=round(focal_px, 1),

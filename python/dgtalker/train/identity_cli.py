@@ -5,7 +5,8 @@ import argparse
 import math
 import sys
 
-from .identity import IdentityTrainConfig
+from ..cli import positive_int
+from .config import IdentityTrainConfig
 
 EPILOG = """\
 examples:
@@ -15,7 +16,10 @@ examples:
 
 The run writes OUT (the talker; dgtalker.load_talker(OUT)), OUT.state.safetensors
 (everything needed to resume) and OUT.preview.png (training frames, their renders,
-and the cross latent). Running the same command again resumes; Ctrl-C saves first.
+and the cross latent). Running the same command again resumes; Ctrl-C saves first. A resume with other
+options or another dataset is refused unless --force-resume is given. The train split
+(splits.json) must not be empty: the talker trains on those frames only and records
+which they were.
 """
 
 
@@ -25,13 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("data", metavar="DATA", help="a talking-clip dataset directory (dgtalker synth or preprocess)")
     p.add_argument("--out", required=True, metavar="OUT", help="talker checkpoint to write (.safetensors)")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
+    p.add_argument("--steps", type=positive_int, default=d.steps, help=f"training steps (default {d.steps})")
     p.add_argument("--minutes", type=float, default=0.0,
                    help="wall-clock budget in minutes, inversion included; stops at --steps or here, "
                         "whichever comes first (default: none)")
-    p.add_argument("--res", type=int, default=d.resolution, dest="resolution",
+    p.add_argument("--res", type=positive_int, default=d.resolution, dest="resolution",
                    help=f"training image size in pixels (default {d.resolution}; frames are resized)")
-    p.add_argument("--pairs", type=int, default=d.pairs,
+    p.add_argument("--pairs", type=positive_int, default=d.pairs,
                    help=f"frame pairs per step, 4 rendered images each (default {d.pairs})")
     p.add_argument("--k-exp", type=int, default=d.k_exp, help=f"expression (upper face) blendshapes (default {d.k_exp})")
     p.add_argument("--k-lip", type=int, default=d.k_lip, help=f"lip blendshapes (default {d.k_lip})")
@@ -70,11 +74,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--half", action="store_true", help="store OUT's weights in float16 (about half the size)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the frame sampling and initial weights")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--preview-every", type=int, default=d.preview_every, help="steps between preview images")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
+    p.add_argument("--preview-every", type=positive_int, default=d.preview_every, help="steps between preview images")
+    p.add_argument("--checkpoint-every", type=positive_int, default=d.checkpoint_every, help="steps between checkpoints")
     p.add_argument("--validate-every", type=int, default=0, metavar="STEPS",
                    help="every STEPS steps, log the PSNR of a few held-out frames rendered from audio alone "
                         "(in OUT.state.safetensors' history; default: off)")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume OUT even if its options or its dataset (path, frame count, splits, content) differ "
+                        "from this run's; the new options are used from the saved step on (the blendshape counts "
+                        "cannot change) and the talker's source records the change. Without it such a resume is "
+                        "refused")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -82,6 +91,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..checkpoint import CheckpointError
+    from ..cli import check_device
     from ..data import DatasetError
     from .identity import train_identity
 
@@ -97,12 +107,15 @@ def run(args) -> int:
     prior = None
     try:
         cfg.validate()
+        device = check_device(args.device)
+        if not Path(args.data).is_dir():
+            raise FileNotFoundError(f"DATA {args.data}: no such dataset directory")
         if args.prior:
             from ..prior import load_prior
 
             prior = load_prior(args.prior)
-        metrics = train_identity(args.data, Path(args.out), cfg, prior=prior, device=args.device,
-                                 progress=not args.quiet)
+        metrics = train_identity(args.data, Path(args.out), cfg, prior=prior, device=device,
+                                 progress=not args.quiet, force_resume=args.force_resume)
     except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, DatasetError, CheckpointError) as exc:
         print(f"dgtalker train: {exc}", file=sys.stderr)
         return 2

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..camera import resize_intrinsics
 from ..io import atomic_write_bytes, encode_image
-from .losses import photometric_loss, psnr
+from ..metrics import photometric_loss, psnr
 
 STATE_SUFFIX = ".state.safetensors"
 STATE_FORMAT = "dgtalker-prior-train-state"

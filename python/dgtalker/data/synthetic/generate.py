@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import camera
-from ..format import DatasetWriter
+from ..format import DatasetWriter, tail_splits
 from .drive import head_motion, head_pose_matrix, mouth_from_audio, emphasis_times, random_state, upper_face
 from .head import LANDMARK_NAMES, STATE_KEYS, HeadModel, draw_identity
 from .raster import Lighting, MeshRenderer
@@ -145,9 +145,9 @@ def generate_talking(out, identity: int = 7, seconds: float = 60.0, fps: float =
     renderer = MeshRenderer(head.meshes, head.textures, size, size, background=ident.background, supersample=supersample)
     K = intrinsics(size)
     cam = orbit_camera(0.0, np.deg2rad(2.0))  # the fixed selfie camera, world frame
-    n_held = int(round(n * heldout_fraction))
-    train = list(range(n - n_held))
-    held = list(range(n - n_held, n))
+    sp = tail_splits(range(n), heldout_fraction)
+    train, held = sp["train"], sp["heldout"]
+    n_held = len(held)
     meta = {"source": {"generator": "dgtalker.data.synthetic", "identity": int(identity), **source,
                        "camera_world_to_camera": cam.tolist(), "background": ident.background.tolist(),
                        "state_keys": list(STATE_KEYS)}}

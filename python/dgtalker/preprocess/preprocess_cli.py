@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from ..cli import fraction, positive_int
+
 
 def add_arguments(p) -> None:
     p.description = (
@@ -17,13 +19,15 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write")
     p.add_argument("--fps", type=float, default=25.0,
                    help="frame rate of the dataset; the video is resampled by its timestamps (default 25)")
-    p.add_argument("--size", type=int, default=512, help="width = height of the cropped frames in pixels (default 512)")
+    p.add_argument("--size", type=positive_int, default=512, help="width = height of the cropped frames in pixels (default 512)")
     p.add_argument("--focal", type=float, default=None, metavar="PX",
                    help="the camera's focal length in pixels of the input video, if known "
                         "(default: estimated for the clip, with a weak 30 degree field-of-view prior)")
     p.add_argument("--image-format", choices=("jpg", "png"), default="jpg",
                    help="frame images: jpg (default; the source is compressed video already) or png")
-    p.add_argument("--heldout", type=float, default=0.1, help="fraction of frames at the end held out for evaluation (default 0.1)")
+    p.add_argument("--heldout", type=fraction, default=0.1,
+                   help="fraction of frames at the end held out for evaluation, in [0, 1) (default 0.1; 0: none). "
+                        "Refused when it would hold out no frame or leave none for training")
     p.add_argument("--max-dropped", type=float, default=0.25,
                    help="fail if more than this fraction of frames has no usable face (default 0.25); "
                         "dropped frames stay in the clip (the sound stays in sync) but out of the splits")

@@ -1,0 +1,57 @@
+"""Differentiable image losses and measures shared by training and evaluation.
+
+Images are float ``[B, H, W, C]`` in [0, 1], masks ``[B, H, W]`` soft weights in [0, 1].
+Training (``dgtalker.train``) optimises them; evaluation (``dgtalker.eval``) reports
+them, so both layers import them from here, below both.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, like: Tensor) -> Tensor:
+    x = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
+    g = torch.exp(-x * x / (2 * sigma * sigma))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+
+
+def ssim(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Mean structural similarity of images ``[B, H, W, C]`` in [0, 1] (Gaussian 11x11
+    window, the usual constants); differentiable. Images smaller than the window use a
+    window as large as they are."""
+    x, y = a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)
+    C = x.shape[1]
+    size = min(window, x.shape[-1], x.shape[-2])
+    w = _gaussian_window(size, sigma, C, x)
+    mu_x, mu_y = F.conv2d(x, w, groups=C), F.conv2d(y, w, groups=C)
+    sxx = F.conv2d(x * x, w, groups=C) - mu_x ** 2
+    syy = F.conv2d(y * y, w, groups=C) - mu_y ** 2
+    sxy = F.conv2d(x * y, w, groups=C) - mu_x * mu_y
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    return s.mean()
+
+
+def psnr(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
+    """PSNR in dB of images in [0, 1] (optionally over a [B, H, W] mask)."""
+    se = (a - b) ** 2
+    if mask is not None:
+        mse = (se * mask[..., None]).sum() / (mask.sum() * a.shape[-1]).clamp_min(1)
+    else:
+        mse = se.mean()
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def masked_l1(render: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean |render - target| over the pixels of ``mask [B, H, W]`` (soft weights); only
+    those pixels affect the value or its gradient."""
+    w = mask[..., None]
+    return ((render - target).abs() * w).sum() / (w.sum() * render.shape[-1]).clamp_min(1.0)
+
+
+def photometric_loss(render: Tensor, target: Tensor, *, ssim_weight: float = 0.2) -> Tensor:
+    """(1 - w) L1 + w (1 - SSIM): the usual Gaussian-splatting image loss."""
+    return (1 - ssim_weight) * (render - target).abs().mean() + ssim_weight * (1 - ssim(render, target))

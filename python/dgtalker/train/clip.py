@@ -1,0 +1,118 @@
+"""A talking clip in memory for identity training: frames, masks, cameras, audio
+windows and blink amounts of a split, and the torso posed for its cameras."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..camera import resize_intrinsics
+from .plate import background_plate
+
+
+class ClipFrames:
+    """A talking clip's frames (a split), masks, cameras and audio windows, resized to
+    ``resolution`` and kept in memory (uint8; on the GPU if ``device`` is one).
+    ``share``: another ClipFrames of the same clip whose audio windows and background
+    plate this one uses instead of computing them again (the held-out frames of a run)."""
+
+    def __init__(self, dataset, indices, resolution: int, *, context: float = 0.3, device="cpu",
+                 progress: bool = True, workers: int = 8, share: "ClipFrames | None" = None):
+        from tqdm import tqdm
+
+        from .. import audio as A
+
+        if dataset.kind != "talking":
+            raise ValueError(f"{dataset.root}: identity training needs a talking clip (kind 'talking'), got "
+                             f"{dataset.kind!r}")
+        idx = np.asarray(list(indices), np.int64)
+        if idx.size < 2:
+            raise ValueError(f"{dataset.root}: identity training needs at least 2 training frames, got {idx.size}")
+        R = resolution
+        self.indices = torch.from_numpy(idx)
+        self.num_frames = len(dataset)
+        self.fps = float(dataset.fps)
+        self.width, self.height = dataset.width, dataset.height
+
+        def load_one(i):
+            img = torch.from_numpy(np.ascontiguousarray(dataset.image(int(i)))).permute(2, 0, 1)[None].float()
+            m = torch.from_numpy(np.ascontiguousarray(dataset.masks(int(i)))).permute(2, 0, 1)[None]
+            img = F.interpolate(img, size=(R, R), mode="area")[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+            m = (F.interpolate(m, size=(R, R), mode="area")[0].permute(1, 2, 0) * 255).round().to(torch.uint8)
+            return img, m
+
+        rgb = torch.empty(len(idx), R, R, 3, dtype=torch.uint8)
+        masks = torch.empty(len(idx), R, R, 4, dtype=torch.uint8)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for k, (img, m) in enumerate(tqdm(pool.map(load_one, idx), total=len(idx), desc="loading clip",
+                                              unit="frame", disable=not progress)):
+                rgb[k], masks[k] = img, m
+        self.rgb, self.masks = rgb.to(device), masks.to(device)
+        self.K = resize_intrinsics(torch.as_tensor(dataset.K[idx], dtype=torch.float32), dataset.width,
+                                   dataset.height, R, R).to(device)
+        self.w2c = torch.as_tensor(dataset.w2c[idx], dtype=torch.float32).to(device)
+        self.mean_K = torch.as_tensor(dataset.K[idx], dtype=torch.float32).mean(0)  # at the clip's own size
+        if share is not None:
+            self.mel, self.windows, self.plate = share.mel, share.windows.to(device), share.plate
+        else:
+            samples, rate = dataset.audio
+            feats = A.features(samples, rate, fps=self.fps, context=context, num_frames=self.num_frames)
+            self.mel = torch.from_numpy(feats.mel)
+            self.windows = torch.from_numpy(feats.windows).to(device)
+            # the plate at the clip's own size, from up to 150 frames spread over the split
+            pick = idx[np.linspace(0, len(idx) - 1, min(150, len(idx))).round().astype(int)]
+            imgs = np.stack([dataset.image(int(i)) for i in pick])
+            fgs = np.stack([dataset.masks(int(i))[..., 3] for i in pick])
+            self.plate = torch.from_numpy(background_plate(imgs, fgs))
+        self.source = {"dataset": str(dataset.root), "dataset_source": dataset.meta.get("source"),
+                       "train_frames": int(len(idx)), "seconds": round(len(idx) / self.fps, 3),
+                       "fps": self.fps, "size": [dataset.width, dataset.height]}
+        openness = _eye_openness(dataset)
+        b = None if openness is None else blink_amounts(openness)
+        self.blink = None if b is None else torch.from_numpy(b).to(device)  # per clip frame, 0 open .. 1 closed
+        self.upper_error = torch.ones(len(idx))  # last upper-face error per frame (the sampler's state)
+        self.split_blink = None if self.blink is None else self.blink[self.indices.to(self.blink.device)].cpu()
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batch(self, k: torch.Tensor) -> dict:
+        k = k.to(self.rgb.device)
+        m = self.masks[k].float() / 255
+        return {"rgb": self.rgb[k].float() / 255, "head": m[..., 0], "lower": m[..., 1], "upper": m[..., 2],
+                "fg": m[..., 3], "K": self.K[k], "w2c": self.w2c[k]}
+
+
+def _eye_openness(dataset) -> np.ndarray | None:
+    """Per frame eyelid distance (pixels) from the clip's landmarks, if it has them."""
+    names = list(dataset.landmark_names)
+    need = ("upper_lid_left", "lower_lid_left", "upper_lid_right", "lower_lid_right")
+    if dataset.gt is None or "landmarks_2d" not in dataset.gt or not all(n in names for n in need):
+        return None
+    L = dataset.gt["landmarks_2d"]
+    a = [names.index(n) for n in need]
+    d = np.linalg.norm(L[:, a[0]] - L[:, a[1]], axis=-1) + np.linalg.norm(L[:, a[2]] - L[:, a[3]], axis=-1)
+    return (d / 2).astype(np.float32)
+
+
+def blink_amounts(openness: np.ndarray, open_below: float = 0.15, closed_from: float = 0.75) -> np.ndarray:
+    """Per frame eyelid closure in [0, 1] from the eyelid distance: 0 while the eyes are
+    less than ``open_below`` closed relative to the clip's median opening (landmark
+    jitter and squints stay 0), rising linearly to 1 at ``closed_from`` (a closed lid's
+    landmarks keep some distance). On identity 7 this gives 0.89-1 (median 1) on the
+    frames whose truth is shut and 0 on every frame whose truth is open."""
+    closure = 1 - openness / max(float(np.median(openness)), 1e-6)
+    return np.clip((closure - open_below) / (closed_from - open_below), 0, 1).astype(np.float32)
+
+
+def pose_for_clip(talker, gaussians, w2c: torch.Tensor):
+    """Gaussians ``[B, N, ...]`` already made, with the torso posed for the clip's head
+    cameras ``w2c [B, 4, 4]``: ``Talker.clip_gaussians`` for a step that synthesises each
+    latent once and shows one of them at two cameras (the cross latent), or poses the
+    prior's Gaussians as the talker's (the side silhouettes)."""
+    from ..talker import body_transforms
+
+    return talker.pose_torso(gaussians, body_transforms(w2c, talker.body_w2c.to(w2c.device)))

@@ -1,0 +1,70 @@
+"""The options of identity training (``dgtalker train``)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class IdentityTrainConfig:
+    steps: int = 6000
+    minutes: float = 0.0              # wall-clock budget (0: none); stops at whichever comes first
+    resolution: int = 512             # training image size (square crops of the clip are resized)
+    pairs: int = 2                    # frame pairs per step (3 latents and 4 images each)
+    k_exp: int = 8
+    k_lip: int = 8
+    cross_view: bool = True
+    lr_synthesis: float = 5e-4
+    lr_output_bias: float = 2e-4      # much slower than the network: better side views (benchmarks.md, runs I, N1)
+    lr_w: float = 1e-3
+    lr_blendshapes: float = 3e-3
+    lr_encoder: float = 5e-4
+    lr_residual: float = 5e-2          # per-frame codes: each is drawn only every few hundred steps
+    lr_eyelid: float = 1e-2           # the eyelid layer (raw-map offsets on the eye texels)
+    blink_share: float = 0.1          # share of expression frames drawn among the clip's closed-eye frames
+    ssim_weight: float = 0.2
+    mask_weight: float = 0.5
+    cross_weight: float = 1.0
+    leak_weight: float = 0.05         # each branch's change on the wrong face region over its change on its own
+    residual_reg: float = 1e-3        # mean ||residual||^2
+    residual_smooth: float = 1e-3     # mean ||residual_t - residual_t+1||^2 (blinks last ~4 frames)
+    coef_smooth: float = 1e-2         # mean ||c_t - c_t+1||^2 of the speech-driven coefficients
+    coef_reg: float = 1e-4            # mean ||c||^2 (keeps coefficients O(1); the scales carry the size)
+    locality: float = 1.0             # weight of the pivotal-tuning locality regulariser
+    locality_every: int = 4
+    distill_weight: float = 1.0       # causal encoder -> main encoder
+    focus: float = 0.0                # share of expression frames drawn by their upper-face error (0: uniform)
+    aniso_reg: float = 0.0            # penalty on needles (largest / middle axis above 4, or above 3 cm)
+    side_silhouette: float = 0.0      # weight of the prior's silhouettes at side views the clip does not show
+    side_resolution: int = 128        # image size of those side views
+    random_background: float = 0.5    # share of steps composited over a random colour instead of the plate
+    invert_steps: int = 150
+    invert_resolution: int = 256
+    invert_views: int = 16
+    amp: bool = True                  # bf16 synthesis on CUDA
+    seed: int = 0
+    checkpoint_every: int = 500
+    preview_every: int = 500
+    half: bool = False                # store OUT's generator in float16 (the state stays float32)
+    validate_every: int = 0           # steps between held-out checks (PSNR from audio alone; 0: off)
+    validate_frames: int = 8          # held-out frames used by that check
+
+    def validate(self) -> None:
+        for name in ("steps", "resolution", "pairs", "checkpoint_every", "preview_every", "locality_every",
+                     "side_resolution"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("k_exp", "k_lip", "invert_steps", "invert_views", "validate_every", "validate_frames"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        if self.resolution > 2048 or self.invert_resolution > 2048 or self.invert_resolution < 8:
+            raise ValueError("resolution and invert_resolution must be in [8, 2048]")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and (not math.isfinite(v) or v < 0):
+                raise ValueError(f"{f.name} must be a finite number >= 0, got {v!r}")
+        for name in ("focus", "random_background", "blink_share"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"{name} is a share of steps or frames, in [0, 1]; got {getattr(self, name)!r}")

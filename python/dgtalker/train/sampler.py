@@ -1,0 +1,61 @@
+"""What a training step draws: its frame pairs (the expression frame biased by error and
+blinks), the latents' coefficients from speech, and the cross batch that mixes them."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def sample_pairs(step: int, n: int, pairs: int, seed: int, weights=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (into the training split) of a step's frames i and j, i != j. ``weights``
+    (probabilities over the split) bias the choice of j, the expression frame."""
+    rng = np.random.default_rng([seed, step])
+    i = rng.integers(0, n, size=pairs)
+    if weights is None:
+        j = (i + rng.integers(1, n, size=pairs)) % n  # never equal to i
+    else:
+        j = rng.choice(n, size=pairs, p=weights)
+        j = np.where(j == i, (j + 1) % n, j)
+    return torch.from_numpy(i), torch.from_numpy(j)
+
+
+def expression_weights(upper_error: torch.Tensor, focus: float, blink: torch.Tensor | None = None,
+                       blink_share: float = 0.0) -> np.ndarray | None:
+    """Sampling probabilities of the expression frame (None: uniform). A share ``focus``
+    goes in proportion to the squared upper-face error last seen on each frame, and a
+    share ``blink_share`` to the frames whose eyes are closed (``blink`` >= 0.5 per
+    training frame): blinks cover about 3% of a clip's frames, too few for the eyelid
+    layer to learn from uniform draws."""
+    n = len(upper_error)
+    p = np.full(n, 1.0 / n)
+    used = False
+    if focus > 0:
+        e = upper_error.double().numpy() ** 2
+        p = (1 - focus) * p + focus * e / max(e.sum(), 1e-12)
+        used = True
+    if blink is not None and blink_share > 0:
+        shut = (blink.detach().cpu().numpy() >= 0.5).astype(np.float64)
+        if shut.any():
+            p = (1 - blink_share) * p + blink_share * shut / shut.sum()
+            used = True
+    return p / p.sum() if used else None
+
+
+def compose_cross_batch(c_exp_i, c_lip_i, c_exp_j, c_lip_j):
+    """Coefficients of the step's latents: [own i; own j; cross] where cross takes the lips
+    of i and the expression of j. Returns (c_exp [3P, Ke], c_lip [3P, Kl])."""
+    return torch.cat([c_exp_i, c_exp_j, c_exp_j]), torch.cat([c_lip_i, c_lip_j, c_lip_i])
+
+
+def speech_coefficients(encoder, windows: torch.Tensor, frames: torch.Tensor, num_frames: int):
+    """(c_exp, c_lip) of clip frames ``frames [B]`` (global indices), computing each
+    needed window's embedding once."""
+    nb = encoder.neighbours(frames, num_frames)
+    uniq, inv = torch.unique(nb, return_inverse=True)
+    emb = encoder.frame_embedding(windows[uniq])
+    return encoder.from_embeddings(emb[inv])
+
+
+def gather(gaussians, idx):
+    """The Gaussian sets ``idx`` of a batch ``(means, quats, ...) [B, N, ...]``."""
+    return tuple(t[idx] for t in gaussians)
