@@ -54,7 +54,7 @@ def expression_figure(T, ds, out: Path, start: int, frames: int, stride: int, si
 
 
 def components_figure(T, ds, out: Path, size: int, sigma: float = 2.0):
-    from dgtalker.render import blendshape_sheet
+    from dgtalker.talker import blendshape_sheet
 
     ce, cl = clip_coefficients(T, ds)
     c = torch.cat([ce + T.residual_track.detach()[: len(ce)], cl], 1)

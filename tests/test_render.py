@@ -52,23 +52,149 @@ def test_audio_forms_and_frame_count(talker, tmp_path):
     assert v3.audio[1] == RATE
 
 
-def test_camera_forms(talker, tmp_path):
+def _alpha_centroid(video):
+    a = video.alpha.mean(0)
+    H, W = a.shape
+    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    return float((a * xs).sum() / a.sum()) / W, float((a * ys).sum() / a.sum()) / H
+
+
+def test_camera_carries_its_size(talker):
+    """A Camera renders at its own size with the head where its K puts it; a bare
+    (viewmat, K) is refused without a size (it used to render at the talker's size with
+    the head squeezed into a corner)."""
+    x = speech_like(0.2)
+    big = talker.render((x, RATE), dgtalker.camera.orbit(0, 0, width=64, height=48))
+    assert big.frames.shape[1:] == (48, 64, 3)
+    small = talker.render((x, RATE), dgtalker.camera.orbit(0, 0, width=32, height=24))
+    assert small.frames.shape[1:] == (24, 32, 3)
+    # the same framing at both sizes: the head's centroid at the same relative place
+    assert np.allclose(_alpha_centroid(big), _alpha_centroid(small), atol=0.03)
+    # an explicit size resizes the camera's intrinsics (same framing again)
+    resized = talker.render((x, RATE), dgtalker.camera.orbit(0, 0, width=64, height=48), width=32, height=24)
+    assert np.allclose(_alpha_centroid(resized), _alpha_centroid(small), atol=1e-3)
+    vm, K = dgtalker.camera.orbit(0, 0, width=64, height=48)
+    with pytest.raises(RenderError, match="carries no image size"):
+        talker.render((x, RATE), (vm, K))
+    bare = talker.render((x, RATE), (vm, K), width=64, height=48)
+    assert torch.equal(bare.frames, big.frames)
+    with pytest.raises(RenderError, match="both width and height"):
+        talker.render((x, RATE), width=32)
+
+
+def test_camera_forms(talker):
     x = speech_like(0.4)
     T = 10
-    vm, K = dgtalker.camera.orbit(20, 5, width=32, height=32)
-    a = talker.render((x, RATE), (vm, K))
-    b = talker.render((x, RATE), (vm.expand(T, -1, -1), K.expand(T, -1, -1)))
-    assert torch.equal(a.frames, b.frames)
+    one = dgtalker.camera.orbit(20, 5, width=32, height=32)
+    a = talker.render((x, RATE), one)
+    vm, K = one
+    same = dgtalker.camera.Camera(vm.expand(T, -1, -1), K.expand(T, -1, -1), 32, 32)
+    assert torch.equal(a.frames, talker.render((x, RATE), same).frames)
     sp = dgtalker.camera.spiral(T, width=32, height=32)
     c = talker.render((x, RATE), sp)
-    assert c.frames.shape == (T, 32, 32, 3) and not torch.equal(c.frames[0], c.frames[5])
+    assert c.frames.shape == (T, 32, 32, 3)
+    # frame k is seen by the spiral's camera k: equal to a render with that fixed camera
+    for k in (0, 6):
+        fixed = talker.render((x, RATE), dgtalker.camera.Camera(sp.viewmats[k], sp.Ks[k], 32, 32))
+        assert torch.equal(c.frames[k], fixed.frames[k])
+    assert not torch.equal(c.frames[0], c.frames[6])
     pth = dgtalker.camera.path([(-20, 0), (20, 0)], T, width=32, height=32)
-    assert talker.render((x, RATE), pth).frames.shape == (T, 32, 32, 3)
+    assert np.allclose(dgtalker.camera.orbit_angles(pth.viewmats)[[0, -1], 0], [-20.0, 20.0], atol=1e-3)
+
+
+def test_dataset_cameras_are_read_by_time_and_refused_when_short(talker):
     from dgtalker.data import load
 
     ds = load(__import__("pathlib").Path(__file__).parent / "data" / "sample")
-    d = talker.render((x, RATE), ds)  # a dataset's own cameras (self-driven)
-    assert d.frames.shape == (T, 32, 32, 3)
+    n = len(ds.w2c)
+    cam = dgtalker.camera.Camera.from_dataset(ds)
+    assert cam.torso == "clip" and len(cam) == n
+    # output frames at twice the dataset's rate take each dataset camera twice
+    idx = cam.indices(2 * n, 2 * ds.fps)
+    assert idx.tolist() == np.repeat(np.arange(n), 2).tolist()
+    fits = speech_like((n - 0.5) / ds.fps)
+    v = talker.render((fits, RATE), ds, fps=ds.fps)
+    assert len(v) == n and v.frames.shape[1:] == (ds.height, ds.width, 3)
+    too_long = speech_like((n + 5) / ds.fps)
+    with pytest.raises(RenderError, match="camera covers"):
+        talker.render((too_long, RATE), ds, fps=ds.fps)
+    held = talker.render((too_long, RATE), cam.with_options(extend="hold"), fps=ds.fps)
+    assert len(held) == n + 5
+    looped = dgtalker.camera.Camera.from_dataset(ds, extend="loop")
+    assert looped.indices(n + 3, ds.fps).tolist() == list(range(n)) + [0, 1, 2]
+    assert cam.with_options(extend="hold").indices(n + 3, ds.fps).tolist() == list(range(n)) + [n - 1] * 3
+
+
+def test_frames_follow_time_at_any_fps(talker):
+    """At 50 fps every other frame is the 25 fps frame of the same time: the encoder's
+    neighbours, the sampled expression and blinks, and the cameras are read by time."""
+    x = speech_like(1.0)
+    cams = dgtalker.camera.spiral(25, width=32, height=32, fps=25)
+    for kw in ({}, {"expression": "sample", "seed": 3}, {"causal": True}):
+        v25 = talker.render((x, RATE), cams, fps=25, **kw)
+        v50 = talker.render((x, RATE), cams, fps=50, **kw)
+        assert len(v50) == 2 * len(v25)
+        k = len(v25) - 4  # the last frames' neighbours reach the clip's end differently
+        assert torch.equal(v50.frames[0:2 * k:2], v25.frames[:k]), kw
+    # blinks come as often at 50 fps as at 25 (per second, not per frame)
+    b25 = dgtalker.inference.sampled_tracks(talker, 250, 25.0, 0)[1]
+    b50 = dgtalker.inference.sampled_tracks(talker, 500, 50.0, 0)[1]
+    assert torch.equal(b50[::2], b25)
+
+
+@pytest.mark.parametrize("fps", [10.0, 24.0, 25.0, 30.0, 50.0, 60.0])
+def test_causal_lookahead_bound_at_any_fps(talker, fps):
+    """Changing the audio after t + lookahead never changes frame t's coefficients, and
+    the bound is <= 0.2 s at every fps."""
+    from dgtalker.inference import speech_coefficients
+
+    la = talker.causal_encoder.lookahead_seconds()
+    assert la <= 0.2
+    rng = np.random.default_rng(0)
+    x = (0.2 * rng.standard_normal(RATE * 2)).astype(np.float32)
+    T = dgtalker.audio.num_video_frames(len(x), RATE, fps)
+    t = int(0.6 * fps)
+    cut = int(np.ceil((t / fps + la) * RATE)) + 1
+    y = x.copy()
+    y[cut:] = (0.2 * rng.standard_normal(len(x) - cut)).astype(np.float32)
+    a = speech_coefficients(talker, x, T, fps, causal=True)
+    b = speech_coefficients(talker, y, T, fps, causal=True)
+    assert torch.equal(a[1][t], b[1][t]) and torch.equal(a[0][t], b[0][t])
+    # ... while a change 60 ms inside the bound can change it (the bound is not loose)
+    z = x.copy()
+    z[cut - int(0.06 * RATE):] = 0
+    c = speech_coefficients(talker, z, T, fps, causal=True)
+    assert not torch.equal(a[1][t], c[1][t])
+
+
+def test_sampled_expression_comes_from_training_frames_only():
+    """Held-out frames' residual codes are untrained and their blinks are ground truth:
+    sampling never copies them."""
+    T = Talker(Generator(GeneratorConfig(**TINY), seed=0), TalkerConfig(k_exp=2, k_lip=2, width=32, height=32),
+               residual_frames=300)
+    with torch.no_grad():
+        T.residual_track.copy_(torch.randn(300, 2) * 0.1)
+        T.residual_track[250:] = 1000.0  # the held-out tail
+        T.blink_track[250:] = 1.0
+        T.train_mask[250:] = False
+    for seed in range(5):
+        resid, blink = T.sample_expression(600, seed=seed)
+        assert float(resid.abs().max()) < 10 and float(blink.max()) == 0.0, seed
+    with torch.no_grad():
+        T.train_mask[:] = True
+    hits = [float(T.sample_expression(600, seed=s)[0].abs().max()) > 10 for s in range(5)]
+    assert any(hits)  # the same draw over all frames does reach the tail: the test can fail
+
+
+def test_train_mask_round_trips(tmp_path):
+    from dgtalker.talker import load_talker, save_talker
+
+    T = Talker(Generator(GeneratorConfig(**TINY), seed=0), TalkerConfig(k_exp=2, k_lip=2, width=32, height=32),
+               residual_frames=20)
+    with torch.no_grad():
+        T.train_mask[15:] = False
+    back = load_talker(save_talker(tmp_path / "t.safetensors", T))
+    assert back.train_mask.dtype == torch.bool and back.train_mask.tolist() == T.train_mask.tolist()
 
 
 def test_controls_change_the_frames(talker):
@@ -81,8 +207,51 @@ def test_controls_change_the_frames(talker):
     assert not torch.equal(base.frames, s1.frames)
     assert not torch.equal(base.frames, talker.render((x, RATE), blink=1.0).frames)
     assert not torch.equal(base.frames, talker.render((x, RATE), lip_scale=3.0, exp_scale=0.0).frames)
-    fixed = talker.render((x, RATE), expression=[0.5, -0.5])
-    assert fixed.frames.shape == base.frames.shape
+    # fixed coefficients replace the speech-driven ones on every frame
+    fixed = talker.render((x, RATE), expression=[0.5, -0.5], blink=None)
+    per_frame = talker.render((x, RATE), expression=np.tile([0.5, -0.5], (len(base), 1)), blink=None)
+    assert torch.equal(fixed.frames, per_frame.frames) and not torch.equal(fixed.frames, base.frames)
+    # with both branches scaled to zero every frame is the neutral face of the frame path
+    rest = talker.render((x, RATE), lip_scale=0.0, exp_scale=0.0, blink=None)
+    vm, K = talker.camera()
+    with torch.no_grad():
+        img, _ = talker.frames(torch.zeros(1, 2), torch.zeros(1, 2), vm[None], K[None], 32, 32)
+    assert torch.equal(rest.frames[3], (img[0].clamp(0, 1) * 255).round().to(torch.uint8))
+    # numpy scalars are numbers too
+    assert torch.equal(talker.render((x, RATE), lip_scale=np.float32(1.5)).frames,
+                       talker.render((x, RATE), lip_scale=1.5).frames)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"width": 0, "height": 32}, "width must be an int"),
+    ({"width": 8.7, "height": 32}, "width must be an int"),
+    ({"width": -32, "height": -32}, "width must be an int"),
+    ({"batch": 0}, "batch must be a positive int"),
+    ({"fps": 0}, "fps"),
+    ({"blink": 5}, "blink amounts must be in"),
+    ({"background": [255, 0, 0]}, "background values must be finite and in"),
+    ({"background": np.zeros((5, 5, 3))}, "background must be"),
+    ({"lip_scale": float("nan")}, "lip_scale"),
+    ({"lip_scale": "big"}, "lip_scale"),
+    ({"seed": 1.5}, "seed"),
+    ({"expression": np.zeros(5)}, "expression"),
+])
+def test_bad_options_are_named_before_any_work(talker, kw, match, monkeypatch):
+    def no_work(*a, **k):
+        raise AssertionError("audio was analysed before the arguments were checked")
+
+    monkeypatch.setattr(dgtalker.inference, "speech", no_work)
+    with pytest.raises(RenderError, match=match):
+        talker.render((speech_like(0.2), RATE), **kw)
+
+
+def test_cuda_device_without_cuda_is_named(talker):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RenderError, match="no CUDA device"):
+        talker.render((speech_like(0.2), RATE), device="cuda")
+    with pytest.raises(RenderError, match="device must be"):
+        talker.render((speech_like(0.2), RATE), device="tpu")
 
 
 def test_default_render_blinks_with_the_persons_own_blinks(talker):
@@ -134,6 +303,18 @@ def test_stream_equals_offline_causal_render(talker):
     assert len(frames) == len(offline)
     diff = max(int((a.int() - b.int()).abs().max()) for a, b in zip(frames, offline.frames))
     assert diff <= 2  # rounding of one-frame vs batched float math
+
+
+@pytest.mark.parametrize("rate,fps", [(44100, 25.0), (22050, 30.0), (8000, 50.0), (16000, 12.5)])
+def test_stream_equals_offline_at_any_rate_and_fps(talker, rate, fps):
+    """One stateful resampler: the same frame count and the same pixels as the offline
+    causal render (per-chunk resampling gave 51 frames for 50 and drifted)."""
+    x = speech_like(2.0, rate)
+    offline = talker.render((x, rate), causal=True, fps=fps, blink=None)
+    chunks = [x[i:i + 1777] for i in range(0, len(x), 1777)]
+    frames = list(talker.stream(chunks, sample_rate=rate, fps=fps, blink=None))
+    assert len(frames) == len(offline) == math.ceil(2.0 * fps)
+    assert max(int((a.int() - b.int()).abs().max()) for a, b in zip(frames, offline.frames)) <= 2
 
 
 def test_stream_with_per_frame_cameras_and_too_few_of_them(talker):
@@ -188,16 +369,17 @@ def test_bad_audio_files_are_named(talker, tmp_path):
 def test_bad_cameras_are_named(talker):
     x = speech_like(0.4)
     vm, K = dgtalker.camera.orbit(0, 0, width=32, height=32)
-    with pytest.raises(RenderError, match="camera must hold"):
-        talker.render((x, RATE), (vm[:3], K))
+    size = {"width": 32, "height": 32}
+    with pytest.raises(RenderError, match="viewmats must be"):
+        talker.render((x, RATE), (vm[:3], K), **size)
     with pytest.raises(RenderError, match="NaN"):
-        talker.render((x, RATE), (vm * float("nan"), K))
+        talker.render((x, RATE), (vm * float("nan"), K), **size)
     behind = vm.clone()
     behind[2, 3] = -0.5
     with pytest.raises(RenderError, match="behind"):
-        talker.render((x, RATE), (behind, K))
-    with pytest.raises(RenderError, match="one per frame"):
-        talker.render((x, RATE), (vm.expand(3, -1, -1), K.expand(3, -1, -1)))
+        talker.render((x, RATE), (behind, K), **size)
+    with pytest.raises(RenderError, match="3 per-frame cameras but the speech makes 10 frames"):
+        talker.render((x, RATE), (vm.expand(3, -1, -1), K.expand(3, -1, -1)), **size)
     with pytest.raises(RenderError, match="expression"):
         talker.render((x, RATE), expression="happy")
 
@@ -222,6 +404,24 @@ def test_commands_end_to_end(talker, tmp_path):
     assert Image.open(tmp_path / "b.png").size == (24 * 4, 24 * 3)
     assert main(["render", "--talker", str(tpath), "--audio", str(tmp_path / "missing.wav"),
                  "--out", str(tmp_path / "x.mp4")]) == 2
+    # bad options fail before anything is rendered (the render itself would raise)
+    import dgtalker.inference as inference
+
+    def no_render(*a, **k):
+        raise AssertionError("rendered before the options were checked")
+
+    real = inference.render_talker
+    inference.render_talker = no_render
+    try:
+        for bad in (["--out", str(tmp_path / "nodir" / "o.mp4")], ["--out", str(tmp_path)],
+                    ["--out", str(tmp_path / "o.mp4"), "--size", "0"], ["--out", str(tmp_path / "o.mp4"), "--fps", "0"],
+                    ["--out", str(tmp_path / "o.mp4"), "--sheet", str(tmp_path / "nodir" / "s.png")]):
+            assert main(["render", "--talker", str(tpath), "--audio", str(tmp_path / "s.wav")] + bad) == 2, bad
+        if not torch.cuda.is_available():
+            assert main(["render", "--talker", str(tpath), "--audio", str(tmp_path / "s.wav"), "--device", "cuda",
+                         "--out", str(tmp_path / "o.mp4")]) == 2
+    finally:
+        inference.render_talker = real
     assert main(["render", "--talker", str(tmp_path / "s.wav"), "--audio", str(tmp_path / "s.wav"),
                  "--out", str(tmp_path / "x.mp4")]) == 2
 

@@ -16,8 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from .checkpoint import CheckpointError
-    from .render import blendshape_sheet
-    from .talker import load_talker
+    from .talker import blendshape_sheet, load_talker
 
     try:
         talker = load_talker(None if args.talker == "demo" else args.talker)

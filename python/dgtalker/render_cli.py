@@ -10,7 +10,9 @@ cameras:
   front            the talker's training framing (default)
   spiral           circles the face (±25° yaw, ±10° pitch), the 3D-aware demo camera
   orbit:YAW,PITCH  a fixed camera at YAW and PITCH degrees (e.g. orbit:30,5)
-  DATASET_DIR      a dataset's own tracked cameras, frame by frame (self-driven)
+  DATASET_DIR      a dataset's own tracked cameras at their own times (self-driven); the video
+                   comes at the dataset's frame size unless --size is given, and a dataset
+                   shorter than the speech is refused unless --camera-end hold|loop
 
 examples:
   dgtalker render --audio speech.wav --out talk.mp4                       # the demo talker
@@ -26,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", required=True, help="speech: wav/flac/mp3, or a video's sound track")
     p.add_argument("--out", required=True, help="mp4 to write (h264 + aac, the speech in sync)")
     p.add_argument("--camera", default="front", help="front | spiral | orbit:YAW,PITCH | DATASET_DIR (see below)")
+    p.add_argument("--camera-end", choices=("refuse", "hold", "loop"), default="refuse",
+                   help="when a dataset's cameras end before the speech: refuse (default), hold the last "
+                        "camera, or loop them")
     p.add_argument("--expression", choices=("speech", "sample"), default="speech",
                    help="upper face from speech alone (default) or with the expression residual sampled "
                         "from the training clip (brow motion at the person's own times)")
@@ -41,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sheet", help="also write a contact sheet PNG here")
 
 
-def _camera(spec: str, num_frames: int, size: int):
+def _camera(spec: str, num_frames: int, size: int, end: str = "refuse"):
     from . import camera
 
     if spec == "front":
@@ -59,7 +64,7 @@ def _camera(spec: str, num_frames: int, size: int):
     if Path(spec).is_dir():
         from .data import load
 
-        return load(spec, verify="none")
+        return camera.Camera.from_dataset(load(spec, verify="none"), extend=end)
     raise ValueError(f"--camera must be front, spiral, orbit:YAW,PITCH or a dataset directory, got {spec!r}")
 
 
@@ -68,29 +73,38 @@ def run(args) -> int:
 
     from . import audio as A
     from .checkpoint import CheckpointError
+    from .inference import check_device, check_fps, check_output_path
     from .talker import load_talker
 
     try:
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # every argument before any work: a bad --out or --size must not cost a render
+        out = check_output_path(args.out, "--out")
+        sheet = None if args.sheet is None else check_output_path(args.sheet, "--sheet")
+        if args.size is not None and not 8 <= args.size <= 4096:
+            raise ValueError(f"--size must be in [8, 4096] pixels, got {args.size}")
+        fps = check_fps(args.fps)
+        device = check_device(args.device, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         talker = load_talker(args.talker, device=device)
-        size = args.size or talker.config.width
+        size = talker.config.width if args.size is None else args.size
         samples, rate = A.load(args.audio)
-        n = A.num_video_frames(len(samples), rate, args.fps)
-        cam = _camera(args.camera, n, size)
+        n = A.num_video_frames(len(samples), rate, fps)
+        cam = _camera(args.camera, n, size, args.camera_end)
         start = time.perf_counter()
-        video = talker.render((samples, rate), cam, fps=args.fps,
+        video = talker.render((samples, rate), cam, fps=fps,
                               expression="sample" if args.expression == "sample" else None, seed=args.seed,
                               blink="sample" if args.blink is None else args.blink,
-                              lip_scale=args.lip_scale, exp_scale=args.exp_scale, width=size, height=size,
+                              lip_scale=args.lip_scale, exp_scale=args.exp_scale,
+                              **({} if args.size is None else {"width": size, "height": size}),
                               device=device, progress=True)
         took = time.perf_counter() - start
-        video.save(args.out)
-        if args.sheet:
-            video.contact_sheet(args.sheet)
+        video.save(out)
+        if sheet is not None:
+            video.contact_sheet(sheet)
     except (ValueError, FileNotFoundError, IsADirectoryError, CheckpointError, RuntimeError) as exc:
         # RuntimeError: ffmpeg missing or failing to write the mp4
         print(f"dgtalker render: {exc}", file=sys.stderr)
         return 2
-    print(f"rendered {len(video)} frames at {size}x{size} on {device} in {took:.1f} s "
-          f"({len(video) / took:.1f} FPS, audio to frames) -> {args.out}")
+    H, W = video.frames.shape[1:3]
+    print(f"rendered {len(video)} frames at {W}x{H} on {device} in {took:.1f} s "
+          f"({len(video) / took:.1f} FPS, audio to frames) -> {out}")
     return 0

@@ -243,22 +243,24 @@ class Talker(nn.Module):
         return enc(windows.to(self.device, torch.float32))
 
     def sample_expression(self, num_frames: int, seed: int | None = None) -> tuple[Tensor, Tensor]:
-        """``(residual [T, Ke], blink [T])`` for a new clip: consecutive excerpts of the
-        training clip's residual and blink tracks, chosen by ``seed``, joined with short
-        crossfades, so blinks and brow motion keep the clip's timing and rates."""
+        """``(residual [T, Ke], blink [T])`` for a new clip at the talker's own frame rate:
+        consecutive excerpts of the training clip's residual and blink tracks, chosen by
+        ``seed`` among its training frames only (``train_mask``: held-out frames carry
+        untrained codes and blinks the talker must not copy), joined with short
+        crossfades, so blinks and brow motion keep the clip's timing and rates. A longer
+        draw starts with a shorter one of the same seed."""
         track = torch.cat([self.residual_track.detach(), self.blink_track[:, None].to(self.residual_track)], 1)
-        n = track.shape[0]
+        starts, seg = self._excerpt_starts()
         g = torch.Generator().manual_seed(0 if seed is None else int(seed))
-        if n < 2:
-            out = track[:1].expand(num_frames, -1).clone()
+        if seg < 2:
+            out = track[starts[:1]].expand(num_frames, -1).clone()
             return out[:, :-1], out[:, -1]
-        seg = max(2, min(n // 2, int(4 * self.config.fps)))  # ~4 s excerpts (shorter tracks: half of it)
         fade = min(5, seg // 2)
         out = torch.empty(num_frames, track.shape[1], device=track.device)
         t = 0
         prev = None
         while t < num_frames:
-            s = int(torch.randint(0, n - seg + 1, (1,), generator=g))
+            s = int(starts[int(torch.randint(0, len(starts), (1,), generator=g))])
             piece = track[s:s + seg].clone()
             if prev is not None:  # crossfade into the new excerpt
                 a = torch.linspace(0, 1, fade + 2, device=track.device)[1:-1, None]
@@ -268,6 +270,20 @@ class Talker(nn.Module):
             prev = piece[-fade:] if k == seg else None
             t += k
         return out[:, :-1], out[:, -1]
+
+    def _excerpt_starts(self) -> tuple[Tensor, int]:
+        """(first frames of every excerpt that lies wholly in training frames, excerpt length):
+        ~4 s excerpts, shorter when the longest run of training frames is shorter."""
+        mask = self.train_mask.bool().cpu()
+        if not bool(mask.any()):
+            raise ValueError("this talker records no training frames (train_mask is all False): nothing to sample")
+        # length of the run of training frames starting at each frame
+        run = torch.zeros(len(mask) + 1, dtype=torch.long)
+        for i in range(len(mask) - 1, -1, -1):
+            run[i] = run[i + 1] + 1 if mask[i] else 0
+        longest = int(run.max())
+        seg = max(2, min(longest // 2, int(4 * self.config.fps))) if longest >= 2 else 1
+        return torch.nonzero(run[:-1] >= seg)[:, 0], seg
 
     # -- the frame path ----------------------------------------------------------------
     def latents(self, c_exp: Tensor, c_lip: Tensor) -> tuple[Tensor, Tensor]:
@@ -343,12 +359,16 @@ class Talker(nn.Module):
             return bg
         return Fn.interpolate(bg.permute(2, 0, 1)[None], size=(height, width), mode="area")[0].permute(1, 2, 0)
 
-    def camera(self, width: int | None = None, height: int | None = None) -> tuple[Tensor, Tensor]:
-        """The training framing ``(viewmat [4, 4], K [3, 3])`` for an image of this size."""
-        W, H = width or self.config.width, height or self.config.height
-        from .camera import resize_intrinsics
+    def camera(self, width: int | None = None, height: int | None = None):
+        """The training framing as a ``dgtalker.camera.Camera`` of ``width x height`` images
+        (default: the clip's size); ``vm, K = talker.camera()`` gives its matrices."""
+        from .camera import Camera
 
-        return self.default_w2c.clone(), resize_intrinsics(self.default_K, self.config.width, self.config.height, W, H)
+        cam = Camera(self.default_w2c.detach().cpu(), self.default_K.detach().cpu(), self.config.width,
+                     self.config.height)
+        if width is None and height is None:
+            return cam
+        return cam.resized(self.config.width if width is None else width, self.config.height if height is None else height)
 
     def frames(self, c_exp: Tensor, c_lip: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int, *,
                body: Tensor | None = None, blink: Tensor | None = None, background: Tensor | None = None,
@@ -365,9 +385,12 @@ class Talker(nn.Module):
         """Speech -> ``dgtalker.render.Video`` (uint8 frames, alpha, fps, the speech).
 
         ``audio``: a path, ``(samples, rate)``, or an array with ``sample_rate=``.
-        ``camera``: None (the training framing), ``(viewmat, K)``, per-frame
-        ``(viewmats [T,4,4], Ks [T,3,3])`` (``dgtalker.camera.spiral/path/orbit``), or a
-        dataset (its own cameras). ``expression``: None (from speech), ``"sample"``
+        Frames come at ``fps`` for the whole speech (``ceil(duration * fps)`` frames).
+        ``camera``: None (the training framing), a ``dgtalker.camera.Camera`` (what
+        ``dgtalker.camera.orbit/spiral/path`` return: it carries its image size, which
+        becomes the video's unless ``width``/``height`` are given), a dataset (its own
+        tracked cameras, read at each frame's time; the torso follows that clip's head),
+        or a bare ``(viewmat, K)`` with explicit ``width`` and ``height``. ``expression``: None (from speech), ``"sample"``
         (the residual and blinks sampled with ``seed``: other blinks and brow motion for
         the same speech), or coefficients ``[Ke]`` / ``[T, Ke]`` replacing ``c_exp``.
         ``blink``: ``"sample"`` (default: the person's own blinks from the training clip,
@@ -377,18 +400,20 @@ class Talker(nn.Module):
         ``background``: None (the plate), an RGB colour or an image. Further options:
         ``width``, ``height``, ``batch``, ``causal`` (the streaming encoder),
         ``progress``."""
-        from .render import render_talker
+        from .inference import render_talker
 
         return render_talker(self, audio, camera, fps=fps, expression=expression, seed=seed, blink=blink,
                              lip_scale=lip_scale, exp_scale=exp_scale, background=background, device=device, **kw)
 
     def stream(self, chunks, camera=None, **kw):
-        """Yields uint8 frames ``[H, W, 3]`` as 16 kHz audio chunks arrive (the causal
-        encoder: each frame waits for at most ``causal_encoder.lookahead_seconds()`` of
-        audio after its time); memory stays flat however long the stream. ``blink`` and
-        ``seed`` as for ``render`` (``[N]`` amounts: one per frame of the stream). The
-        frames equal ``render(..., causal=True)`` of the whole audio."""
-        from .render import stream_talker
+        """Yields uint8 frames ``[H, W, 3]`` as audio chunks arrive (``sample_rate``, default
+        16 kHz, resampled by one stateful resampler; the causal encoder: each frame waits
+        for at most ``causal_encoder.lookahead_seconds()`` of audio after its time, at any
+        ``fps``); memory stays flat however long the stream. ``camera``, ``blink``,
+        ``seed``, ``background``, ``width``, ``height``, ``device`` as for ``render``
+        (``[N]`` amounts: one per frame of the stream). The frames equal
+        ``render(..., causal=True)`` of the whole audio at any fps and sample rate."""
+        from .inference import stream_talker
 
         return stream_talker(self, chunks, camera, **kw)
 
@@ -400,6 +425,37 @@ class Talker(nn.Module):
                 "blendshapes": list(self.blendshapes.parameters()), "encoder": list(self.encoder.parameters()),
                 "causal_encoder": list(self.causal_encoder.parameters()), "residual": [self.residual_track],
                 "eyelid": [self.blink_map]}
+
+
+def blendshape_sheet(talker: Talker, path, *, size: int = 160, sigma: float = 2.0, mean=None, std=None):
+    """A PNG of what each blendshape does: one column per component (expression first,
+    then lips), rows at ``-sigma``, 0 and ``+sigma`` times its spread ``std`` (default 1:
+    coefficients are O(1)) around ``mean`` (default 0), at the talker's own framing."""
+    from .io import atomic_write_bytes, encode_image
+
+    Ke, Kl = talker.config.k_exp, talker.config.k_lip
+    K_all = Ke + Kl
+    mean = torch.zeros(K_all) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
+    std = torch.ones(K_all) if std is None else torch.as_tensor(std, dtype=torch.float32)
+    c = mean.repeat(3 * K_all, 1)
+    for k in range(K_all):
+        c[3 * k, k] -= sigma * std[k]
+        c[3 * k + 2, k] += sigma * std[k]
+    vm, K = talker.camera(size, size)
+    dev = talker.device
+    tiles = []
+    for s in range(0, c.shape[0], 24):
+        cc = c[s:s + 24].to(dev)
+        m = cc.shape[0]
+        with torch.no_grad():
+            img, _ = talker.frames(cc[:, :Ke], cc[:, Ke:], vm.expand(m, -1, -1).to(dev), K.expand(m, -1, -1).to(dev),
+                                   size, size)
+        tiles.append(img.clamp(0, 1).cpu())
+    img = torch.cat(tiles)  # [3 K_all, H, W, 3], component-major
+    grid = torch.cat([torch.cat([img[3 * k + r] for k in range(K_all)], 1) for r in range(3)], 0)
+    path = Path(path)
+    atomic_write_bytes(path, encode_image((grid * 255).round().to(torch.uint8).numpy(), "png"))
+    return path
 
 
 # ----------------------------------------------------------------------------------

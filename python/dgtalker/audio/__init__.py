@@ -63,7 +63,8 @@ _PCM = {np.dtype(np.int16): (0, 32768.0), np.dtype(np.int32): (0, 2147483648.0),
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 
 __all__ = ["AudioError", "TruncatedAudioWarning", "load", "resample", "to_mono", "log_mel", "features", "frame_windows",
-           "AudioFeatures", "StreamingFeatures", "num_video_frames", "SAMPLE_RATE", "SILENCE_VALUE"]
+           "windows_at", "mel_index", "AudioFeatures", "StreamingFeatures", "StreamResampler", "num_video_frames",
+           "SAMPLE_RATE", "SILENCE_VALUE"]
 
 
 class AudioError(ValueError):
@@ -147,7 +148,9 @@ def resample(samples: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.n
         return a
     import soxr
 
-    return soxr.resample(a, sr_in, sr_out, quality="HQ").astype(np.float32)
+    # one stateful stream over the whole signal: StreamResampler gives the same samples chunk by chunk
+    return np.asarray(soxr.ResampleStream(int(sr_in), int(sr_out), 1, dtype="float32", quality="HQ")
+                      .resample_chunk(a, last=True), np.float32).reshape(-1)
 
 
 def load(path, sample_rate: int | None = SAMPLE_RATE) -> tuple[np.ndarray, int]:
@@ -303,13 +306,51 @@ def frame_windows(mel: np.ndarray, fps: float, num_frames: int, context: float =
     """Cut one window of mel frames around each video frame: [num_frames, 2h+1, n_mels]
     with h = round(context * 100); out-of-range mel frames read as silence."""
     fps = _check_fps(fps)
-    h = _half_window(context)
+    return windows_at(mel, _centre(np.arange(num_frames), fps), _half_window(context))
+
+
+def windows_at(mel: np.ndarray, centres: np.ndarray, h: int, start: int = 0, limit: int | None = None) -> np.ndarray:
+    """Windows ``[len(centres), 2h+1, n_mels]`` of mel frames ``c - h .. c + h`` around
+    absolute mel indices ``centres``; ``mel`` holds frames ``start ..`` and frames outside
+    ``[0, limit)`` (default: all of ``mel``) read as silence."""
     mel = np.asarray(mel, np.float32)
-    c = _centre(np.arange(num_frames), fps)
-    idx = c[:, None] + np.arange(-h, h + 1)[None, :]
-    valid = (idx >= 0) & (idx < len(mel))
-    out = mel[np.clip(idx, 0, max(len(mel) - 1, 0))] if len(mel) else np.zeros(idx.shape + (N_MELS,), np.float32)
+    limit = start + len(mel) if limit is None else limit
+    idx = np.asarray(centres, np.int64)[:, None] + np.arange(-h, h + 1)[None, :]
+    valid = (idx >= 0) & (idx < limit)
+    local = np.clip(idx - start, 0, max(len(mel) - 1, 0))
+    out = mel[local] if len(mel) else np.zeros(idx.shape + (N_MELS,), np.float32)
     return np.where(valid[..., None], out, np.float32(SILENCE_VALUE)).astype(np.float32)
+
+
+def mel_index(seconds) -> np.ndarray:
+    """The last mel frame at or before each time (seconds): a window centred there reads
+    no audio later than its time plus its look-ahead. At 25 fps the frame times fall on
+    mel frames, so this equals the windows' centres."""
+    return np.floor(np.asarray(seconds, np.float64) * SAMPLE_RATE / HOP + 1e-6).astype(np.int64)
+
+
+class StreamResampler:
+    """Chunks at ``sample_rate`` -> 16 kHz through one stateful soxr stream: the output
+    of any chunking equals ``resample`` of the whole signal (tests/test_audio.py)."""
+
+    def __init__(self, sample_rate: int, out_rate: int = SAMPLE_RATE):
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+            raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        self.rate, self.out_rate = int(sample_rate), int(out_rate)
+        self._stream = None
+        if self.rate != self.out_rate:
+            import soxr
+
+            self._stream = soxr.ResampleStream(self.rate, self.out_rate, 1, dtype="float32", quality="HQ")
+
+    def push(self, chunk, last: bool = False) -> np.ndarray:
+        a = _check_samples(chunk, "chunk")
+        if self._stream is None:
+            return a
+        return np.asarray(self._stream.resample_chunk(a, last=last), np.float32).reshape(-1)
+
+    def flush(self) -> np.ndarray:
+        return self.push(np.zeros(0, np.float32), last=True)
 
 
 @dataclass
@@ -344,6 +385,57 @@ def features(samples: np.ndarray, sample_rate: int, fps: float = 25.0, context: 
     return AudioFeatures(mel, frame_windows(mel, fps, n, context), fps, SAMPLE_RATE, bool(np.all(a == 0)))
 
 
+class MelStream:
+    """Log-mel frames of 16 kHz audio that arrives in chunks: ``push(chunk)`` computes every
+    mel frame whose FFT window is complete, ``flush()`` ends the stream (zero padding, as
+    ``log_mel`` of the whole clip). ``mel`` holds frames ``start .. total - 1``;
+    ``drop_before(j)`` forgets frames no window will read again, so memory stays flat.
+    The frames equal ``log_mel`` of the whole clip."""
+
+    def __init__(self):
+        self._buf = np.zeros(N_FFT // 2, np.float32)  # padded samples from absolute position _buf_start on
+        self._buf_start = 0
+        self.mel = np.zeros((0, N_MELS), np.float32)
+        self.start = 0            # absolute index of mel[0]
+        self.total = 0            # mel frames computed so far
+        self.num_samples = 0
+        self.done = False
+
+    def push(self, chunk) -> None:
+        if self.done:
+            raise AudioError("push() after flush(): start a new stream")
+        a = _check_samples(chunk, "chunk")
+        self._buf = np.concatenate([self._buf, a])
+        self.num_samples += len(a)
+        end = self._buf_start + len(self._buf)  # mel frame j is complete when padded[j*HOP + N_FFT - 1] exists
+        self._extend(max(0, (end - N_FFT) // HOP + 1))
+
+    def flush(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._buf = np.concatenate([self._buf, np.zeros(N_FFT // 2, np.float32)])
+        self._extend(1 + self.num_samples // HOP)  # as log_mel of the whole clip
+        self._buf = np.zeros(0, np.float32)
+
+    def drop_before(self, j: int) -> None:
+        j = min(max(self.start, int(j)), self.total)
+        if j > self.start:
+            self.mel = self.mel[j - self.start:].copy()
+            self.start = j
+
+    def _extend(self, total: int) -> None:
+        if total <= self.total:
+            return
+        off = self.total * HOP - self._buf_start
+        new = _mel_frames(self._buf[off:], 0, total - self.total)
+        self.mel = np.concatenate([self.mel, new]) if len(self.mel) else new
+        self.total = total
+        drop = self.total * HOP - self._buf_start  # samples before the next frame's start are never read again
+        self._buf = self._buf[drop:].copy()
+        self._buf_start += drop
+
+
 class StreamingFeatures:
     """Incremental version of :func:`features` for audio that arrives in chunks.
 
@@ -352,10 +444,8 @@ class StreamingFeatures:
     an FFT window); ``flush()`` ends the stream and returns the rest. Concatenated,
     they equal ``features(whole_clip, 16000, fps).windows``.
 
-    Cost per chunk and memory are flat in the stream's length: only the samples of mel
-    frames not yet computed (< one FFT window plus the chunk) and a ring of the mel
-    frames that windows still to be emitted need (2h+1 plus the chunk's frames) are
-    kept.
+    Cost per chunk and memory are flat in the stream's length (``MelStream`` keeps only
+    the mel frames that windows still to be emitted need).
     """
 
     def __init__(self, fps: float = 25.0, context: float = CONTEXT_S, sample_rate: int = SAMPLE_RATE,
@@ -366,59 +456,26 @@ class StreamingFeatures:
         None: the whole window (the default; windows then equal ``features``)."""
         if sample_rate != SAMPLE_RATE:
             raise AudioError(f"StreamingFeatures takes {SAMPLE_RATE} Hz chunks, got sample_rate={sample_rate}; "
-                             "resample the stream first")
+                             "resample the stream first (dgtalker.audio.StreamResampler)")
         self.fps = _check_fps(fps)
         self.h = _half_window(context)
         self.ahead = self.h if lookahead is None else min(self.h, _half_window(lookahead))
-        # samples of the zero-padded signal from absolute padded position _buf_start on
-        self._buf = np.zeros(N_FFT // 2, np.float32)  # the zero padding of centred frames
-        self._buf_start = 0
-        # mel frames _mel_start .. _mel_total - 1 (absolute indices)
-        self._mel = np.zeros((0, N_MELS), np.float32)
-        self._mel_start = 0
-        self._mel_total = 0
-        self._n_samples = 0
+        self._mel = MelStream()
         self._next_frame = 0
-        self._done = False
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
-        if self._done:
-            raise AudioError("push() after flush(): start a new StreamingFeatures")
-        a = _check_samples(chunk, "chunk")
-        self._buf = np.concatenate([self._buf, a])
-        self._n_samples += len(a)
-        # mel frame j is complete when padded[j*HOP + N_FFT - 1] exists
-        end = self._buf_start + len(self._buf)
-        self._extend_mel(max(0, (end - N_FFT) // HOP + 1))
+        self._mel.push(chunk)
         # video frame i is complete when mel frame centre(i) + h (or + the look-ahead) exists
         i = self._next_frame
-        while _centre(i, self.fps) + self.ahead < self._mel_total:
+        while _centre(i, self.fps) + self.ahead < self._mel.total:
             i += 1
-        return self._emit(i, self._mel_total)
+        return self._emit(i, self._mel.total)
 
     def flush(self) -> np.ndarray:
-        if self._done:
+        if self._mel.done:
             return np.zeros((0, 2 * self.h + 1, N_MELS), np.float32)
-        self._done = True
-        self._buf = np.concatenate([self._buf, np.zeros(N_FFT // 2, np.float32)])
-        total = 1 + self._n_samples // HOP  # as log_mel of the whole clip
-        self._extend_mel(total)
-        out = self._emit(num_video_frames(self._n_samples, SAMPLE_RATE, self.fps), total)
-        self._buf = np.zeros(0, np.float32)
-        self._mel = np.zeros((0, N_MELS), np.float32)
-        return out
-
-    def _extend_mel(self, total: int) -> None:
-        if total <= self._mel_total:
-            return
-        off = self._mel_total * HOP - self._buf_start
-        new = _mel_frames(self._buf[off:], 0, total - self._mel_total)
-        self._mel = np.concatenate([self._mel, new]) if len(self._mel) else new
-        self._mel_total = total
-        # the samples before the next frame's start are never read again
-        drop = self._mel_total * HOP - self._buf_start
-        self._buf = self._buf[drop:].copy()
-        self._buf_start += drop
+        self._mel.flush()
+        return self._emit(num_video_frames(self._mel.num_samples, SAMPLE_RATE, self.fps), self._mel.total)
 
     def _emit(self, stop: int, limit: int) -> np.ndarray:
         """Windows of video frames _next_frame .. stop-1; mel frames outside [0, limit)
@@ -426,15 +483,8 @@ class StreamingFeatures:
         start = self._next_frame
         if stop <= start:
             return np.zeros((0, 2 * self.h + 1, N_MELS), np.float32)
-        idx = _centre(np.arange(start, stop), self.fps)[:, None] + np.arange(-self.h, self.h + 1)[None, :]
-        valid = (idx >= 0) & (idx < limit)
-        local = np.clip(idx - self._mel_start, 0, max(len(self._mel) - 1, 0))
-        src = self._mel[local] if len(self._mel) else np.zeros(idx.shape + (N_MELS,), np.float32)
-        out = np.where(valid[..., None], src, np.float32(SILENCE_VALUE)).astype(np.float32)
+        m = self._mel
+        out = windows_at(m.mel, _centre(np.arange(start, stop), self.fps), self.h, m.start, limit)
         self._next_frame = stop
-        # the ring keeps only the mel frames that later windows can still read
-        keep_from = min(max(self._mel_start, int(_centre(stop, self.fps)) - self.h), self._mel_total)
-        if keep_from > self._mel_start:
-            self._mel = self._mel[keep_from - self._mel_start:].copy()
-            self._mel_start = keep_from
+        m.drop_before(int(_centre(stop, self.fps)) - self.h)  # later windows never read earlier frames
         return out

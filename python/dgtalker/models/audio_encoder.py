@@ -176,5 +176,35 @@ class AudioEncoder(nn.Module):
         idx = self.neighbours(torch.arange(T, device=windows.device), T)
         return self.from_embeddings(emb[idx])
 
+    # -- any output rate --------------------------------------------------------------
+    def neighbour_times(self, times, t_last: float | None):
+        """Times ``[T, past + 1 + future]`` (seconds) of the neighbours whose embeddings the
+        temporal stage mixes for frames at ``times``: spaced at the encoder's own (training)
+        frame rate whatever the output rate, clamped to ``[0, t_last]`` (the clip's ends,
+        as in training; ``t_last`` None: no end yet, e.g. a stream)."""
+        import numpy as np
+
+        cfg = self.config
+        off = np.arange(-cfg.past, cfg.future + 1) / cfg.fps
+        nt = np.asarray(times, np.float64)[:, None] + off[None]
+        return np.clip(nt, 0.0, np.inf if t_last is None else t_last)
+
+    def coefficients_at(self, mel, times, t_last: float, *, mel_start: int = 0, mel_limit: int | None = None):
+        """``(c_exp [T, Ke], c_lip [T, Kl])`` of frames at ``times`` (seconds, any rate) from
+        log-mel frames ``mel [M, 80]`` (absolute frames ``mel_start ..``; frames at or past
+        ``mel_limit`` read as silence). Each neighbour's window is centred on the last mel
+        frame at or before its time (``audio.mel_index``), so the look-ahead stays
+        ``lookahead_seconds()`` at any fps; at the encoder's own fps this equals ``forward``
+        on ``audio.features`` windows."""
+        import numpy as np
+
+        nt = self.neighbour_times(times, t_last)
+        centres = _audio.mel_index(nt)
+        uniq, inv = np.unique(centres, return_inverse=True)
+        win = _audio.windows_at(mel, uniq, self.config.half_window, mel_start, mel_limit)
+        dev = self.mel_mean.device
+        emb = self.frame_embedding(torch.from_numpy(win).to(dev))
+        return self.from_embeddings(emb[torch.from_numpy(inv.reshape(centres.shape)).to(dev)])
+
     def lookahead_seconds(self) -> float:
         return self.config.lookahead_seconds()
