@@ -1,0 +1,307 @@
+"""The speech front end: log-mel -> what the mouth does, for any voice and language.
+
+A small temporal convolution network over the project's log-mel (``dgtalker.audio``:
+80 bands, 100 frames/s) trained only on synthetic speech (``dgtalker.audio.tts_corpus``,
+``dgtalker.audio.frontend_train``). Per mel frame it gives
+
+* ``opening``: the inner-lip gap (face-mesh points 13/14) over the outer eye-corner
+  distance (points 33/263), the unit ``dgtalker.preprocess`` measures on real video;
+* ``width``: the mouth-corner distance in the same unit;
+* ``visemes``: probabilities of the classes in ``VISEMES``;
+* ``embedding``: a ``EMBED``-dimensional vector from which the three above are read
+  (a per-identity audio encoder can consume it).
+
+Robustness to loudness and microphone: every mel band has its speech mean removed
+(the mean over the frames within 35 dB of the loudest frame; offline over the whole
+clip, causal over the frames heard so far) and values more than 50 dB below it are
+clipped, so a gain or a fixed EQ changes nothing and silence reads the same at any
+noise floor.
+
+Causality: every convolution reads at most a fixed number of future mel frames
+(``FrontEndConfig.lookahead_frames`` in all, 10); the causal normalisation reads none.
+Video frame i at time t = i / fps interpolates the two mel frames around t, and mel
+frame j's window ends 12.5 ms after j / 100 s, so a causal frame at time t depends on
+no audio later than ``t + lookahead_s`` (0.1225 s for 16 kHz input; resampling other
+rates adds the resampler's own few-sample reach). The offline mode uses the same
+network with the whole clip's normalisation.
+
+The shipped weights' SHA-256 is recorded here (``WEIGHTS_SHA256``) and checked on
+load; a corrupt or replaced file raises ``FrontEndError`` naming it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+VISEMES = ("sil", "PBM", "FV", "TH", "SZ", "SH", "TDNL", "KG", "RW", "AA", "EI", "OU")
+VISEME_HELP = {"sil": "silence, mouth at rest", "PBM": "lips closed (p b m)", "FV": "lower lip to teeth (f v)",
+               "TH": "tongue between teeth (th)", "SZ": "s z", "SH": "rounded fricatives (sh zh ch j)",
+               "TDNL": "tongue consonants (t d n l r)", "KG": "back consonants (k g ng h y)",
+               "RW": "rounded glides (w, English r)", "AA": "open vowels (a)", "EI": "spread vowels (e i, schwa)",
+               "OU": "rounded vowels (o u, ü ö)"}
+FORMAT = "dgtalker-lipsync-frontend"
+FORMAT_VERSION = 1
+MEL_RATE = 100  # mel frames per second (dgtalker.audio: 160-sample hop at 16 kHz)
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "assets" / "lipsync_frontend.safetensors"
+# SHA-256 of the shipped weights file; checked on every load of the default weights
+WEIGHTS_SHA256 = ""
+ACTIVE_RANGE = 3.5  # log10 power: frames within 35 dB of the loudest set the band means
+CLIP_BELOW = -5.0   # ... and normalised values are clipped 50 dB below them
+INPUT_SCALE = 2.0
+_WINDOW_REACH_S = 0.0125  # a mel frame's 400-sample window ends 200 samples after its centre
+OPENING_MEAN, OPENING_SCALE = 0.06, 0.06
+WIDTH_MEAN, WIDTH_SCALE = 0.48, 0.05
+
+
+class FrontEndError(ValueError):
+    """Front-end weights that cannot be used: missing, corrupt, not matching the recorded
+    checksum or of another kind. The message names the file."""
+
+
+@dataclass
+class FrontEndConfig:
+    n_mels: int = 80
+    channels: int = 128
+    embed: int = 32
+    stem_kernel: int = 5
+    stem_lookahead: int = 2
+    # (dilation, look-ahead in frames) of each residual block's kernel-3 convolution
+    blocks: list = field(default_factory=lambda: [[1, 1], [2, 2], [4, 4], [8, 0], [16, 0], [1, 1]])
+    n_visemes: int = len(VISEMES)
+
+    @property
+    def lookahead_frames(self) -> int:
+        return int(self.stem_lookahead + sum(r for _, r in self.blocks))
+
+    @property
+    def lookahead_s(self) -> float:
+        """Audio after a video frame's time that its causal output can depend on (16 kHz input)."""
+        return (self.lookahead_frames + 1) / MEL_RATE + _WINDOW_REACH_S
+
+    @property
+    def history_frames(self) -> int:
+        return int(self.stem_kernel - 1 - self.stem_lookahead + sum(2 * d - r for d, r in self.blocks))
+
+    def check(self) -> "FrontEndConfig":
+        ok = (self.n_mels > 0 and self.channels > 0 and self.embed > 0 and self.n_visemes == len(VISEMES)
+              and 0 <= self.stem_lookahead < self.stem_kernel
+              and all(len(b) == 2 and b[0] >= 1 and 0 <= b[1] <= 2 * b[0] for b in self.blocks))
+        if not ok:
+            raise FrontEndError(f"invalid front-end config {asdict(self)}")
+        return self
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def build_model(config: FrontEndConfig):
+    """The network (a torch.nn.Module): ``model(x [B, n_mels, M])`` -> dict of 100 Hz
+    outputs ``opening [B, M]``, ``width [B, M]``, ``viseme_logits [B, V, M]``,
+    ``embedding [B, D, M]``; ``x`` is normalised log-mel (``normalise``)."""
+    torch = _torch()
+    nn = torch.nn
+    F = torch.nn.functional
+
+    class Conv(nn.Module):
+        """1-D convolution reading ``ahead`` future frames and the rest from the past."""
+
+        def __init__(self, cin, cout, k, dilation=1, ahead=0):
+            super().__init__()
+            self.conv = nn.Conv1d(cin, cout, k, dilation=dilation)
+            self.pad = ((k - 1) * dilation - ahead, ahead)
+
+        def forward(self, x):
+            return self.conv(F.pad(x, self.pad))
+
+    class ChannelNorm(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.norm = nn.LayerNorm(c)
+
+        def forward(self, x):
+            return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+    class Block(nn.Module):
+        def __init__(self, c, d, r):
+            super().__init__()
+            self.norm = ChannelNorm(c)
+            self.conv = Conv(c, c, 3, d, r)
+            self.mix = nn.Conv1d(c, c, 1)
+
+        def forward(self, x):
+            return x + self.mix(F.gelu(self.conv(self.norm(x))))
+
+    class FrontEnd(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            C = cfg.channels
+            self.stem = Conv(cfg.n_mels, C, cfg.stem_kernel, 1, cfg.stem_lookahead)
+            self.blocks = nn.ModuleList(Block(C, d, r) for d, r in cfg.blocks)
+            self.norm = ChannelNorm(C)
+            self.embed = nn.Conv1d(C, cfg.embed, 1)
+            self.head = nn.Conv1d(cfg.embed, 2 + cfg.n_visemes, 1)
+
+        def forward(self, x):
+            h = self.stem(x)
+            for b in self.blocks:
+                h = b(h)
+            e = self.embed(self.norm(h))
+            y = self.head(F.gelu(e))
+            return {"opening": y[:, 0] * OPENING_SCALE + OPENING_MEAN, "width": y[:, 1] * WIDTH_SCALE + WIDTH_MEAN,
+                    "viseme_logits": y[:, 2:], "embedding": e}
+
+    return FrontEnd(config.check())
+
+
+def normalise(mel, causal: bool):
+    """Per-band speech-mean removal of log-mel ``[..., n_mels, M]`` (torch), see the
+    module doc; causal: frame j uses only frames 0..j."""
+    torch = _torch()
+    e = mel.mean(-2, keepdim=True)  # [..., 1, M] frame level
+    if causal:
+        top = torch.cummax(e, dim=-1).values
+        w = (e > top - ACTIVE_RANGE).to(mel.dtype)
+        mean = torch.cumsum(mel * w, -1) / torch.cumsum(w, -1).clamp_min(1.0)
+    else:
+        w = (e > e.amax(-1, keepdim=True) - ACTIVE_RANGE).to(mel.dtype)
+        mean = (mel * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp_min(1.0)
+    return torch.clamp(mel - mean, min=CLIP_BELOW) / INPUT_SCALE
+
+
+def frame_positions(num_frames: int, fps: float) -> np.ndarray:
+    """Where video frame i (time i / fps) falls on the 100 Hz mel axis."""
+    return np.arange(num_frames, dtype=np.float64) * (MEL_RATE / float(fps))
+
+
+def at_frames(series, positions: np.ndarray):
+    """Linear interpolation of ``series [..., M]`` (torch) at fractional ``positions``;
+    positions past the end read the last frame."""
+    torch = _torch()
+    M = series.shape[-1]
+    p = np.clip(positions, 0, M - 1)
+    i0 = np.floor(p).astype(np.int64)
+    i1 = np.minimum(i0 + 1, M - 1)
+    f = torch.as_tensor(p - i0, dtype=series.dtype, device=series.device)
+    a = series[..., torch.as_tensor(i0, device=series.device)]
+    b = series[..., torch.as_tensor(i1, device=series.device)]
+    return a + (b - a) * f
+
+
+class FrontEnd:
+    """Loaded front end: ``frontend(mel [M, 80], fps, num_frames, causal)`` -> dict of
+    numpy arrays at the video frames (``opening [T]``, ``width [T]``, ``visemes [T, V]``,
+    ``embedding [T, D]``)."""
+
+    def __init__(self, model, config: FrontEndConfig, meta: dict | None = None, path: Path | None = None):
+        self.model = model.eval()
+        self.config = config
+        self.meta = meta or {}
+        self.path = path
+
+    @property
+    def lookahead_s(self) -> float:
+        return self.config.lookahead_s
+
+    def run_mel(self, mel: np.ndarray, causal: bool = False) -> dict:
+        """The 100 Hz outputs (torch tensors, batch of one) of log-mel ``[M, n_mels]``."""
+        torch = _torch()
+        x = torch.as_tensor(np.ascontiguousarray(np.asarray(mel, np.float32).T))[None]
+        with torch.inference_mode():
+            return self.model(normalise(x, causal))
+
+    def __call__(self, mel: np.ndarray, fps: float, num_frames: int, causal: bool = False) -> dict:
+        torch = _torch()
+        out = self.run_mel(mel, causal)
+        pos = frame_positions(num_frames, fps)
+        with torch.inference_mode():
+            op = at_frames(out["opening"][0], pos)
+            wd = at_frames(out["width"][0], pos)
+            vis = torch.softmax(at_frames(out["viseme_logits"][0], pos), dim=0).T
+            emb = at_frames(out["embedding"][0], pos).T
+        return {"opening": op.clamp_min(0).numpy().astype(np.float32), "width": wd.numpy().astype(np.float32),
+                "visemes": vis.numpy().astype(np.float32), "embedding": emb.numpy().astype(np.float32)}
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_frontend(path, model, config: FrontEndConfig, extra: dict | None = None) -> Path:
+    from ..checkpoint import write_checkpoint
+
+    tensors = {k: v.detach().float() for k, v in model.state_dict().items()}
+    meta = {"config": json.dumps(asdict(config)), "visemes": json.dumps(list(VISEMES)),
+            "extra": json.dumps(extra or {})}
+    return write_checkpoint(path, tensors, format=FORMAT, version=FORMAT_VERSION, meta=meta)
+
+
+_cache = {}
+
+
+def load_frontend(path=None, *, verify: bool = True) -> FrontEnd:
+    """The front end stored at ``path`` (default: the shipped weights, whose SHA-256 must
+    equal ``WEIGHTS_SHA256`` unless ``verify`` is False). Raises ``FrontEndError``."""
+    from ..checkpoint import CheckpointError, read_checkpoint
+
+    default = path is None
+    p = DEFAULT_WEIGHTS if default else Path(path)
+    key = (str(p), verify)
+    if default and key in _cache:
+        return _cache[key]
+    if not p.is_file():
+        if default:
+            raise FrontEndError(f"the shipped lip-sync front end {p} is missing; reinstall dgtalker or train one "
+                                f"with `python -m dgtalker.audio.frontend_train`")
+        raise FrontEndError(f"front-end weights {p} do not exist" if not p.exists() else
+                            f"front-end weights {p} is not a file")
+    if default and verify:
+        if not WEIGHTS_SHA256:
+            raise FrontEndError(f"no checksum is recorded for the shipped front end {p}")
+        got = sha256_file(p)
+        if got != WEIGHTS_SHA256:
+            raise FrontEndError(f"{p} is corrupt or was replaced: its SHA-256 is {got}, the recorded one is "
+                                f"{WEIGHTS_SHA256}; reinstall dgtalker")
+
+    class _Err(FrontEndError, CheckpointError):
+        pass
+
+    try:
+        tensors, meta, _ = read_checkpoint(p, format=FORMAT, max_version=FORMAT_VERSION, error=_Err, max_bytes=64 << 20)
+    except CheckpointError as exc:
+        raise FrontEndError(str(exc)) from None
+    except OSError as exc:
+        raise FrontEndError(f"front-end weights {p} could not be read ({exc})") from None
+    try:
+        config = FrontEndConfig(**json.loads(meta["config"])).check()
+        names = json.loads(meta.get("visemes", "[]"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FrontEndError(f"{p}: bad front-end config in the metadata ({exc})") from None
+    if tuple(names) != VISEMES:
+        raise FrontEndError(f"{p}: viseme classes {names} differ from this version's {list(VISEMES)}")
+    model = build_model(config)
+    state = model.state_dict()
+    missing = sorted(set(state) - set(tensors))
+    unexpected = sorted(set(tensors) - set(state))
+    wrong = [k for k in state if k in tensors and tuple(tensors[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        raise FrontEndError(f"{p}: tensors do not match the front-end config (missing {missing[:3]}, unexpected "
+                            f"{unexpected[:3]}, wrong shapes {wrong[:3]})")
+    torch = _torch()
+    if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
+        raise FrontEndError(f"{p}: non-finite weights")
+    model.load_state_dict({k: tensors[k].float() for k in state})
+    fe = FrontEnd(model, config, json.loads(meta.get("extra", "{}") or "{}"), p)
+    if default:
+        _cache[key] = fe
+    return fe
