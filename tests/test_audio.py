@@ -229,3 +229,32 @@ def test_streaming_memory_is_flat():
     assert n_out >= 130 * 25 - 10
     # keeping the stream would grow by 120 s x (64 KB of samples + 32 KB of mel) = 11 MB
     assert at_130s - at_10s < 200_000, (at_10s, at_130s)
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_stream_resampler_equals_offline_resample(rate):
+    """Chunks through one stateful resampler give exactly the samples of resampling the
+    whole signal (resampling each chunk on its own drifted and added frames)."""
+    x = (0.3 * np.random.default_rng(rate).standard_normal(rate * 2)).astype(np.float32)
+    whole = A.resample(x, rate)
+    r = A.StreamResampler(rate)
+    pieces = [r.push(x[i:i + 1009]) for i in range(0, len(x), 1009)] + [r.flush()]
+    got = np.concatenate(pieces)
+    assert len(got) == len(whole) == 2 * A.SAMPLE_RATE
+    assert np.array_equal(got, whole)
+    # resampling chunk by chunk (what streams did) is not the same signal
+    naive = np.concatenate([A.resample(x[i:i + 1009], rate) for i in range(0, len(x), 1009)])
+    assert len(naive) != len(whole) or not np.allclose(naive, whole, atol=1e-3)
+
+
+def test_speech_forms_and_errors(tmp_path):
+    x = (0.1 * np.sin(np.arange(8000) / 5)).astype(np.float32)
+    a, ra = A.speech((x, 8000))
+    b, rb = A.speech(x, sample_rate=np.int64(8000))
+    assert ra == rb == A.SAMPLE_RATE and np.array_equal(a, b) and len(a) == 16000
+    for bad, kw, match in [(x, {}, "sample_rate"), (x, {"sample_rate": 0}, "sample_rate"),
+                           (x, {"sample_rate": True}, "sample_rate"), (np.zeros(0, np.float32), {"sample_rate": 8000},
+                                                                       "empty"),
+                           ((x, 8000, 1), {}, "tuple")]:
+        with pytest.raises(A.AudioError, match=match):
+            A.speech(bad, **kw)

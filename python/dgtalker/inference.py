@@ -97,24 +97,9 @@ def check_output_path(path, name: str = "path") -> Path:
 
 
 def speech(audio, sample_rate=None) -> tuple[np.ndarray, int]:
-    """(mono float32 samples at 16 kHz, 16000) of a path, a ``(samples, rate)`` pair or an array."""
-    if isinstance(audio, (str, os.PathLike)):
-        if sample_rate is not None:
-            raise RenderError("sample_rate is only for array audio; a file carries its own rate")
-        return A.load(audio, sample_rate=A.SAMPLE_RATE)
-    if isinstance(audio, tuple):
-        if len(audio) != 2 or sample_rate is not None:
-            raise RenderError("audio as a tuple must be (samples, rate), with no sample_rate= argument")
-        audio, sample_rate = audio
-    if sample_rate is None:
-        raise RenderError("audio given as an array needs sample_rate= (or pass (samples, rate))")
-    if isinstance(audio, torch.Tensor):
-        audio = audio.detach().cpu().numpy()
-    samples = A._check_samples(audio, "audio")
-    rate = check_sample_rate(sample_rate)
-    if samples.size == 0:
-        raise RenderError("audio is empty")
-    return A.resample(samples, rate, A.SAMPLE_RATE), A.SAMPLE_RATE
+    """(mono float32 samples at 16 kHz, 16000) of a path, a ``(samples, rate)`` pair or an
+    array (``dgtalker.audio.speech``; its errors name the argument)."""
+    return A.speech(audio, sample_rate)
 
 
 def check_sample_rate(sample_rate) -> int:

@@ -62,7 +62,7 @@ _PCM = {np.dtype(np.int16): (0, 32768.0), np.dtype(np.int32): (0, 2147483648.0),
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 
-__all__ = ["AudioError", "TruncatedAudioWarning", "load", "resample", "to_mono", "log_mel", "features", "frame_windows",
+__all__ = ["AudioError", "TruncatedAudioWarning", "load", "speech", "resample", "to_mono", "log_mel", "features", "frame_windows",
            "windows_at", "mel_index", "AudioFeatures", "StreamingFeatures", "StreamResampler", "num_video_frames",
            "SAMPLE_RATE", "SILENCE_VALUE"]
 
@@ -192,6 +192,32 @@ def load(path, sample_rate: int | None = SAMPLE_RATE) -> tuple[np.ndarray, int]:
         data = resample(data, int(sr), int(sample_rate))
         sr = int(sample_rate)
     return data, int(sr)
+
+
+def speech(audio, sample_rate=None) -> tuple[np.ndarray, int]:
+    """Speech in any accepted form as ``(mono float32 samples at 16 kHz, 16000)``: a path
+    (anything ``load`` reads), a ``(samples, rate)`` pair, or an array (numpy or torch)
+    with ``sample_rate``. Bad input raises :class:`AudioError` naming the argument."""
+    import os
+
+    if isinstance(audio, (str, os.PathLike)):
+        if sample_rate is not None:
+            raise AudioError("sample_rate is only for array audio; a file carries its own rate")
+        return load(audio, sample_rate=SAMPLE_RATE)
+    if isinstance(audio, tuple):
+        if len(audio) != 2 or sample_rate is not None:
+            raise AudioError("audio as a tuple must be (samples, rate), with no sample_rate= argument")
+        audio, sample_rate = audio
+    if sample_rate is None:
+        raise AudioError("audio given as an array needs sample_rate= (or pass (samples, rate))")
+    if hasattr(audio, "detach"):  # a torch tensor
+        audio = audio.detach().cpu().numpy()
+    samples = _check_samples(audio, "audio")
+    if isinstance(sample_rate, (bool, np.bool_)) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise AudioError(f"sample_rate must be a positive int (samples per second), got {sample_rate!r}")
+    if samples.size == 0:
+        raise AudioError("audio is empty")
+    return resample(samples, int(sample_rate), SAMPLE_RATE), SAMPLE_RATE
 
 
 def _check_samples(samples, name="samples"):
