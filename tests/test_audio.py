@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import subprocess
 
 import numpy as np
@@ -50,13 +49,13 @@ def test_load_native_rate(tmp_path):
 
 
 def test_load_mp3_and_video(tmp_path):
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("ffmpeg not installed")
+    from dgtalker.data.format import ffmpeg_exe  # a system ffmpeg, else the bundled one
+
     wav = tmp_path / "a.wav"
     sf.write(wav, _tone(44100, 1.0, 300.0), 44100)
     mp3, mp4 = tmp_path / "a.mp3", tmp_path / "v.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), str(mp3)], check=True)
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=gray:s=64x64:r=25:d=1", "-i", str(wav),
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(wav), str(mp3)], check=True)
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "color=c=gray:s=64x64:r=25:d=1", "-i", str(wav),
                     "-c:v", "libx264", "-c:a", "aac", "-shortest", str(mp4)], check=True)
     for p in (mp3, mp4):
         x, rate = A.load(p)

@@ -20,8 +20,10 @@ also use); this module adds the shipped talker and the callable module.
 """
 from __future__ import annotations
 
-from .inference import RenderError, Video, speech  # noqa: F401  (the public names of dgtalker.render)
-from .talker import load_talker  # noqa: F401
+from .inference import RenderError, Video, speech
+from .talker import load_talker
+
+__all__ = ["render", "load_talker", "Video", "RenderError", "speech"]
 
 
 def render(audio, camera=None, **kw) -> Video:
