@@ -24,16 +24,10 @@ VERBS = {"dgtalker.eval": "eval", "dgtalker.render": "render", "dgtalker.train":
          "dgtalker.invert": "train", "dgtalker.preprocess": "preprocess"}
 # (importer, imported): the only imports allowed to go up, each with its reason
 ALLOWED = {
-    # Talker.render / Talker.stream as conveniences over dgtalker.render (call time only);
-    # goes with the render.py <-> talker.py circle
-    ("dgtalker.talker", "dgtalker.render"),
     # the checkpoint reader/writer is a utility, but it also builds the prior's generator
     # and template from a file (call time only)
     ("dgtalker.checkpoint", "dgtalker.models.generator"),
     ("dgtalker.checkpoint", "dgtalker.models.template"),
-    # dgtalker.lipsync reads its audio argument with render's checks (call time only);
-    # goes when those checks live in dgtalker.audio
-    ("dgtalker.audio.lipsync", "dgtalker.render"),
 }
 
 

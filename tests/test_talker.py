@@ -125,10 +125,10 @@ def test_skinning_moves_the_torso_with_the_body_and_keeps_the_head():
 def test_mean_camera_and_body_transforms():
     from dgtalker.camera import orbit
 
-    cams = torch.stack([orbit(y, p, width=64, height=64)[0] for y, p in ((-10, 0), (10, 0), (0, 5), (0, -5))])
+    cams = torch.stack([orbit(y, p, width=64, height=64).viewmats[0] for y, p in ((-10, 0), (10, 0), (0, 5), (0, -5))])
     mc = mean_camera(cams)
     assert torch.allclose(mc[:3, :3] @ mc[:3, :3].T, torch.eye(3), atol=1e-5)
-    front = orbit(0, 0, width=64, height=64)[0]
+    front = orbit(0, 0, width=64, height=64).viewmats[0]
     assert torch.allclose(mc[:3, :3], front[:3, :3], atol=1e-5)
     assert torch.allclose(mc[:3, 3], front[:3, 3], atol=1e-2)  # the mean of centres on a sphere lies inside it
     Tb = body_transforms(cams, mc)

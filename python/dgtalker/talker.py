@@ -321,8 +321,13 @@ class Talker(nn.Module):
         """Gaussians ``[F, N, ...]`` of clip frames seen by their own head cameras ``w2c
         [F, 4, 4]``: the torso posed where that clip has it (``body_transforms`` against
         the body camera). The one place that renders dataset frames with their torso."""
-        return self.pose_torso(self.gaussians(c_exp, c_lip, blink=blink, amp=amp),
-                               body_transforms(w2c, self.body_w2c.to(w2c.device)))
+        return self.pose_clip(self.gaussians(c_exp, c_lip, blink=blink, amp=amp), w2c)
+
+    def pose_clip(self, gaussians, w2c: Tensor):
+        """Gaussians ``[F, N, ...]`` already made, with the torso posed where the clip has
+        it for head cameras ``w2c [F, 4, 4]`` (a training step that shows one latent at two
+        cameras poses it once per camera)."""
+        return self.pose_torso(gaussians, body_transforms(w2c, self.body_w2c.to(w2c.device)))
 
     def clip_frames(self, c_exp: Tensor, c_lip: Tensor, w2c: Tensor, Ks: Tensor, width: int, height: int, *,
                     blink: Tensor | None = None, background: Tensor | None = None, amp: bool = False,

@@ -105,7 +105,7 @@ def lipsync(audio, fps: float = 25.0, sample_rate: int | None = None, causal: bo
     ``weights``: another front-end file (default: the shipped one, checksum-verified).
     """
     from .. import audio as A
-    from ..render import speech
+    from . import speech
 
     fps = A._check_fps(fps)
     if not isinstance(causal, bool):

@@ -106,13 +106,3 @@ def blink_amounts(openness: np.ndarray, open_below: float = 0.15, closed_from: f
     frames whose truth is shut and 0 on every frame whose truth is open."""
     closure = 1 - openness / max(float(np.median(openness)), 1e-6)
     return np.clip((closure - open_below) / (closed_from - open_below), 0, 1).astype(np.float32)
-
-
-def pose_for_clip(talker, gaussians, w2c: torch.Tensor):
-    """Gaussians ``[B, N, ...]`` already made, with the torso posed for the clip's head
-    cameras ``w2c [B, 4, 4]``: ``Talker.clip_gaussians`` for a step that synthesises each
-    latent once and shows one of them at two cameras (the cross latent), or poses the
-    prior's Gaussians as the talker's (the side silhouettes)."""
-    from ..talker import body_transforms
-
-    return talker.pose_torso(gaussians, body_transforms(w2c, talker.body_w2c.to(w2c.device)))

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from ..metrics import photometric_loss, psnr
-from .clip import ClipFrames, pose_for_clip
+from .clip import ClipFrames
 from .config import IdentityTrainConfig
 from .losses import cross_view_losses, face_regions, leak_loss, locality_loss, needle_penalty, side_silhouette_loss
 from .plate import over_background, random_background
@@ -89,7 +89,7 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     lat = torch.cat(lat).to(dev)
     w2c = torch.cat([v["w2c"] for v in views])
     Ks = torch.cat([v["K"] for v in views])
-    g = pose_for_clip(talker, gather(gauss, lat), w2c)
+    g = talker.pose_clip(gather(gauss, lat), w2c)
     checked = True if dev.type == "cuda" else None
     image, alpha = talker.rasterize(g, w2c, Ks, R, R, checked=checked, background=background)
     own_img, own_a = image[:2 * P], alpha[:2 * P]

@@ -113,7 +113,6 @@ def side_silhouette_loss(talker, reference, gaussians, c_exp, c_lip, w2c, K, ste
     (``side_cameras`` of ``w2c``) at ``side_resolution``. Only outlines are compared: the
     prior's colours are not the person's."""
     from ..camera import resize_intrinsics
-    from .clip import pose_for_clip
 
     R, S = cfg.resolution, cfg.side_resolution
     views = side_cameras(w2c, step, cfg)
@@ -123,8 +122,8 @@ def side_silhouette_loss(talker, reference, gaussians, c_exp, c_lip, w2c, K, ste
         w, _ = talker.latents(c_exp, c_lip)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.amp and w.is_cuda):
             raw = reference.synthesize(reference.styles(w))
-        prior_g = pose_for_clip(talker, reference.decode(raw.float().contiguous()), w2c)  # torso where frame i has it
+        prior_g = talker.pose_clip(reference.decode(raw.float().contiguous()), w2c)  # torso where frame i has it
         _, target = talker.rasterize(prior_g, views, Ks, S, S, background=black, checked=checked)
-    _, alpha = talker.rasterize(pose_for_clip(talker, gaussians, w2c), views, Ks, S, S, background=black,
+    _, alpha = talker.rasterize(talker.pose_clip(gaussians, w2c), views, Ks, S, S, background=black,
                                 checked=checked)
     return (alpha - target).abs().mean()
