@@ -20,6 +20,7 @@ _LAZY = {
     "render": ("dgtalker.render", None),  # the module, callable as dgtalker.render(audio, camera)
     "data": ("dgtalker.data", None),
     "audio": ("dgtalker.audio", None),
+    "lipsync": ("dgtalker.audio.lipsync", "lipsync"),
 }
 
 __all__ = ["__version__", *_LAZY]

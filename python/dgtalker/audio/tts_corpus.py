@@ -53,6 +53,10 @@ FRAME_RATE = 100  # targets per second, one per log-mel frame
 MEL_Q_LO, MEL_Q_STEP = -10.0, 0.1  # uint8 code k <-> log-mel value LO + k * STEP (-10 .. 15.5), 1 dB steps
 
 SIL = "sil"
+# The lips move before the sound they shape: in connected speech visible articulation
+# leads the acoustics by roughly 20-80 ms (Schwartz & Savariaux 2014, PLoS Comput Biol
+# 10(7): e1003743); the targets take the middle of that range.
+ANTICIPATION_S = 0.05
 # IPA base symbol -> (viseme, opening, width, opening dominance, width dominance)
 _V = {}
 
@@ -141,16 +145,18 @@ def phone_units(symbol: str) -> list:
     return [_C["h"]]  # an unknown letter: a neutral consonant
 
 
-def mouth_targets(phones, duration: float, rate: int = FRAME_RATE, rng=None):
+def mouth_targets(phones, duration: float, rate: int = FRAME_RATE, lead: float = ANTICIPATION_S):
     """Per-frame (opening [M], width [M], viseme index [M]) at ``rate`` frames/s (frame
     j at time j / rate, M = 1 + floor(duration * rate)) from ``phones``: a list of
-    (start s, end s, IPA symbol or '' for a pause). Unlisted time is a pause."""
+    (start s, end s, IPA symbol or '' for a pause). Unlisted time is a pause. The
+    mouth runs ``lead`` seconds ahead of the sound (anticipation)."""
     M = 1 + int(np.floor(duration * rate + 1e-9))
+    phones = [(s - lead, e - lead, sym) for s, e, sym in phones]
     t = np.arange(M) / rate
     units = []  # (centre, tau, viseme, opening, width, a_open, a_width)
     vis_idx = np.full(M, VISEMES.index(SIL), np.int64)
     # pauses before, between and after
-    edges = [(0.0, phones[0][0] if phones else duration)]
+    edges = [(-0.3, phones[0][0] if phones else duration)]
     for (s0, e0, _), (s1, _, _) in zip(phones[:-1], phones[1:]):
         if s1 > e0 + 1e-3:
             edges.append((e0, s1))

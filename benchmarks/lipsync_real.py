@@ -1,0 +1,173 @@
+"""dgtalker.lipsync against the mouth tracked in real video (measurement only).
+
+For each clip with sound in FOOTAGE (default ../shared/footage): mediapipe's face mesh
+(0.10.14, refine_landmarks, video mode) tracks every frame; the tracked opening is the
+inner-lip gap (points 13/14) over the outer eye-corner distance (33/263), the unit of
+``dgtalker.lipsync``. The front end runs on the clip's sound track at the clip's fps.
+Reported per clip: the Pearson correlation of tracked and predicted opening at lags
+-5..5 frames (lag k compares tracked frame i with predicted frame i + k: a positive
+best lag means the prediction runs late), the best lag, r at 0 and +-1, the same for
+log loudness (the mean log-mel of the frame, the baseline), std of both curves, and
+the front end's speed (x real time, CPU, 2 torch threads, log-mel included).
+
+Nothing is fitted to these clips; they are never used for training.
+
+    python benchmarks/lipsync_real.py [--footage DIR] [--out benchmarks/results/lipsync_real.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CLIPS = ["macron_fr_50s", "german_news_20s", "senate_en_8s_a", "senate_en_8s_b", "interview_en_8s"]
+LAGS = range(-5, 6)
+
+
+def track_opening(video: Path):
+    """(fps, tracked opening [T] with NaN where no face) of a video."""
+    import av
+    import mediapipe as mp
+
+    mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+                                           min_detection_confidence=0.5, min_tracking_confidence=0.5)
+    out = []
+    with av.open(str(video)) as c:
+        stream = c.streams.video[0]
+        fps = float(stream.average_rate)
+        for frame in c.decode(stream):
+            img = frame.to_ndarray(format="rgb24")
+            res = mesh.process(img)
+            if not res.multi_face_landmarks:
+                out.append(np.nan)
+                continue
+            H, W = img.shape[:2]
+            lm = res.multi_face_landmarks[0].landmark
+            p = lambda i: np.array([lm[i].x * W, lm[i].y * H])  # noqa: E731
+            out.append(np.linalg.norm(p(13) - p(14)) / np.linalg.norm(p(33) - p(263)))
+    mesh.close()
+    return fps, np.array(out, np.float64)
+
+
+def corr_at(track, pred, lag):
+    """Pearson r of track[i] and pred[i + lag] over the frames where both exist."""
+    n = min(len(track), len(pred))
+    t, p = track[:n], pred[:n]
+    if lag > 0:
+        t, p = t[:-lag], p[lag:]
+    elif lag < 0:
+        t, p = t[-lag:], p[:lag]
+    ok = np.isfinite(t) & np.isfinite(p)
+    if ok.sum() < 10:
+        return float("nan")
+    return float(np.corrcoef(t[ok], p[ok])[0, 1])
+
+
+def lag_table(track, pred):
+    rs = {lag: corr_at(track, pred, lag) for lag in LAGS}
+    best = max(rs, key=lambda k: -np.inf if not np.isfinite(rs[k]) else rs[k])
+    return {"best_r": round(rs[best], 4), "best_lag": best, "r_lag0": round(rs[0], 4),
+            "r_lag-1": round(rs[-1], 4), "r_lag+1": round(rs[1], 4),
+            "by_lag": {str(k): round(v, 4) for k, v in rs.items()}}
+
+
+def main(argv=None) -> int:
+    here = Path(__file__).resolve().parent
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--footage", default=str(here.parent.parent / "shared" / "footage"))
+    p.add_argument("--out", default=str(here / "results" / "lipsync_real.json"))
+    p.add_argument("--cache", default="/tmp/lipsync_real_tracks.json",
+                   help="tracked curves are kept here between runs (the face mesh is the slow part)")
+    p.add_argument("--weights", help="front-end weights (default: the shipped ones)")
+    args = p.parse_args(argv)
+
+    import torch
+
+    import dgtalker
+    from dgtalker import audio as A
+    from dgtalker.audio.frontend import load_frontend, sha256_file
+
+    torch.set_num_threads(2)
+    footage = Path(args.footage)
+    cache_path = Path(args.cache)
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    rows = []
+    for name in CLIPS:
+        video = footage / f"{name}.mp4"
+        if not video.is_file():
+            print(f"{name}: not found in {footage}, skipped", file=sys.stderr)
+            continue
+        if name not in cache:
+            t0 = time.time()
+            fps, tr = track_opening(video)
+            cache[name] = {"fps": fps, "opening": [None if not np.isfinite(v) else float(v) for v in tr]}
+            cache_path.write_text(json.dumps(cache))
+            print(f"{name}: tracked {len(tr)} frames in {time.time() - t0:.0f} s", file=sys.stderr)
+        fps = cache[name]["fps"]
+        track = np.array([np.nan if v is None else v for v in cache[name]["opening"]], np.float64)
+        samples, rate = A.load(video)
+        dgtalker.lipsync((samples, rate), fps=fps, weights=args.weights)  # warm-up
+        t0 = time.perf_counter()
+        res = dgtalker.lipsync((samples, rate), fps=fps, weights=args.weights)
+        took = time.perf_counter() - t0
+        causal = dgtalker.lipsync((samples, rate), fps=fps, causal=True, weights=args.weights)
+        feats = A.features(samples, rate, fps=fps, context=0.0)
+        loud = feats.windows[:, 0, :].mean(1).astype(np.float64)
+        pred = res.opening.astype(np.float64)
+        row = {"clip": name, "fps": fps, "frames_video": len(track), "frames_audio": len(pred),
+               "tracked_frames": int(np.isfinite(track).sum()),
+               "track_std": round(float(np.nanstd(track)), 4), "track_mean": round(float(np.nanmean(track)), 4),
+               "pred_std": round(float(pred.std()), 4), "pred_mean": round(float(pred.mean()), 4),
+               "frontend": lag_table(track, pred), "frontend_causal": lag_table(track, causal.opening.astype(np.float64)),
+               "loudness": lag_table(track, loud),
+               "speed_x_realtime": round(len(samples) / rate / took, 1)}
+        rows.append(row)
+    if not rows:
+        print("no clips found", file=sys.stderr)
+        return 1
+    mean = lambda key, sub: round(float(np.mean([r[key][sub] for r in rows])), 4)  # noqa: E731
+    summary = {"clips": len(rows), "frontend_best_r_mean": mean("frontend", "best_r"),
+               "frontend_r_lag0_mean": mean("frontend", "r_lag0"),
+               "frontend_causal_best_r_mean": mean("frontend_causal", "best_r"),
+               "loudness_best_r_mean": mean("loudness", "best_r"),
+               "frontend_best_r_min": round(min(r["frontend"]["best_r"] for r in rows), 4),
+               "speed_x_realtime_min": min(r["speed_x_realtime"] for r in rows)}
+    weights = Path(args.weights) if args.weights else dgtalker.audio.frontend.DEFAULT_WEIGHTS
+    fe = load_frontend(args.weights)
+    result = {"rows": rows, "summary": summary, "weights": weights.name, "weights_sha256": sha256_file(weights),
+              "frontend_extra": fe.meta, "torch_threads": torch.get_num_threads(), "cpu": _cpu()}
+    print(f"| clip | fps | r best (lag) | r lag -1 / 0 / +1 | causal r best (lag) | loudness r best (lag) | "
+          f"std track / pred | x real time |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        f, c, l = r["frontend"], r["frontend_causal"], r["loudness"]
+        print(f"| {r['clip']} | {r['fps']:g} | {f['best_r']:.3f} ({f['best_lag']:+d}) | {f['r_lag-1']:.3f} / "
+              f"{f['r_lag0']:.3f} / {f['r_lag+1']:.3f} | {c['best_r']:.3f} ({c['best_lag']:+d}) | "
+              f"{l['best_r']:.3f} ({l['best_lag']:+d}) | {r['track_std']:.3f} / {r['pred_std']:.3f} | "
+              f"{r['speed_x_realtime']:.0f} |")
+    print(f"| mean | | {summary['frontend_best_r_mean']:.3f} | lag 0: {summary['frontend_r_lag0_mean']:.3f} | "
+          f"{summary['frontend_causal_best_r_mean']:.3f} | {summary['loudness_best_r_mean']:.3f} | | |")
+    from dgtalker.io import atomic_write_json
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(args.out), result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cpu():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""dgtalker.lipsync and its speech front end (CPU, no footage needed).
+
+The speaker-independence test synthesises one sentence with two espeak-ng voices; it
+is skipped only where espeak-ng is not installed (CI installs it: apt-get install
+espeak-ng)."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import dgtalker  # noqa: E402
+from dgtalker import audio as A  # noqa: E402
+from dgtalker.audio import frontend as FE  # noqa: E402
+from dgtalker.audio.lipsync import lipsync  # noqa: E402
+from dgtalker.audio.lipsync_cli import main as cli_main  # noqa: E402
+
+SR = 16000
+
+
+def _speechlike(seconds=2.0, sr=SR, seed=0):
+    """Syllable-rate amplitude-modulated harmonic noise: enough to exercise the network."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 20 * np.sin(2 * np.pi * 0.7 * t)
+    voiced = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / sr) / k for k in range(1, 12))
+    env = np.clip(np.sin(2 * np.pi * 4.0 * t), 0, None) ** 2
+    return (0.2 * env * (voiced + 0.3 * rng.standard_normal(len(t)))).astype(np.float32)
+
+
+def _espeak(voice, text, tmp_path):
+    out = tmp_path / f"{voice.replace('+', '_')}.wav"
+    import subprocess
+
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(out), text], check=True, capture_output=True)
+    return out
+
+
+def test_shapes_and_names():
+    res = lipsync((_speechlike(), SR), fps=25)
+    T = 50
+    assert res.opening.shape == (T,) and res.width.shape == (T,)
+    assert res.visemes.shape == (T, len(FE.VISEMES)) and res.embedding.shape[0] == T
+    assert res.embedding.shape[1] == FE.load_frontend().config.embed
+    assert res.viseme_names == FE.VISEMES and len(res.viseme) == T
+    np.testing.assert_allclose(res.visemes.sum(1), 1.0, atol=1e-4)
+    assert all(np.isfinite(a).all() for a in (res.opening, res.width, res.visemes, res.embedding))
+    assert dgtalker.lipsync is lipsync
+
+
+@pytest.mark.parametrize("fps", [25, 30, 29.97, 24, 60, 12.5])
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100, 48000])
+def test_frame_count_any_fps_and_rate(fps, rate):
+    seconds = 1.37
+    x = A.resample(_speechlike(seconds), SR, rate) if rate != SR else _speechlike(seconds)
+    res = lipsync(x, fps=fps, sample_rate=rate)
+    assert len(res) == A.num_video_frames(len(x), rate, fps) == int(np.ceil(len(x) / rate * fps - 1e-9))
+
+
+def test_sample_rate_does_not_change_the_curve():
+    x = _speechlike(3.0, seed=1)
+    a = lipsync(x, sample_rate=SR).opening
+    b = lipsync(A.resample(x, SR, 44100), sample_rate=44100).opening
+    assert np.corrcoef(a, b)[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("fps,rate", [(25, 16000), (30, 16000), (60, 44100)])
+def test_causal_lookahead_bound(fps, rate):
+    fe = FE.load_frontend()
+    assert fe.lookahead_s <= 0.2
+    x = A.resample(_speechlike(3.0, seed=2), SR, rate) if rate != SR else _speechlike(3.0, seed=2)
+    base = lipsync(x, fps=fps, sample_rate=rate, causal=True)
+    margin = 0.0 if rate == SR else 0.01  # the resampler's own reach
+    for t_cut in (0.8, 1.5, 2.2):
+        y = x.copy()
+        cut = int(np.ceil((t_cut + fe.lookahead_s + margin) * rate))
+        y[cut:] = np.random.default_rng(3).standard_normal(len(y) - cut).astype(np.float32) * 0.5
+        changed = lipsync(y, fps=fps, sample_rate=rate, causal=True)
+        upto = int(np.floor(t_cut * fps)) + 1  # frames at times <= t_cut
+        for name in ("opening", "width", "visemes", "embedding"):
+            np.testing.assert_allclose(getattr(changed, name)[:upto], getattr(base, name)[:upto], atol=1e-5,
+                                       err_msg=f"{name} changed before t={t_cut}")
+        later = int(np.ceil((t_cut + fe.lookahead_s + 0.1) * fps))
+        assert not np.allclose(changed.opening[later:], base.opening[later:], atol=1e-4), \
+            "changing the audio changed nothing: the test would pass for any model"
+
+
+def test_silence_is_a_closed_mouth():
+    for x in (np.zeros(SR * 2, np.float32), 1e-4 * np.random.default_rng(0).standard_normal(SR * 2).astype(np.float32)):
+        res = lipsync(x, sample_rate=SR)
+        assert res.opening.max() < 0.025, res.opening.max()
+        assert np.mean(np.array(res.viseme) == "sil") > 0.8
+
+
+def test_loudness_does_not_matter():
+    x = _speechlike(2.0, seed=4)
+    a, b = lipsync(x, sample_rate=SR).opening, lipsync(x * 0.05, sample_rate=SR).opening
+    np.testing.assert_allclose(a, b, atol=2e-3)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng (CI installs it)")
+def test_speaker_independent_two_voices(tmp_path):
+    """The same sentence in a low male and a high female espeak-ng voice: the mouths must
+    move together (r > 0.5 after aligning the two by their phoneme-free timing: both
+    voices speak at the same rate, so frames are compared as they are)."""
+    text = "My father bought a big map of the whole wide world, and we opened it up on the floor."
+    a = lipsync(_espeak("en-us+m3", text, tmp_path), fps=25).opening
+    b = lipsync(_espeak("en-us+f4", text, tmp_path), fps=25).opening
+    n = min(len(a), len(b))
+    r = np.corrcoef(a[:n], b[:n])[0, 1]
+    assert r > 0.5, r
+    # and a different sentence does not correlate as well (the test can fail)
+    c = lipsync(_espeak("en-us+f4", "Sheila sees six swift ships sailing east, she sighs.", tmp_path), fps=25).opening
+    m = min(len(a), len(c))
+    assert np.corrcoef(a[:m], c[:m])[0, 1] < r
+
+
+def test_shipped_weights_checksum():
+    assert FE.DEFAULT_WEIGHTS.is_file()
+    assert FE.DEFAULT_WEIGHTS.stat().st_size < 3 << 20
+    assert FE.sha256_file(FE.DEFAULT_WEIGHTS) == FE.WEIGHTS_SHA256
+    fe = FE.load_frontend()
+    assert fe.config.lookahead_s <= 0.2
+
+
+def test_corrupt_weights_are_refused(tmp_path, monkeypatch):
+    bad = tmp_path / "frontend.safetensors"
+    data = bytearray(FE.DEFAULT_WEIGHTS.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    monkeypatch.setattr(FE, "DEFAULT_WEIGHTS", bad)
+    FE._cache.clear()
+    with pytest.raises(FE.FrontEndError, match="corrupt or was replaced"):
+        FE.load_frontend()
+    FE._cache.clear()
+    # a truncated or foreign file given as weights= is refused by name
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(FE.FrontEndError, match=str(bad.name)):
+        FE.load_frontend(bad)
+    with pytest.raises(FE.FrontEndError, match="do not exist"):
+        FE.load_frontend(tmp_path / "missing.safetensors")
+
+
+def test_bad_audio_errors(tmp_path):
+    with pytest.raises(ValueError, match="sample_rate"):
+        lipsync(np.zeros(1000, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        lipsync(np.full(16000, np.nan, np.float32), sample_rate=SR)
+    with pytest.raises(ValueError, match="fps"):
+        lipsync((np.zeros(16000, np.float32), SR), fps=0)
+    with pytest.raises(A.AudioError, match="does not exist"):
+        lipsync(tmp_path / "nothing.wav")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(A.AudioError, match="empty"):
+        lipsync(empty)
+
+
+def test_cli_csv_json_and_bad_files(tmp_path, capsys):
+    import soundfile as sf
+
+    wav = tmp_path / "speech.wav"
+    sf.write(str(wav), _speechlike(1.0), SR)
+    assert cli_main([str(wav), "--out", str(tmp_path / "c.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "c.csv")))
+    assert len(rows) == 25 and {"frame", "time", "opening", "width", "viseme", "p_PBM"} <= set(rows[0])
+    assert cli_main([str(wav), "--out", str(tmp_path / "c.json"), "--fps", "30", "--embedding", "--causal"]) == 0
+    obj = json.loads((tmp_path / "c.json").read_text())
+    assert obj["fps"] == 30 and len(obj["opening"]) == 30 and len(obj["embedding"]) == 30 and obj["causal"]
+    capsys.readouterr()
+    bad = tmp_path / "noise.wav"
+    bad.write_bytes(b"RIFF....garbage")
+    assert cli_main([str(bad), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "noise.wav" in capsys.readouterr().err
+    assert cli_main([str(tmp_path / "missing.wav"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "missing.wav" in capsys.readouterr().err
+    assert cli_main([str(wav), "--out", str(tmp_path / "x.txt")]) == 2
+    assert ".csv or .json" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
