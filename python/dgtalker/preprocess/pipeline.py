@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..camera import DEFAULT_DISTANCE, DEFAULT_FOV_DEG, DEFAULT_TARGET
+from ..data.face_mesh import LIP_CONTOUR, mouth_opening, mouth_width
 from . import tracking, video as vid
 from .masks import Segmenter, face_masks
 from .tracking import MEDIAPIPE_LANDMARKS
@@ -274,13 +275,16 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
                     masks[..., 3] = fg
                     P = (tracking.CANONICAL_LANDMARKS @ w2c[i, :3, :3].T + w2c[i, :3, 3]) @ Kc.T
                     lm2 = P[:, :2] / P[:, 2:3]
+                    lips, opening, width = np.full((len(LIP_CONTOUR), 2), np.nan), np.nan, np.nan
                 else:
                     p = (points[i][:, :2] - [x0, y0]) * scale
                     masks = face_masks(p, fg)
                     lm2 = p[lm_idx]
+                    lips, opening, width = p[list(LIP_CONTOUR)], mouth_opening(p), mouth_width(p)
                 visible = np.full(len(names), i not in drop) & (lm2 >= 0).all(1) & (lm2 < size).all(1)
                 gt = {"landmarks_2d": lm2.astype(np.float32), "landmarks_visible": visible,
-                      "face_found": i not in drop,
+                      "face_found": i not in drop, "lips_2d": lips.astype(np.float32),
+                      "mouth_opening": np.float32(opening), "mouth_width": np.float32(width),
                       "tracking_error_px": np.float32(err[i] * scale if np.isfinite(err[i]) else np.nan)}
                 pending.append((pool.submit(writer.encode_frame, img, masks), w2c[i], gt))
                 while len(pending) > 8 or (pending and pending[0][0].done()):

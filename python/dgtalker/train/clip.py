@@ -72,6 +72,8 @@ class ClipFrames:
         openness = _eye_openness(dataset)
         b = None if openness is None else blink_amounts(openness)
         self.blink = None if b is None else torch.from_numpy(b).to(device)  # per clip frame, 0 open .. 1 closed
+        mouth = mouth_targets(dataset, idx)
+        self.mouth = None if mouth is None else torch.from_numpy(mouth).to(device)  # [N, 2] standardised, NaN: none
         self.upper_error = torch.ones(len(idx))  # last upper-face error per frame (the sampler's state)
         self.split_blink = None if self.blink is None else self.blink[self.indices.to(self.blink.device)].cpu()
         self.device = torch.device(device)
@@ -84,6 +86,45 @@ class ClipFrames:
         m = self.masks[k].float() / 255
         return {"rgb": self.rgb[k].float() / 255, "head": m[..., 0], "lower": m[..., 1], "upper": m[..., 2],
                 "fg": m[..., 3], "K": self.K[k], "w2c": self.w2c[k]}
+
+
+def mouth_measures(dataset) -> np.ndarray | None:
+    """Per frame ``[N, 2]`` (mouth opening, mouth width) the tracker measured: the face
+    mesh's inner-lip gap and mouth-corner distance over the outer eye-corner distance
+    (real clips, ``gt.npz`` ``mouth_opening`` / ``mouth_width``), else from the corpus
+    landmarks (inner-lip midpoints and mouth corners over the distance between the eye
+    centres); NaN where unknown; None without either."""
+    gt = dataset.gt
+    if gt is not None and "mouth_opening" in gt and "mouth_width" in gt:
+        return np.stack([gt["mouth_opening"], gt["mouth_width"]], 1).astype(np.float64)
+    names = list(dataset.landmark_names)
+    need = ("upper_lip_mid", "lower_lip_mid", "mouth_corner_left", "mouth_corner_right", "upper_lid_left",
+            "lower_lid_left", "upper_lid_right", "lower_lid_right")
+    if gt is None or "landmarks_2d" not in gt or not all(n in names for n in need):
+        return None
+    L = np.asarray(gt["landmarks_2d"], np.float64)
+    ul, ll, cl, cr, a, b, c, d = (L[:, names.index(n)] for n in need)
+    span = np.linalg.norm((a + b) / 2 - (c + d) / 2, axis=-1)
+    span = np.where(span > 1e-6, span, np.nan)
+    out = np.stack([np.linalg.norm(ul - ll, axis=-1) / span, np.linalg.norm(cl - cr, axis=-1) / span], 1)
+    if "landmarks_visible" in gt:  # frames without a face (the corpus' occlusion flags are per point: positions stay exact)
+        out[~np.asarray(gt["landmarks_visible"]).any(1)] = np.nan
+    return out
+
+
+def mouth_targets(dataset, train_idx) -> np.ndarray | None:
+    """``mouth_measures`` standardised by their mean and spread over the training frames
+    (``[N, 2]`` float32, NaN where unknown): the targets of the first two lip
+    coefficients (``IdentityTrainConfig.lip_target``)."""
+    m = mouth_measures(dataset)
+    if m is None:
+        return None
+    tr = m[np.asarray(train_idx)]
+    ok = np.isfinite(tr).all(1)
+    if ok.sum() < 2:
+        return None
+    mean, std = tr[ok].mean(0), tr[ok].std(0)
+    return ((m - mean) / np.maximum(std, 1e-6)).astype(np.float32)
 
 
 def _eye_openness(dataset) -> np.ndarray | None:

@@ -113,6 +113,16 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
             leak = leak_loss(gauss, P, lower, upper)
             loss = loss + cfg.leak_weight * leak
             out["leak"] = float(leak.detach())
+    if cfg.lip_target > 0 and data.mouth is not None:
+        # the tracked mouth (standardised opening and width) pins the first two lip coefficients
+        # of the frames' own audio: a direct signal where the photometric one is weak
+        n_t = min(2, cl.shape[1])
+        tgt = data.mouth[frames[:2 * P], :n_t]
+        ok = torch.isfinite(tgt).all(1).float()
+        err = (cl[:2 * P, :n_t] - torch.nan_to_num(tgt)).pow(2).mean(1)
+        lip_t = (err * ok).sum() / ok.sum().clamp_min(1.0)
+        loss = loss + cfg.lip_target * lip_t
+        out["lip_target"] = float(lip_t.detach())
     # regularisers
     if cfg.aniso_reg > 0:
         loss = loss + cfg.aniso_reg * needle_penalty(gauss[2])

@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the disentanglement loss on the Gaussians: each branch's change on the face "
                         "region it must not move (expression: the lower face; lips: the upper face) over its change "
                         f"on its own region (0: off; default {d.leak_weight})")
+    p.add_argument("--lip-target", type=float, default=d.lip_target, metavar="W",
+                   help="weight pinning the first two lip coefficients to the tracked mouth opening and width of "
+                        f"each frame (its landmarks; 0 = photometric lips only; default {d.lip_target})")
     p.add_argument("--locality", type=float, default=d.locality,
                    help=f"weight of the locality regulariser that keeps the tuned synthesis close to the prior's "
                         f"for other heads (more: better novel views, less: closer fit; default {d.locality})")
@@ -103,7 +106,7 @@ def run(args) -> int:
                               aniso_reg=args.aniso, lr_residual=args.lr_residual,
                               focus=args.focus, leak_weight=args.leak,
                               random_background=args.random_background, blink_share=args.blink_share,
-                              side_silhouette=args.side_silhouette)
+                              side_silhouette=args.side_silhouette, lip_target=args.lip_target)
     prior = None
     try:
         cfg.validate()

@@ -1,0 +1,133 @@
+"""Lips from the tracked face: the mouth measures in the face mesh's unit, the training
+targets read from lip (and eye) points only, and eval's lip-sync figures."""
+import numpy as np
+import pytest
+
+from dgtalker.data import face_mesh as FM
+
+
+def _mesh(opening: float, width: float = 0.45, span: float = 100.0) -> np.ndarray:
+    """478 points with the eye corners ``span`` px apart and the given mouth."""
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 200, size=(478, 2))
+    p[33], p[263] = (50.0, 80.0), (50.0 + span, 80.0)
+    p[13], p[14] = (100.0, 150.0), (100.0, 150.0 + opening * span)
+    p[61], p[291] = (100.0 - width * span / 2, 155.0), (100.0 + width * span / 2, 155.0)
+    return p
+
+
+def test_mouth_measures_in_the_face_mesh_unit():
+    for o, w, s in ((0.0, 0.4, 100.0), (0.12, 0.5, 100.0), (0.12, 0.5, 37.0)):
+        p = _mesh(o, w, s)
+        assert FM.mouth_opening(p) == pytest.approx(o, abs=1e-9)
+        assert FM.mouth_width(p) == pytest.approx(w, abs=1e-9)
+    stack = np.stack([_mesh(0.1), _mesh(0.2)])
+    assert np.allclose(FM.mouth_opening(stack), [0.1, 0.2])
+    assert len(set(FM.LIP_CONTOUR)) == 40 and {13, 14, 61, 291} <= set(FM.LIP_CONTOUR)
+
+
+class _Clip:
+    """The parts of a dataset the mouth targets read."""
+
+    def __init__(self, gt, names):
+        self.gt, self.landmark_names = gt, names
+
+
+NAMES = ("mouth_corner_left", "mouth_corner_right", "upper_lip_mid", "lower_lip_mid", "upper_lid_left",
+         "lower_lid_left", "upper_lid_right", "lower_lid_right", "nose_tip", "chin", "brow_inner_left",
+         "brow_inner_right")
+
+
+def _corpus_landmarks(n=20, seed=0):
+    rng = np.random.default_rng(seed)
+    L = np.zeros((n, 12, 2))
+    L[:, 0], L[:, 1] = (80, 150), (120, 150)
+    L[:, 2] = (100, 145)
+    L[:, 3] = np.stack([np.full(n, 100.0), 145 + rng.uniform(0, 12, n)], 1)  # the jaw opens and closes
+    L[:, 4], L[:, 5], L[:, 6], L[:, 7] = (70, 90), (70, 96), (130, 90), (130, 96)
+    L[:, 8:] = rng.uniform(0, 200, (n, 4, 2))
+    return L
+
+
+def test_mouth_targets_see_only_lip_and_eye_points():
+    from dgtalker.train.clip import mouth_measures, mouth_targets
+
+    L = _corpus_landmarks()
+    base = mouth_measures(_Clip({"landmarks_2d": L}, NAMES))
+    gap = np.linalg.norm(L[:, 2] - L[:, 3], axis=-1) / 60.0  # eye centres 60 px apart
+    assert np.allclose(base[:, 0], gap) and np.allclose(base[:, 1], 40 / 60)
+    moved = L.copy()
+    moved[:, 8:] += np.random.default_rng(1).normal(0, 20, moved[:, 8:].shape)  # nose, chin, brows
+    assert np.array_equal(mouth_measures(_Clip({"landmarks_2d": moved}, NAMES)), base)
+    lips = L.copy()
+    lips[:, 3, 1] += 5.0
+    assert not np.allclose(mouth_measures(_Clip({"landmarks_2d": lips}, NAMES))[:, 0], base[:, 0])
+    # standardised over the training frames; a frame without a face gives NaN, not a target
+    vis = np.ones((20, 12), bool)
+    vis[4] = False  # no face on frame 4
+    t = mouth_targets(_Clip({"landmarks_2d": L, "landmarks_visible": vis}, NAMES), np.arange(10))
+    ok = np.isfinite(t[:10, 0])
+    assert np.isnan(t[4]).all() and abs(t[:10][ok, 0].mean()) < 1e-5 and abs(t[:10][ok, 0].std() - 1) < 1e-4
+    # real clips: the tracker's face-mesh measures win over the 12 landmarks
+    gt = {"landmarks_2d": L, "mouth_opening": np.linspace(0, 0.2, 20), "mouth_width": np.full(20, 0.5)}
+    assert np.allclose(mouth_measures(_Clip(gt, NAMES))[:, 0], np.linspace(0, 0.2, 20))
+    assert mouth_measures(_Clip({"landmarks_2d": L[:, :4]}, NAMES[:4])) is None
+
+
+def test_lip_sync_figures_have_known_answers():
+    from dgtalker.eval.evaluate import lip_sync
+
+    t = 0.05 + 0.04 * np.sin(np.arange(200) / 3.0) + 0.01 * np.random.default_rng(0).standard_normal(200)
+    late = np.concatenate([np.full(2, t[0]), t[:-2]])  # two frames late, half the motion
+    r = 0.03 + 0.5 * (late - t.mean())
+    out = lip_sync(r, t)
+    assert out["lip_motion_ratio"] == pytest.approx(0.5, abs=0.02)
+    assert out["lip_lag_frames"] == 2 and out["lip_best_corr"] > 0.99 and out["lip_corr"] < out["lip_best_corr"]
+    still = lip_sync(np.full(200, 0.03) + 1e-4 * np.random.default_rng(1).standard_normal(200), t)
+    assert still["lip_motion_ratio"] < 0.05
+    r_nan = r.copy()
+    r_nan[::7] = np.nan  # frames without a face do not count
+    assert lip_sync(r_nan, t)["lip_motion_ratio"] == pytest.approx(0.5, abs=0.03)
+
+
+def test_training_step_pins_the_first_lip_coefficients_to_the_tracked_mouth():
+    """The step reports the lip-target term; it is the squared distance of the first two
+    lip coefficients of the step's own frames to their standardised tracked mouth, and
+    off (absent) at weight 0."""
+    from pathlib import Path
+
+    import torch
+    from test_talker import tiny_config, tiny_generator
+
+    from dgtalker.data import load
+    from dgtalker.talker import Talker, TalkerConfig
+    from dgtalker.train import clip, identity, sampler, state
+    from dgtalker.train.config import IdentityTrainConfig
+
+    sample = Path(__file__).parent / "data" / "sample"
+    ds = load(sample)
+    data = clip.ClipFrames(ds, ds.splits["train"], 64, progress=False)
+    assert data.mouth is not None and torch.isfinite(data.mouth).all()
+    talker = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96),
+                    residual_frames=data.num_frames)
+    cfg = tiny_config()
+    seen = {}
+    orig = sampler.speech_coefficients
+
+    def spy(encoder, windows, frames, n):
+        out = orig(encoder, windows, frames, n)
+        if encoder is talker.encoder:
+            seen["frames"], seen["cl"] = frames.clone(), out[1].detach().clone()
+        return out
+
+    identity.speech_coefficients = spy
+    try:
+        out = identity.train_step(talker, None, state.make_optimizer(talker, cfg), data, 0, cfg)
+    finally:
+        identity.speech_coefficients = orig
+    P = cfg.pairs
+    want = (seen["cl"][:2 * P, :2] - data.mouth[seen["frames"][:2 * P]]).pow(2).mean()
+    assert out["lip_target"] == pytest.approx(float(want), rel=1e-5)
+    off = identity.train_step(talker, None, state.make_optimizer(talker, cfg), data, 1,
+                              IdentityTrainConfig(**{**cfg.__dict__, "lip_target": 0.0}))
+    assert "lip_target" not in off
