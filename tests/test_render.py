@@ -519,3 +519,62 @@ def test_camera_turn_orbits_the_framing():
     target = torch.tensor(dgtalker.camera.DEFAULT_TARGET)
     d0 = (centre(far) - target).norm()
     assert torch.allclose((centre(dgtalker.camera.turn(far, 30)) - target).norm(), d0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def fe_talker():
+    """A tiny talker whose encoders read the shipped speech front end's channels."""
+    from dataclasses import asdict
+
+    from dgtalker.audio.frontend import load_frontend
+
+    fe = load_frontend()
+    T = Talker(Generator(GeneratorConfig(**TINY), seed=0),
+               TalkerConfig(k_exp=2, k_lip=2, width=32, height=32, frontend=asdict(fe.config)), residual_frames=50)
+    T.frontend.load_state_dict(fe.model.state_dict())
+    vm, K = dgtalker.camera.orbit(0, 0, width=32, height=32)
+    with torch.no_grad():
+        T.default_w2c.copy_(vm)
+        T.body_w2c.copy_(vm)
+        T.default_K.copy_(K)
+        for enc in (T.encoder, T.causal_encoder):  # coefficients that react to the front end's channels
+            enc.convs[0].weight.mul_(3.0)
+    return T.eval()
+
+
+def test_frontend_talker_stream_equals_offline_and_keeps_its_lookahead(fe_talker):
+    from dgtalker.inference import speech_coefficients
+
+    enc = fe_talker.causal_encoder
+    assert enc.config.frontend == fe_talker.config.frontend_config().embed + 2
+    la = enc.lookahead_seconds()
+    assert la <= 0.2 and enc.config.frontend_lookahead > 0
+    rng = np.random.default_rng(0)
+    x = (0.2 * rng.standard_normal(RATE * 3) * (np.arange(RATE * 3) % 4000 < 2500)).astype(np.float32)
+    for rate, fps in ((RATE, 25.0), (44100, 30.0)):
+        y = dgtalker.audio.resample(x, RATE, rate) if rate != RATE else x
+        offline = fe_talker.render((y, rate), causal=True, fps=fps, blink=None)
+        chunks = [y[i:i + 2345] for i in range(0, len(y), 2345)]
+        frames = list(fe_talker.stream(chunks, sample_rate=rate, fps=fps, blink=None))
+        assert len(frames) == len(offline)
+        assert max(int((a.int() - b.int()).abs().max()) for a, b in zip(frames, offline.frames)) <= 2, (rate, fps)
+    # audio after t + lookahead never changes frame t (the front end's reach included)
+    T = dgtalker.audio.num_video_frames(len(x), RATE, 25.0)
+    t = 30
+    cut = int(np.ceil((t / 25.0 + la) * RATE)) + 1
+    z = x.copy()
+    z[cut:] = (0.3 * rng.standard_normal(len(x) - cut)).astype(np.float32)
+    a = speech_coefficients(fe_talker, x, T, 25.0, causal=True)[1][t]
+    b = speech_coefficients(fe_talker, z, T, 25.0, causal=True)[1][t]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_frontend_talker_round_trips(fe_talker, tmp_path):
+    from dgtalker.talker import load_talker, save_talker
+
+    back = load_talker(save_talker(tmp_path / "fe.safetensors", fe_talker))
+    assert back.config.frontend == fe_talker.config.frontend
+    for k, v in fe_talker.frontend.state_dict().items():
+        assert torch.equal(back.frontend.state_dict()[k], v)
+    x = speech_like(0.6)
+    assert torch.equal(back.render((x, RATE), blink=None).frames, fe_talker.render((x, RATE), blink=None).frames)

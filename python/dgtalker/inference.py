@@ -278,10 +278,136 @@ def frame_cameras(cam: Camera, num_frames: int, fps: float):
 def speech_coefficients(talker, samples: np.ndarray, num_frames: int, fps: float, *, causal: bool = False):
     """``(c_exp [T, Ke], c_lip [T, Kl])`` of 16 kHz ``samples`` for ``num_frames`` frames at ``fps``."""
     enc = talker.causal_encoder if causal else talker.encoder
-    mel = A.log_mel(samples)
+    feats, start = talker.speech_features(A.log_mel(samples), causal=causal)
     times = np.arange(num_frames) / fps
     with torch.no_grad():
-        return enc.coefficients_at(mel, times, float(times[-1]))
+        return enc.coefficients_at(feats, times, float(times[-1]), mel_start=start, mel_limit=start + len(feats))
+
+
+class _MelFeatures:
+    """A stream's encoder features without a front end: the log-mel frames themselves."""
+
+    def __init__(self):
+        self.mel = A.MelStream()
+
+    def push(self, samples):
+        self.mel.push(samples)
+
+    def flush(self):
+        self.mel.flush()
+
+    @property
+    def num_samples(self):
+        return self.mel.num_samples
+
+    @property
+    def rows(self):
+        return self.mel.mel
+
+    @property
+    def start(self):
+        return self.mel.start
+
+    @property
+    def known(self):   # rows [start, known) are final; frames from `limit` on read as silence
+        return self.mel.total
+
+    @property
+    def limit(self):
+        return self.mel.total
+
+    def drop_before(self, j):
+        self.mel.drop_before(j)
+
+
+class _FrontEndFeatures:
+    """A stream's encoder features with the talker's speech front end, equal to
+    ``Talker.speech_features(mel, causal=True)`` of the whole audio: log-mel padded with
+    silence, normalised causally with running statistics, and the front end's network run
+    over each new stretch with its receptive field of history (memory stays flat)."""
+
+    def __init__(self, talker):
+        from .audio.frontend import ACTIVE_RANGE, CLIP_BELOW, INPUT_SCALE
+
+        self.talker = talker
+        self.cfg = talker.config.frontend_config()
+        self.pad = talker.encoder.config.half_window
+        self.consts = (ACTIVE_RANGE, CLIP_BELOW, INPUT_SCALE)
+        self.mel = A.MelStream()
+        self.start = -self.pad                     # absolute mel index of rows[0] (padding first)
+        silence = np.full((self.pad, A.N_MELS), A.SILENCE_VALUE, np.float32)
+        self.raw = np.zeros((0, A.N_MELS), np.float32)      # padded log-mel from `normed_start` on ...
+        self.normed = np.zeros((0, A.N_MELS), np.float32)   # ... and the same frames normalised
+        self.normed_start = -self.pad
+        self.top, self.sum_mw, self.sum_w = -np.inf, np.zeros(A.N_MELS, np.float64), 0.0
+        self.rows = np.zeros((0, A.N_MELS + self.cfg.embed + 2), np.float32)
+        self.known = -self.pad                     # feature rows [start, known) are final
+        self.limit = None
+        self._mel_seen = 0
+        self._take(silence)
+
+    @property
+    def num_samples(self):
+        return self.mel.num_samples
+
+    def _take(self, mel_rows, final: bool = False):
+        """Normalises new padded-mel rows with the running statistics, then runs the network
+        on every frame whose look-ahead is now known (all of them when ``final``)."""
+        act, clip_below, scale = self.consts
+        if len(mel_rows):
+            e = mel_rows.mean(1).astype(np.float64)
+            top = np.maximum.accumulate(np.maximum(e, self.top))
+            w = (e > top - act).astype(np.float64)
+            cs_mw = self.sum_mw + np.cumsum(mel_rows * w[:, None], 0)
+            cs_w = self.sum_w + np.cumsum(w)
+            mean = cs_mw / np.maximum(cs_w, 1.0)[:, None]
+            self.top, self.sum_mw, self.sum_w = float(top[-1]), cs_mw[-1], float(cs_w[-1])
+            norm = (np.maximum(mel_rows - mean, clip_below) / scale).astype(np.float32)
+            self.normed = np.concatenate([self.normed, norm])
+            self.raw = np.concatenate([self.raw, mel_rows.astype(np.float32)])
+        end = self.normed_start + len(self.normed)              # frames normalised so far
+        upto = end if final else end - self.cfg.lookahead_frames  # frames whose outputs are final
+        if upto <= self.known:
+            return
+        hist = self.cfg.history_frames
+        a = max(self.normed_start, self.known - hist)
+        seg = self.normed[a - self.normed_start:]
+        import torch as _t
+
+        x = _t.as_tensor(np.ascontiguousarray(seg.T))[None].to(self.talker.device)
+        with _t.no_grad():
+            out = self.talker.frontend(x)
+            y = _t.cat([out["embedding"][0], out["opening"], out["width"]], 0).T.float().cpu().numpy()
+        rows = np.concatenate([self.raw[self.known - self.normed_start:upto - self.normed_start],
+                               y[self.known - a:upto - a]], 1)
+        self.rows = np.concatenate([self.rows, rows]) if len(self.rows) else rows
+        self.known = upto
+        # the network's history: frames before known - hist are never read again
+        keep = self.known - hist
+        if keep > self.normed_start:
+            self.normed = self.normed[keep - self.normed_start:]
+            self.raw = self.raw[keep - self.normed_start:]
+            self.normed_start = keep
+
+    def push(self, samples):
+        before = self.mel.total
+        self.mel.push(samples)
+        self._take(self.mel.mel[before - self.mel.start:self.mel.total - self.mel.start])
+        self.mel.drop_before(self.mel.total)
+
+    def flush(self):
+        before = self.mel.total
+        self.mel.flush()
+        tail = self.mel.mel[before - self.mel.start:self.mel.total - self.mel.start]
+        silence = np.full((self.pad, A.N_MELS), A.SILENCE_VALUE, np.float32)
+        self._take(np.concatenate([tail, silence]), final=True)
+        self.limit = self.known
+
+    def drop_before(self, j):
+        j = min(max(self.start, int(j)), self.known)
+        if j > self.start:
+            self.rows = self.rows[j - self.start:]
+            self.start = j
 
 
 def track_at(track: torch.Tensor, num_frames: int, fps: float, track_fps: float) -> torch.Tensor:
@@ -391,7 +517,7 @@ def _stream(talker, chunks, cam: Camera, fps, rate, W, H, dev, blink, seed, bg):
     enc = talker.causal_encoder
     cfg = enc.config
     resampler = A.StreamResampler(rate)
-    mel = A.MelStream()
+    feats = _MelFeatures() if talker.frontend is None else _FrontEndFeatures(talker)
     checked = True if dev.type == "cuda" else None
     state = {"done": 0}
     drawn = {"n": 0, "resid": None, "blink": None}  # sampled blinks so far: a longer draw starts with the shorter
@@ -421,30 +547,30 @@ def _stream(talker, chunks, cam: Camera, fps, rate, W, H, dev, blink, seed, bg):
         """Frame t's coefficients are final: every mel frame its windows read is known and
         none of its neighbours can reach past the clip's end."""
         nt = enc.neighbour_times(np.array([t / fps]), None)
-        known_end = (A.num_video_frames(mel.num_samples, A.SAMPLE_RATE, fps) - 1) / fps
-        return (int(A.mel_index(nt).max()) + cfg.lookahead_mel < mel.total) and float(nt.max()) <= known_end
+        known_end = (A.num_video_frames(feats.num_samples, A.SAMPLE_RATE, fps) - 1) / fps
+        return (int(A.mel_index(nt).max()) + cfg.lookahead_mel < feats.known) and float(nt.max()) <= known_end
 
     def frame(t: int, t_last: float | None):
-        c_exp, c_lip = enc.coefficients_at(mel.mel, np.array([t / fps]), t_last, mel_start=mel.start,
-                                           mel_limit=mel.total)
+        c_exp, c_lip = enc.coefficients_at(feats.rows, np.array([t / fps]), t_last, mel_start=feats.start,
+                                           mel_limit=feats.limit if feats.limit is not None else feats.known)
         v, k = camera_at(t)
         args = (c_exp, c_lip, v, k, W, H)
         kw = dict(blink=blink_at(t), background=bg, checked=checked)
         img, _ = talker.clip_frames(*args, **kw) if cam.torso == "clip" else talker.frames(*args, **kw)
         # the earliest mel frame any later frame's windows can read
         first = int(A.mel_index(enc.neighbour_times(np.array([(t + 1) / fps]), t_last)).min()) - cfg.half_window
-        mel.drop_before(first)
+        feats.drop_before(first)
         return (img[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
     with torch.no_grad():
         for chunk in chunks:
-            mel.push(resampler.push(chunk))
+            feats.push(resampler.push(chunk))
             while ready(state["done"]):
                 yield frame(state["done"], None)
                 state["done"] += 1
-        mel.push(resampler.flush())
-        mel.flush()
-        T = A.num_video_frames(mel.num_samples, A.SAMPLE_RATE, fps)
+        feats.push(resampler.flush())
+        feats.flush()
+        T = A.num_video_frames(feats.num_samples, A.SAMPLE_RATE, fps)
         while state["done"] < T:
             yield frame(state["done"], (T - 1) / fps)
             state["done"] += 1

@@ -60,6 +60,7 @@ class TalkerConfig:
     height: int = 512
     fps: float = 25.0
     encoder: dict | None = None      # AudioEncoderConfig overrides (k_exp/k_lip/fps come from here)
+    frontend: dict | None = None     # the speech front end's config (dgtalker.audio.frontend) if the encoder reads it
     max_lookahead_s: float = 0.2     # the causal encoder's bound
 
     def __post_init__(self):
@@ -77,9 +78,18 @@ class TalkerConfig:
         if not 0 < self.max_lookahead_s <= 1.0:
             raise ValueError(f"TalkerConfig.max_lookahead_s must be in (0, 1], got {self.max_lookahead_s!r}")
 
+    def frontend_config(self):
+        if self.frontend is None:
+            return None
+        from .audio.frontend import FrontEndConfig
+
+        return FrontEndConfig(**self.frontend).check()
+
     def encoder_config(self) -> AudioEncoderConfig:
+        fe = self.frontend_config()
+        extra = {} if fe is None else {"frontend": fe.embed + 2, "frontend_lookahead": fe.lookahead_frames}
         return AudioEncoderConfig(**{**(self.encoder or {}), "k_exp": self.k_exp, "k_lip": self.k_lip,
-                                     "fps": float(self.fps)})
+                                     "fps": float(self.fps), **extra})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -192,6 +202,15 @@ class Talker(nn.Module):
         self.w_can = nn.Parameter(generator.mean_w().detach().clone().float())
         self.blendshapes = Blendshapes(D, cfg.k_exp, cfg.k_lip, seed=seed)
         enc = cfg.encoder_config()
+        fe = cfg.frontend_config()
+        if fe is not None:
+            # the speech front end (dgtalker.lipsync's network) as a part of the talker, so the
+            # file is whole; its per-mel-frame outputs are extra input channels of the encoders
+            from .audio.frontend import build_model
+
+            self.frontend = build_model(fe)
+        else:
+            self.frontend = None
         self.encoder = AudioEncoder(enc, seed=seed)
         self.causal_encoder = AudioEncoder(enc.causal(cfg.max_lookahead_s), seed=seed + 1)
         self.residual_track = nn.Parameter(torch.zeros(max(1, int(residual_frames)), cfg.k_exp))
@@ -238,9 +257,54 @@ class Talker(nn.Module):
         return self.w_can.device
 
     def coefficients(self, windows: Tensor, *, causal: bool = False) -> tuple[Tensor, Tensor]:
-        """Speech-driven ``(c_exp [T, Ke], c_lip [T, Kl])`` of a clip's windows ``[T, 2h+1, 80]``."""
+        """Speech-driven ``(c_exp [T, Ke], c_lip [T, Kl])`` of a clip's windows ``[T, 2h+1, C]``
+        (``clip_windows``)."""
         enc = self.causal_encoder if causal else self.encoder
         return enc(windows.to(self.device, torch.float32))
+
+    @torch.no_grad()
+    def speech_features(self, mel, *, causal: bool = False):
+        """``(features [pad + M + pad, C], start)``: log-mel frames ``[M, 80]`` padded with
+        silence by the encoder's half window at both ends (``start = -pad``: the absolute
+        index of the first row), beside the speech front end's per-frame outputs on them
+        (its embedding, mouth opening and width; causal: each frame normalised by what came
+        before, as a stream has it). Without a front end: the log-mel itself, ``start = 0``."""
+        import numpy as np
+
+        from . import audio as A
+
+        mel = np.asarray(mel, np.float32)
+        if self.frontend is None:
+            return mel, 0
+        pad = self.encoder.config.half_window
+        silence = np.full((pad, A.N_MELS), A.SILENCE_VALUE, np.float32)
+        padded = np.concatenate([silence, mel, silence])
+        return np.concatenate([padded, self.frontend_outputs(padded, causal=causal)], 1), -pad
+
+    @torch.no_grad()
+    def frontend_outputs(self, mel, *, causal: bool = False):
+        """The front end's channels ``[M, embed + 2]`` of log-mel frames ``[M, 80]``."""
+        import numpy as np
+
+        from .audio.frontend import normalise
+
+        x = torch.as_tensor(np.ascontiguousarray(np.asarray(mel, np.float32).T))[None].to(self.device)
+        out = self.frontend(normalise(x, causal))
+        y = torch.cat([out["embedding"][0], out["opening"], out["width"]], 0).T
+        return y.float().cpu().numpy()
+
+    def clip_windows(self, mel, num_frames: int, fps: float, *, causal: bool = False) -> Tensor:
+        """Feature windows ``[num_frames, 2h+1, C]`` of frames at ``i / fps`` of a clip's
+        log-mel ``[M, 80]`` (each centred on the last mel frame at or before its time: at
+        25 fps exactly ``audio.features``'s windows, plus the front end's channels)."""
+        import numpy as np
+
+        from . import audio as A
+
+        feats, start = self.speech_features(mel, causal=causal)
+        centres = A.mel_index(np.arange(num_frames) / float(fps))
+        limit = start + len(feats) if self.frontend is not None else len(feats)
+        return torch.from_numpy(A.windows_at(feats, centres, self.encoder.config.half_window, start, limit))
 
     def sample_expression(self, num_frames: int, seed: int | None = None) -> tuple[Tensor, Tensor]:
         """``(residual [T, Ke], blink [T])`` for a new clip at the talker's own frame rate:
@@ -427,6 +491,7 @@ class Talker(nn.Module):
         G = self.generator
         synth = [p for n, p in G.named_parameters() if not n.startswith("mapping.") and n != "output_bias"]
         return {"synthesis": synth, "output_bias": [G.output_bias], "w_can": [self.w_can],
+                # the front end is not in any group: it stays as shipped
                 "blendshapes": list(self.blendshapes.parameters()), "encoder": list(self.encoder.parameters()),
                 "causal_encoder": list(self.causal_encoder.parameters()), "residual": [self.residual_track],
                 "eyelid": [self.blink_map]}
@@ -477,7 +542,8 @@ class TalkerCheckpointError(CheckpointError):
 
 _OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "blink_track", "train_mask")
 _RETIRED = ("blink_direction",)  # a residual direction that never closed the eyes; the eyelid layer replaced it
-_KEEP_FLOAT32 = ("w_can", "blendshapes.", "body_w2c", "default_w2c", "default_K", "encoder.mel_", "causal_encoder.mel_")
+_KEEP_FLOAT32 = ("w_can", "blendshapes.", "body_w2c", "default_w2c", "default_K", "encoder.mel_", "causal_encoder.mel_",
+                 "frontend.")
 
 
 def save_talker(path, talker: Talker, *, half: bool = False) -> Path:

@@ -344,7 +344,7 @@ def windows_at(mel: np.ndarray, centres: np.ndarray, h: int, start: int = 0, lim
     idx = np.asarray(centres, np.int64)[:, None] + np.arange(-h, h + 1)[None, :]
     valid = (idx >= 0) & (idx < limit)
     local = np.clip(idx - start, 0, max(len(mel) - 1, 0))
-    out = mel[local] if len(mel) else np.zeros(idx.shape + (N_MELS,), np.float32)
+    out = mel[local] if len(mel) else np.zeros(idx.shape + (mel.shape[1] if mel.ndim == 2 else N_MELS,), np.float32)
     return np.where(valid[..., None], out, np.float32(SILENCE_VALUE)).astype(np.float32)
 
 

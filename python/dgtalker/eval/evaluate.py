@@ -46,11 +46,10 @@ def clip_coefficients(talker, dataset, *, causal: bool = False):
     from .. import audio as A
 
     samples, rate = dataset.audio
-    enc = talker.causal_encoder if causal else talker.encoder
-    feats = A.features(samples, rate, fps=dataset.fps, context=enc.config.half_window / 100.0,
-                       num_frames=len(dataset))
+    mel = A.log_mel(A.resample(A.to_mono(samples), int(rate), A.SAMPLE_RATE))
+    windows = talker.clip_windows(mel, len(dataset), float(dataset.fps), causal=causal)
     with torch.no_grad():
-        return talker.coefficients(torch.from_numpy(feats.windows), causal=causal)
+        return talker.coefficients(windows, causal=causal)
 
 
 class _GroundTruth:

@@ -43,9 +43,12 @@ class AudioEncoderConfig:
     channels: int = 128
     embed: int = 128
     fps: float = 25.0
+    frontend: int = 0               # speech front-end channels per mel frame beside the 80 log-mel bands (0: none)
+    frontend_lookahead: int = 0     # mel frames the front end reads ahead of the frame it describes
 
     def __post_init__(self):
-        for name in ("k_exp", "k_lip", "half_window", "lookahead_mel", "past", "future", "channels", "embed"):
+        for name in ("k_exp", "k_lip", "half_window", "lookahead_mel", "past", "future", "channels", "embed",
+                     "frontend", "frontend_lookahead"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"AudioEncoderConfig.{name} must be a non-negative int, got {v!r}")
@@ -64,6 +67,11 @@ class AudioEncoderConfig:
     def window(self) -> int:
         return 2 * self.half_window + 1
 
+    @property
+    def channels_in(self) -> int:
+        """Features per mel frame: the 80 log-mel bands and the front end's outputs."""
+        return _audio.N_MELS + self.frontend
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -79,16 +87,20 @@ class AudioEncoderConfig:
         ``max_lookahead_s`` (one future video frame of smoothing, the rest mel frames)."""
         future = 1
         budget = max_lookahead_s - future / self.fps - _audio.N_FFT / 2 / _audio.SAMPLE_RATE
-        la = int(math.floor(budget * _audio.SAMPLE_RATE / _audio.HOP + 1e-9))
+        la = int(math.floor(budget * _audio.SAMPLE_RATE / _audio.HOP + 1e-9)) - self.frontend_lookahead
         if la < 0:
             future, la = 0, int(math.floor((max_lookahead_s - _audio.N_FFT / 2 / _audio.SAMPLE_RATE)
-                                           * _audio.SAMPLE_RATE / _audio.HOP))
+                                           * _audio.SAMPLE_RATE / _audio.HOP)) - self.frontend_lookahead
+        if la < 0:
+            raise ValueError(f"a look-ahead of {max_lookahead_s} s is shorter than the front end's own "
+                             f"({self.frontend_lookahead} mel frames)")
         return AudioEncoderConfig(**{**self.to_dict(), "future": future, "lookahead_mel": min(la, self.half_window)})
 
     def lookahead_seconds(self) -> float:
-        """The most audio after a frame's time that can change its coefficients."""
-        return (self.future / self.fps + self.lookahead_mel * _audio.HOP / _audio.SAMPLE_RATE
-                + _audio.N_FFT / 2 / _audio.SAMPLE_RATE)
+        """The most audio after a frame's time that can change its coefficients (the
+        front end's features of a mel frame read ``frontend_lookahead`` frames further)."""
+        return (self.future / self.fps + (self.lookahead_mel + self.frontend_lookahead) * _audio.HOP
+                / _audio.SAMPLE_RATE + _audio.N_FFT / 2 / _audio.SAMPLE_RATE)
 
 
 class AudioEncoder(nn.Module):
@@ -101,7 +113,7 @@ class AudioEncoder(nn.Module):
         gen = torch.Generator().manual_seed(int(seed))  # leaves torch's global RNG alone
         L = cfg.half_window + 1 + cfg.lookahead_mel
         C = cfg.channels
-        self.convs = nn.ModuleList([nn.Conv1d(_audio.N_MELS, C, 3, padding=1)])
+        self.convs = nn.ModuleList([nn.Conv1d(cfg.channels_in, C, 3, padding=1)])
         n = L
         while n > 8:
             self.convs.append(nn.Conv1d(C, C, 3, stride=2, padding=1))
@@ -111,8 +123,8 @@ class AudioEncoder(nn.Module):
         self.temporal = nn.Conv1d(cfg.embed, cfg.embed, span)
         self.head = nn.Sequential(nn.Linear(cfg.embed, cfg.embed), nn.GELU(),
                                   nn.Linear(cfg.embed, cfg.k_exp + cfg.k_lip))
-        self.register_buffer("mel_mean", torch.zeros(_audio.N_MELS))
-        self.register_buffer("mel_std", torch.ones(_audio.N_MELS))
+        self.register_buffer("mel_mean", torch.zeros(cfg.channels_in))
+        self.register_buffer("mel_std", torch.ones(cfg.channels_in))
         with torch.no_grad():
             for p in self.parameters():
                 if p.dim() > 1:
@@ -125,7 +137,8 @@ class AudioEncoder(nn.Module):
     # -- statistics ------------------------------------------------------------------
     @torch.no_grad()
     def set_normalization(self, mel: Tensor) -> None:
-        """Per-band mean and spread of a clip's log-mel frames ``[M, 80]``."""
+        """Per-channel mean and spread of a clip's feature frames ``[M, channels_in]``
+        (log-mel bands, then the front end's outputs if any)."""
         mel = torch.as_tensor(mel, dtype=torch.float32)
         self.mel_mean.copy_(mel.mean(0).to(self.mel_mean.device))
         self.mel_std.copy_(mel.std(0).clamp_min(1e-2).to(self.mel_std.device))
@@ -133,10 +146,12 @@ class AudioEncoder(nn.Module):
     # -- stages ----------------------------------------------------------------------
     def _check_windows(self, windows: Tensor) -> Tensor:
         cfg = self.config
-        if not isinstance(windows, Tensor) or windows.dim() < 3 or windows.shape[-2:] != (cfg.window, _audio.N_MELS):
+        C = cfg.channels_in
+        if not isinstance(windows, Tensor) or windows.dim() < 3 or windows.shape[-2:] != (cfg.window, C):
             got = list(windows.shape) if isinstance(windows, Tensor) else type(windows).__name__
-            raise ValueError(f"windows must be [..., {cfg.window}, {_audio.N_MELS}] log-mel windows "
-                             f"(dgtalker.audio.features with context {cfg.half_window / 100:g} s), got {got}")
+            raise ValueError(f"windows must be [..., {cfg.window}, {C}] feature windows (Talker.clip_windows; "
+                             f"log-mel of dgtalker.audio.features with context {cfg.half_window / 100:g} s"
+                             f"{' and the front end' if cfg.frontend else ''}), got {got}")
         return windows
 
     def frame_embedding(self, windows: Tensor) -> Tensor:
@@ -145,7 +160,7 @@ class AudioEncoder(nn.Module):
         windows = self._check_windows(windows)
         lead = windows.shape[:-2]
         L = cfg.half_window + 1 + cfg.lookahead_mel  # the past, the centre and the look-ahead
-        x = windows[..., :L, :].reshape(-1, L, _audio.N_MELS)
+        x = windows[..., :L, :].reshape(-1, L, cfg.channels_in)
         x = ((x - self.mel_mean) / self.mel_std).transpose(1, 2)  # [B, 80, L]
         for conv in self.convs:
             x = Fn.gelu(conv(x))
@@ -169,7 +184,7 @@ class AudioEncoder(nn.Module):
         """All frames of a clip: ``windows [T, 2h+1, 80]`` -> (c_exp [T, Ke], c_lip [T, Kl])."""
         windows = self._check_windows(windows)
         if windows.dim() != 3 or windows.shape[0] < 1:
-            raise ValueError(f"windows must be [T, {self.config.window}, {_audio.N_MELS}] with T >= 1, "
+            raise ValueError(f"windows must be [T, {self.config.window}, {self.config.channels_in}] with T >= 1, "
                              f"got {list(windows.shape)}")
         T = windows.shape[0]
         emb = self.frame_embedding(windows)
@@ -192,7 +207,8 @@ class AudioEncoder(nn.Module):
     def coefficients_at(self, mel, times, t_last: float, *, mel_start: int = 0, mel_limit: int | None = None):
         """``(c_exp [T, Ke], c_lip [T, Kl])`` of frames at ``times`` (seconds, any rate) from
         log-mel frames ``mel [M, 80]`` (absolute frames ``mel_start ..``; frames at or past
-        ``mel_limit`` read as silence). Each neighbour's window is centred on the last mel
+        ``mel_limit`` read as silence; ``mel`` may carry the front end's channels too, then
+        padded so that no window leaves it: ``Talker.speech_features``). Each neighbour's window is centred on the last mel
         frame at or before its time (``audio.mel_index``), so the look-ahead stays
         ``lookahead_seconds()`` at any fps; at the encoder's own fps this equals ``forward``
         on ``audio.features`` windows."""

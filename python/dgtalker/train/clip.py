@@ -66,6 +66,7 @@ class ClipFrames:
             imgs = np.stack([dataset.image(int(i)) for i in pick])
             fgs = np.stack([dataset.masks(int(i))[..., 3] for i in pick])
             self.plate = torch.from_numpy(background_plate(imgs, fgs))
+        self.causal_windows = self.windows  # until set_windows: the log-mel windows serve both encoders
         self.source = {"dataset": str(dataset.root), "dataset_source": dataset.meta.get("source"),
                        "train_frames": int(len(idx)), "seconds": round(len(idx) / self.fps, 3),
                        "fps": self.fps, "size": [dataset.width, dataset.height]}
@@ -77,6 +78,16 @@ class ClipFrames:
         self.upper_error = torch.ones(len(idx))  # last upper-face error per frame (the sampler's state)
         self.split_blink = None if self.blink is None else self.blink[self.indices.to(self.blink.device)].cpu()
         self.device = torch.device(device)
+
+    def set_windows(self, talker) -> None:
+        """The encoders' windows of every clip frame from ``talker``'s features (with its
+        speech front end, if it has one: offline for the main encoder, causal for the
+        streaming one)."""
+        if talker.frontend is None:
+            return
+        self.windows = talker.clip_windows(self.mel.numpy(), self.num_frames, self.fps).to(self.device)
+        self.causal_windows = talker.clip_windows(self.mel.numpy(), self.num_frames, self.fps,
+                                                  causal=True).to(self.device)
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -25,6 +25,7 @@ class IdentityTrainConfig:
     ssim_weight: float = 0.2
     mask_weight: float = 0.5
     cross_weight: float = 1.0
+    frontend: bool = True             # the encoders read the shipped speech front end's channels beside the log-mel
     lip_target: float = 0.5           # the first two lip coefficients against the tracked mouth opening and width
     leak_weight: float = 0.05         # each branch's change on the wrong face region over its change on its own
     residual_reg: float = 1e-3        # mean ||residual||^2

@@ -132,7 +132,7 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     loss = loss + cfg.coef_smooth * (c_all[:2 * P] - c_all[2 * P:]).pow(2).sum(-1).mean()
     loss = loss + cfg.coef_reg * c_all.pow(2).sum(-1).mean()
     if cfg.distill_weight > 0:
-        cce, ccl = speech_coefficients(talker.causal_encoder, data.windows, frames[:2 * P], N)
+        cce, ccl = speech_coefficients(talker.causal_encoder, data.causal_windows, frames[:2 * P], N)
         distill = (cce - ce[:2 * P].detach()).pow(2).mean() + (ccl - cl[:2 * P].detach()).pow(2).mean()
         loss = loss + cfg.distill_weight * distill
         out["distill"] = float(distill.detach())
@@ -177,10 +177,21 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
     from .invert import InversionConfig, invert, load_views
 
     generator = copy.deepcopy(prior)
-    tcfg = TalkerConfig(k_exp=cfg.k_exp, k_lip=cfg.k_lip, width=data.width, height=data.height, fps=data.fps)
+    frontend = None
+    if cfg.frontend:
+        from dataclasses import asdict as _asdict
+
+        from ..audio.frontend import load_frontend
+
+        frontend = load_frontend()
+    tcfg = TalkerConfig(k_exp=cfg.k_exp, k_lip=cfg.k_lip, width=data.width, height=data.height, fps=data.fps,
+                        frontend=None if frontend is None else _asdict(frontend.config))
     talker = Talker(generator, tcfg, seed=cfg.seed, residual_frames=data.num_frames)
-    talker.encoder.set_normalization(data.mel)
-    talker.causal_encoder.set_normalization(data.mel)
+    if frontend is not None:
+        talker.frontend.load_state_dict(frontend.model.state_dict())
+    for enc, causal in ((talker.encoder, False), (talker.causal_encoder, True)):
+        feats, start = talker.speech_features(data.mel.numpy(), causal=causal)
+        enc.set_normalization(torch.from_numpy(feats[-start:len(feats) + start] if start else feats))
     with torch.no_grad():
         talker.background.copy_(data.plate)
         talker.body_w2c.copy_(mean_camera(data.w2c.cpu()))
@@ -192,6 +203,7 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
         talker.train_mask.zero_()
         talker.train_mask[data.indices] = True
     talker.to(device)
+    data.set_windows(talker)
     if cfg.invert_steps > 0:
         idx = data.indices[torch.linspace(0, len(data) - 1, min(cfg.invert_views, len(data))).round().long()].numpy()
         views = load_views(dataset, idx, cfg.invert_resolution)
@@ -286,6 +298,7 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
         with torch.no_grad():  # a forced resume on another split trains on those frames too
             talker.train_mask[data.indices] = True
         talker.to(device)
+        data.set_windows(talker)
         for p in talker.parameters():
             p.requires_grad_(True)
         for p in talker.generator.mapping.parameters():
@@ -296,6 +309,8 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
         start = int(meta["step"])
         elapsed0 = float(meta["elapsed"])
         log(f"resuming {out} at step {start} of {cfg.steps}")
+    if val is not None:
+        val.windows, val.causal_windows = data.windows, data.causal_windows
     previous = talker.source.get("forced_resumes", []) if state is not None else []
     talker.source = {**data.source, **provenance, "cross_view": cfg.cross_view, "train_config": asdict(cfg),
                      **({"forced_resumes": previous + [resumed]} if resumed or previous else {})}

@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the disentanglement loss on the Gaussians: each branch's change on the face "
                         "region it must not move (expression: the lower face; lips: the upper face) over its change "
                         f"on its own region (0: off; default {d.leak_weight})")
+    p.add_argument("--no-frontend", action="store_true",
+                   help="the audio encoders read the log-mel alone, not the shipped speech front end "
+                        "(dgtalker.lipsync's network, speaker-independent) beside it")
     p.add_argument("--lip-target", type=float, default=d.lip_target, metavar="W",
                    help="weight pinning the first two lip coefficients to the tracked mouth opening and width of "
                         f"each frame (its landmarks; 0 = photometric lips only; default {d.lip_target})")
@@ -106,7 +109,8 @@ def run(args) -> int:
                               aniso_reg=args.aniso, lr_residual=args.lr_residual,
                               focus=args.focus, leak_weight=args.leak,
                               random_background=args.random_background, blink_share=args.blink_share,
-                              side_silhouette=args.side_silhouette, lip_target=args.lip_target)
+                              side_silhouette=args.side_silhouette, lip_target=args.lip_target,
+                              frontend=not args.no_frontend)
     prior = None
     try:
         cfg.validate()
