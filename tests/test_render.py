@@ -578,3 +578,19 @@ def test_frontend_talker_round_trips(fe_talker, tmp_path):
         assert torch.equal(back.frontend.state_dict()[k], v)
     x = speech_like(0.6)
     assert torch.equal(back.render((x, RATE), blink=None).frames, fe_talker.render((x, RATE), blink=None).frames)
+
+
+@pytest.mark.gpu
+def test_cuda_render_and_stream_match_the_cpu(fe_talker):
+    """On CUDA (checked renders) the offline and streaming paths, front end included, give
+    the CPU's frames up to float rounding."""
+    import copy
+
+    x = speech_like(1.0)
+    cpu = fe_talker.render((x, RATE), dgtalker.camera.spiral(25, width=32, height=32), causal=True, blink=None)
+    gpu_talker = copy.deepcopy(fe_talker).to("cuda")
+    gpu = gpu_talker.render((x, RATE), dgtalker.camera.spiral(25, width=32, height=32), causal=True, blink=None)
+    assert (gpu.frames.int() - cpu.frames.int()).abs().max() <= 3
+    frames = list(gpu_talker.stream([x[i:i + 3000] for i in range(0, len(x), 3000)],
+                                    dgtalker.camera.spiral(25, width=32, height=32), blink=None))
+    assert max(int((a.int() - b.int()).abs().max()) for a, b in zip(frames, gpu.frames)) <= 2
