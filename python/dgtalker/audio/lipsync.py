@@ -101,7 +101,7 @@ def lipsync(audio, fps: float = 25.0, sample_rate: int | None = None, causal: bo
 
     ``audio``: a path (wav/flac/mp3/... or a video's sound track), ``(samples, rate)``,
     or an array (``[S]``, ``[S, C]`` or ``[C, S]``, float in [-1, 1] or integer PCM)
-    with ``sample_rate=``; the same checks and errors as ``dgtalker.render``.
+    with ``sample_rate=``; the same checks and errors as ``dgtalker.render`` (``dgtalker.audio.speech``).
     ``weights``: another front-end file (default: the shipped one, checksum-verified).
     """
     from .. import audio as A
