@@ -247,6 +247,16 @@ class Camera:
         return (np.searchsorted(times, t + 1e-6, side="right") - 1).clip(0, n - 1).astype(np.int64)
 
 
+def view_tensors(w2c, K, width: int, height: int, size, device=None):
+    """``(viewmats [n, 4, 4], Ks [n, 3, 3])`` float32 torch tensors of stored cameras (a
+    dataset's frames or novel views, numpy ``[n, 4, 4]`` / ``[n, 3, 3]`` or one of each) whose
+    intrinsics are for ``width x height`` images, for renders of ``size`` (an int: square, or
+    ``(width, height)``) on ``device``: the one conversion of stored cameras to tensors."""
+    W, H = (size, size) if isinstance(size, (int, np.integer)) else size
+    cam = Camera(w2c, K, int(width), int(height)).resized(int(W), int(H))
+    return cam.viewmats.to(device), cam.Ks.to(device)
+
+
 def orbit(yaw: float, pitch: float, *, distance: float | None = None, fov: float | None = None,
           width: int, height: int, target=None) -> Camera:
     """One camera looking at the head, as a ``Camera`` of ``width x height`` images

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1 (``8.7``, ``0`` and ``-1`` are refused by name)."""
     try:
@@ -37,26 +38,18 @@ def check_device(value: str | None) -> str:
     ValueError with what is available when it cannot be used here."""
     import torch
 
-    if value is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    from .inference import check_device as _check
+
+    default = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(value)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {value!r} is not a device (cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise ValueError(f"--device {value}: no CUDA device is available here (use --device cpu)")
-        if dev.index is not None and dev.index >= n:
-            raise ValueError(f"--device {value}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
-    elif dev.type != "cpu":
-        raise ValueError(f"--device {value}: only cpu and cuda are supported")
-    return str(dev)
+        return str(_check(value, default))
+    except ValueError as exc:
+        raise ValueError(f"--{exc}") from None
 
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
-    "demo": ("dgtalker.demo", "render heads sampled from the shipped prior into a PNG (the engine end to end)"),
+    "demo": ("dgtalker.demo", "the shipped demo talker says a sentence under a spiral camera (demo.mp4 + demo.png)"),
     "synth": ("dgtalker.data.synth_cli", "generate a synthetic talking-head dataset"),
     "preprocess": ("dgtalker.preprocess.preprocess_cli", "turn a video of a person talking into a dataset (face tracking, pose, masks)"),
     "render": ("dgtalker.render_cli", "render a talker speaking an audio file into an mp4"),
@@ -64,6 +57,8 @@ SUBCOMMANDS = {
     "eval": ("dgtalker.eval.eval_cli", "measure a talker against a clip's ground truth (report.json, report.md, figures)"),
     "train": ("dgtalker.train.identity_cli", "train a talking head (a talker) on one person's clip"),
     "pretrain-prior": ("dgtalker.train.prior_cli", "train the Gaussian generative prior on a multi-identity corpus"),
+    "lipsync": ("dgtalker.audio.lipsync_cli", "mouth curves of any speech (opening, width, visemes per frame) as CSV "
+                                              "or JSON, from the speaker-independent front end"),
     "info": ("dgtalker.info", "print how the engine was built and which backends run here"),
 }
 

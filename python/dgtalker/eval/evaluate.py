@@ -69,10 +69,9 @@ class _GroundTruth:
 def view_cameras(viewset, idx, size: int, width: int, height: int, device):
     """``(w2c [n, 4, 4], K [n, 3, 3])`` of a view set's views ``idx`` (frames or novel
     views), the intrinsics resized from ``width x height`` to a ``size``² render."""
-    from ..camera import resize_intrinsics
+    from ..camera import view_tensors
 
-    K = resize_intrinsics(torch.as_tensor(viewset.K[idx], dtype=torch.float32), width, height, size, size)
-    return torch.as_tensor(viewset.w2c[idx], dtype=torch.float32).to(device), K.to(device)
+    return view_tensors(viewset.w2c[idx], viewset.K[idx], width, height, size, device)
 
 
 def _frame_metrics(render, gt, masks, detector=None, px_scale: float = 1.0) -> list[dict]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..camera import resize_intrinsics
+from ..camera import view_tensors
 from .plate import background_plate
 
 
@@ -50,9 +50,7 @@ class ClipFrames:
                                               unit="frame", disable=not progress)):
                 rgb[k], masks[k] = img, m
         self.rgb, self.masks = rgb.to(device), masks.to(device)
-        self.K = resize_intrinsics(torch.as_tensor(dataset.K[idx], dtype=torch.float32), dataset.width,
-                                   dataset.height, R, R).to(device)
-        self.w2c = torch.as_tensor(dataset.w2c[idx], dtype=torch.float32).to(device)
+        self.w2c, self.K = view_tensors(dataset.w2c[idx], dataset.K[idx], dataset.width, dataset.height, R, device)
         self.mean_K = torch.as_tensor(dataset.K[idx], dtype=torch.float32).mean(0)  # at the clip's own size
         if share is not None:
             self.mel, self.windows, self.plate = share.mel, share.windows.to(device), share.plate

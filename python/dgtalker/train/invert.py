@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..camera import resize_intrinsics
+from ..camera import view_tensors
 from ..metrics import photometric_loss, psnr, ssim
 
 
@@ -61,9 +61,9 @@ def load_views(dataset, indices, resolution: int, *, novel: bool = False) -> Vie
         m = torch.from_numpy(np.ascontiguousarray(src.masks(i)[..., 3]))[None, None].float()
         rgb.append(F.interpolate(img, size=(resolution, resolution), mode="area")[0].permute(1, 2, 0))
         fg.append(F.interpolate(m, size=(resolution, resolution), mode="area")[0, 0])
-        Ks.append(resize_intrinsics(torch.as_tensor(src.K[i], dtype=torch.float32), dataset.width, dataset.height,
-                                    resolution, resolution))
-        vm.append(torch.as_tensor(src.w2c[i], dtype=torch.float32))
+        v, k = view_tensors(src.w2c[i], src.K[i], dataset.width, dataset.height, resolution)
+        vm.append(v[0])
+        Ks.append(k[0])
     return Views(torch.stack(rgb), torch.stack(fg), torch.stack(vm), torch.stack(Ks))
 
 

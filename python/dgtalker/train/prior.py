@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..camera import resize_intrinsics
+from ..camera import view_tensors
 from ..io import atomic_write_bytes, encode_image
 from ..metrics import photometric_loss, psnr
 
@@ -122,8 +122,8 @@ class CorpusImages:
             fg = torch.from_numpy(np.ascontiguousarray(fr.masks[..., 3]))[None, None].float()
             self.rgb[j] = F.interpolate(img, size=(R, R), mode="area")[0].permute(1, 2, 0).round().to(torch.uint8)
             self.fg[j] = (F.interpolate(fg, size=(R, R), mode="area")[0, 0] * 255).round().to(torch.uint8)
-            self.K[j] = resize_intrinsics(torch.as_tensor(fr.K, dtype=torch.float32), ds.width, ds.height, R, R)
-            self.w2c[j] = torch.as_tensor(fr.w2c, dtype=torch.float32)
+            v, k = view_tensors(fr.w2c, fr.K, ds.width, ds.height, R)
+            self.w2c[j], self.K[j] = v[0], k[0]
         self.root = str(root)
 
     def __len__(self) -> int:
