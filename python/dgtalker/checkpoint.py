@@ -39,6 +39,8 @@ import math
 import struct
 from pathlib import Path
 
+from .io import check_output_path
+
 FORMAT = "dgtalker-prior"
 FORMAT_VERSION = 1
 
@@ -291,11 +293,7 @@ def save_prior(path, generator, extra: dict | None = None) -> Path:
 
     if not isinstance(generator, Generator):
         raise TypeError(f"generator must be a dgtalker.models.Generator, got {type(generator).__name__}")
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"path must be a file path, got the directory {path}")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"the directory of path does not exist: {path.parent}")
+    path = check_output_path(path)
     extra = {} if extra is None else extra
     if not isinstance(extra, dict):
         raise TypeError(f"extra must be a dict, got {type(extra).__name__}")

@@ -25,6 +25,7 @@ import torch
 
 from . import audio as A
 from .camera import Camera, CameraError, check_size
+from .io import check_output_path
 
 
 class RenderError(ValueError):
@@ -78,18 +79,6 @@ class Video:
         rows = [torch.cat(tiles[r:r + columns], 1) for r in range(0, len(tiles), columns)]
         atomic_write_bytes(path, encode_image(torch.cat(rows, 0).cpu().numpy(), "png"))
         return path
-
-
-def check_output_path(path, name: str = "path") -> Path:
-    """A file path whose directory exists (checked before any work is done for it)."""
-    if path is None or str(path) == "":
-        raise RenderError(f"{name} must be a file path, got {path!r}")
-    path = Path(path)
-    if path.is_dir():
-        raise RenderError(f"{name} must be a file path, got the directory {path}")
-    if not path.parent.is_dir():
-        raise RenderError(f"the directory of {name} does not exist: {path.parent}")
-    return path
 
 
 # ----------------------------------------------------------------------------------

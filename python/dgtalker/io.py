@@ -11,6 +11,20 @@ from pathlib import Path
 import numpy as np
 
 
+def check_output_path(path, name: str = "path") -> Path:
+    """``path`` as a Path to a file that can be written: IsADirectoryError if it is a
+    directory, FileNotFoundError if its directory does not exist (both name ``name``).
+    Checked before any work is done for the file."""
+    if path is None or str(path) == "":
+        raise FileNotFoundError(f"{name} must be a file path, got {path!r}")
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{name} must be a file path, got the directory {path}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the directory of {name} does not exist: {path.parent}")
+    return path
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
