@@ -171,3 +171,38 @@ def test_loudness_and_spiral_consistency_without_novel_truth(tmp_path):
     # one pixel of landmark noise alone moves the ratio by 10-20%
     res = spiral_consistency(load_talker(), ds, views=6, size=256)
     assert res["found"] == 1.0 and res["lip_gap_cv"] is not None and 0 <= res["lip_gap_cv"] < 0.5
+
+
+def test_region_scores_have_known_answers():
+    """Regions from the mask channels, and PSNR / SSIM inside each: an error put only
+    in the background shows only there, with the PSNR its size gives."""
+    import torch
+
+    from dgtalker.eval import metrics as M
+
+    H = W = 64
+    masks = torch.zeros(H, W, 4)
+    masks[8:40, 16:48, 0] = 1          # head
+    masks[28:40, 20:44, 1] = 1         # lower face (inside the head)
+    masks[12:22, 20:44, 2] = 1         # upper face
+    masks[8:60, 8:56, 3] = 1           # foreground: head + torso below it
+    reg = M.region_masks(masks)
+    assert float(reg["face"].sum()) == 12 * 24 + 10 * 24
+    assert float(reg["head_rest"].sum()) == 32 * 32 - (12 * 24 + 10 * 24)
+    assert float(reg["torso"].sum()) == 52 * 48 - 32 * 32
+    assert float(reg["background"].sum()) == H * W - 52 * 48
+    total = sum(float(reg[k].sum()) for k in ("face", "head_rest", "torso", "background"))
+    assert total == H * W  # the four partition the frame
+    truth = torch.rand(H, W, 3, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    render = truth.clone()
+    bg = reg["background"] > 0
+    render[bg] += 0.1  # mse 0.01 in the background: 20 dB there, untouched elsewhere
+    sc = M.region_scores(render, truth, masks)
+    assert abs(sc["background"]["psnr"] - 20.0) < 1e-4
+    for name in ("face", "lower_face", "upper_face", "head_rest"):
+        assert sc[name]["psnr"] == float("inf"), name
+        assert sc[name]["ssim"] > 0.999 or name == "head_rest", (name, sc[name])
+    assert sc["background"]["ssim"] < 1.0
+    empty = torch.zeros(H, W, 4)
+    empty[..., 3] = 1
+    assert np.isnan(M.region_scores(render, truth, empty)["face"]["psnr"])

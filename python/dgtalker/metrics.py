@@ -22,9 +22,20 @@ def ssim(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5) -> Tenso
     """Mean structural similarity of images ``[B, H, W, C]`` in [0, 1] (Gaussian 11x11
     window, the usual constants); differentiable. Images smaller than the window use a
     window as large as they are."""
+    return ssim_map(a, b, window=window, sigma=sigma).mean()
+
+
+def ssim_map(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5, same: bool = False) -> Tensor:
+    """Per-pixel structural similarity ``[B, H', W', C]`` of images ``[B, H, W, C]``: over
+    the windows that fit (H' = H - window + 1), or with ``same`` at every pixel (the images
+    reflected at their borders), for SSIM inside a region's mask."""
     x, y = a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2)
     C = x.shape[1]
     size = min(window, x.shape[-1], x.shape[-2])
+    if same:
+        p = size // 2
+        x, y = F.pad(x, (p, size - 1 - p, p, size - 1 - p), mode="reflect"), F.pad(y, (p, size - 1 - p, p, size - 1 - p),
+                                                                                    mode="reflect")
     w = _gaussian_window(size, sigma, C, x)
     mu_x, mu_y = F.conv2d(x, w, groups=C), F.conv2d(y, w, groups=C)
     sxx = F.conv2d(x * x, w, groups=C) - mu_x ** 2
@@ -32,7 +43,7 @@ def ssim(a: Tensor, b: Tensor, *, window: int = 11, sigma: float = 1.5) -> Tenso
     sxy = F.conv2d(x * y, w, groups=C) - mu_x * mu_y
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return s.mean()
+    return s.permute(0, 2, 3, 1)
 
 
 def psnr(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -117,7 +117,7 @@ def run(args) -> int:
         for m in [res["frames"], *baselines.values()]:
             m["lmd_px"] = None
     rep = {"frames": res["frames"], "novel_views": res.get("novel_views"), "baselines": baselines,
-           "loudness_lag": res["loudness_lag"],
+           "talker_minus_static": res.get("talker_minus_static"), "loudness_lag": res["loudness_lag"],
            "spiral": (spiral_consistency(talker, dataset, frame=int(frames[0]), size=min(size, 256), device=device,
                                          coefficients=coefficients)
                       if not res.get("novel_views") else None),

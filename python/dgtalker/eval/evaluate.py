@@ -84,6 +84,8 @@ def _frame_metrics(render, gt, masks, detector=None, px_scale: float = 1.0) -> l
                     "psnr_lower_face": M.psnr(r, g, m[..., 1]), "psnr_upper_face": M.psnr(r, g, m[..., 2]),
                     "ssim": M.ssim(r, g), "mouth_render": M.mouth_opening(r, m[..., 1]),
                     "mouth_truth": M.mouth_opening(g, m[..., 1])})
+        for name, sc in M.region_scores(r, g, m).items():
+            out[-1][f"region_{name}_psnr"], out[-1][f"region_{name}_ssim"] = sc["psnr"], sc["ssim"]
         if detector is not None:
             from ..data.face_mesh import mouth_opening
             from .landmarks import lip_gap
@@ -124,6 +126,13 @@ def lip_sync(render_opening, truth_opening, max_lag: int = 5) -> dict:
 def _summary(rows: list[dict]) -> dict:
     keys = ("psnr", "psnr_head", "psnr_torso", "psnr_lower_face", "psnr_upper_face", "ssim")
     out = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+    if rows and "region_face_psnr" in rows[0]:
+        import warnings
+
+        with warnings.catch_warnings():  # a region absent from every frame is NaN, silently
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out["regions"] = {name: {q: float(np.nanmean([r[f"region_{name}_{q}"] for r in rows]))
+                                     for q in ("psnr", "ssim")} for name in M.REGIONS}
     truth = [r["mouth_truth"] for r in rows]
     pred = [r["mouth_render"] for r in rows]
     out["mouth_corr"] = M.pearson(truth, pred)

@@ -38,6 +38,40 @@ def ssim(a, b) -> float:
     return float(_ssim(a, b))
 
 
+# the report's regions, from a frame's mask channels (head, lower face, upper face, foreground)
+REGIONS = ("face", "lower_face", "upper_face", "head_rest", "torso", "background")
+
+
+def region_masks(masks) -> dict:
+    """Soft masks ``[..., H, W]`` of the report's regions from mask channels ``[..., H, W, 4]``
+    (``data.format.MASK_CHANNELS``): ``face`` = lower + upper face; ``head_rest`` = the
+    head outside them (hair, ears, forehead top, nose and cheeks); ``torso`` = foreground
+    outside the head (neck, shoulders); ``background`` = outside the foreground."""
+    m = _t(masks).float()
+    head, lower, upper, fg = m[..., 0], m[..., 1], m[..., 2], m[..., 3]
+    face = (lower + upper).clamp(0, 1)
+    return {"face": face, "lower_face": lower, "upper_face": upper, "head_rest": (head - face).clamp(0, 1),
+            "torso": (fg - head).clamp(0, 1), "background": (1 - fg).clamp(0, 1)}
+
+
+def region_scores(render, truth, masks, min_pixels: float = 16.0) -> dict:
+    """``{region: {"psnr", "ssim"}}`` of one image ``[H, W, 3]`` against its truth inside
+    each of ``region_masks(masks)`` (SSIM: the per-pixel map, reflected at the borders,
+    averaged with the mask's weights); NaN for a region of fewer than ``min_pixels``."""
+    from ..metrics import ssim_map
+
+    r, g = _t(render).float(), _t(truth).float()
+    smap = ssim_map(r[None], g[None], same=True)[0].mean(-1)  # [H, W]
+    out = {}
+    for name, w in region_masks(masks).items():
+        n = float(w.sum())
+        if n < min_pixels:
+            out[name] = {"psnr": float("nan"), "ssim": float("nan")}
+            continue
+        out[name] = {"psnr": psnr(r, g, w), "ssim": float((smap * w).sum() / n)}
+    return out
+
+
 def luminance(img) -> torch.Tensor:
     img = _t(img).float()
     return 0.299 * img[..., 0] + 0.587 * img[..., 1] + 0.114 * img[..., 2]

@@ -103,8 +103,25 @@ def markdown(rep: dict) -> str:
         return "–" if x is None else f"{x:.{d}f}"
 
     lines = [f"# Evaluation of {rep['talker']['path']}", "", f"Data: `{rep['data']['path']}` "
-             f"({rep['data']['split']}); command: `{rep['command']}`", "",
-             "| | PSNR | PSNR head | PSNR lower face | SSIM | LMD px | mouth corr | lag |", "|---|---|---|---|---|---|---|---|"]
+             f"({rep['data']['split']}); command: `{rep['command']}`", ""]
+    fr = rep["frames"]
+    if fr.get("lip_motion_ratio") is not None:
+        # lip sync first: the mouth opening in the face mesh's unit (inner-lip gap over the eye corners)
+        lines += ["| lip sync | motion ratio | inner-lip corr | best lag (corr) | LMD px |", "|---|---|---|---|---|"]
+        for name, m in [("talker", fr)] + [(k, v) for k, v in rep["baselines"].items() if "lip_corr" in v]:
+            lines.append(f"| {name} | {f(m['lip_motion_ratio'])} | {f(m['lip_corr'], 3)} | "
+                         f"{m['lip_lag_frames']} ({f(m['lip_best_corr'], 3)}) | {f(m.get('lmd_px'))} |")
+        d = rep.get("talker_minus_static") or {}
+        if d:
+            lines += ["", "Talker minus static head: " + ", ".join(f"{k} {v:+.3f}" for k, v in d.items()), ""]
+    if fr.get("regions"):
+        names = list(fr["regions"])
+        lines += ["| regions (PSNR / SSIM) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for name, m in [("talker", fr)] + [(k, v) for k, v in rep["baselines"].items() if "regions" in v]:
+            lines.append(f"| {name} | " + " | ".join(f"{f(m['regions'][n]['psnr'])} / {f(m['regions'][n]['ssim'], 3)}"
+                                                      for n in names) + " |")
+        lines.append("")
+    lines += ["| | PSNR | PSNR head | PSNR lower face | SSIM | LMD px | mouth corr | lag |", "|---|---|---|---|---|---|---|---|"]
     for name, m in [("talker", rep["frames"])] + [(k, v) for k, v in rep["baselines"].items()]:
         lines.append(f"| {name} | {f(m['psnr'])} | {f(m['psnr_head'])} | {f(m['psnr_lower_face'])} | "
                      f"{f(m['ssim'], 4)} | {f(m.get('lmd_px'))} | {f(m['mouth_corr'], 3)} | {m['mouth_lag_frames']} |")
