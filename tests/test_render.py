@@ -594,3 +594,41 @@ def test_cuda_render_and_stream_match_the_cpu(fe_talker):
     frames = list(gpu_talker.stream([x[i:i + 3000] for i in range(0, len(x), 3000)],
                                     dgtalker.camera.spiral(25, width=32, height=32), blink=None))
     assert max(int((a.int() - b.int()).abs().max()) for a, b in zip(frames, gpu.frames)) <= 2
+
+
+def test_background_image_and_video_files(talker, tmp_path):
+    """background= takes the path of an image (resized to the frame) or of a video (frame
+    i shows the video at time i / fps, looping), and refuses a bad file by name."""
+    from PIL import Image
+
+    from dgtalker.data.format import ffmpeg_exe
+
+    x = speech_like(2.0)
+    Image.fromarray(np.full((64, 48, 3), (200, 30, 60), np.uint8)).save(tmp_path / "bg.png")
+    v = talker.render((x, RATE), background=tmp_path / "bg.png", blink=None)
+    far = v.alpha < 1e-3  # pixels the head does not cover show the image
+    assert far.any()
+    assert (v.frames[far].int() - torch.tensor([200, 30, 60])).abs().max() <= 2
+    # a 1 s video at 12.5 fps: red for its first 6 frames (0.48 s), then blue; the render is
+    # 2 s at 25 fps, so each video frame shows twice and the video loops once
+    seq = np.zeros((12, 32, 32, 3), np.uint8)
+    seq[:6, ..., 0], seq[6:, ..., 2] = 255, 255
+    clip = tmp_path / "bg.mp4"
+    import subprocess
+
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "32x32", "-r", "12.5",
+                    "-i", "-", "-c:v", "libx264", "-pix_fmt", "yuv444p", "-qp", "0", str(clip)],
+                   input=seq.tobytes(), check=True)
+    vid = talker.render((x, RATE), background=clip, blink=None)
+    corner = vid.frames[:, 0, 0].int()  # the head never reaches the corner
+    assert (vid.alpha[:, 0, 0] < 1e-3).all()
+    reds = corner[:, 0] > 200
+    want = (np.arange(len(vid)) % 24) < 12
+    assert reds.tolist() == want.tolist(), reds.tolist()
+    streamed = list(talker.stream([x], background=clip, blink=None))
+    assert [bool(f[0, 0, 0] > 200) for f in streamed] == reds.tolist()
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "junk.mp4").write_text("not a video")
+    for bad, match in (("missing.png", "no such file"), ("empty.png", "empty"), ("junk.mp4", "not a readable")):
+        with pytest.raises(RenderError, match=f"background .*{match}"):
+            talker.render((x, RATE), background=tmp_path / bad)

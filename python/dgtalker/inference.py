@@ -136,10 +136,63 @@ def check_device(device, default: torch.device) -> torch.device:
     return dev
 
 
-def check_background(background, width: int, height: int):
-    """None (the talker's plate), an RGB colour ``[3]`` or an image ``[H, W, 3]`` in [0, 1]."""
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+class BackgroundVideo:
+    """A background video decoded at the render's size and frame rate (uint8 frames; frame
+    i is the video at time i / fps; a video shorter than the speech loops)."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: float):
+        from .data.format import ffmpeg_exe
+
+        cmd = [ffmpeg_exe(), "-v", "error", "-i", str(path), "-an", "-vf",
+               f"fps={fps:g},scale={width}:{height}:flags=area", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+        res = subprocess.run(cmd, capture_output=True)
+        n = len(res.stdout) // (width * height * 3)
+        if res.returncode != 0 or n == 0:
+            why = res.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no video frames"]
+            raise RenderError(f"background {path}: not a readable image or video ({why[0][:200]})")
+        self.frames = torch.from_numpy(np.frombuffer(res.stdout, np.uint8)[: n * width * height * 3]
+                                       .reshape(n, height, width, 3).copy())
+        self.path = path
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def at(self, frames, device) -> torch.Tensor:
+        """Backgrounds ``[B, H, W, 3]`` in [0, 1] of output frames ``frames`` (ints)."""
+        idx = torch.as_tensor(np.asarray(frames, np.int64) % len(self.frames))
+        return self.frames[idx].to(device).float() / 255
+
+
+def load_background_image(path: Path, width: int, height: int) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+            return torch.from_numpy(np.asarray(im, np.float32) / 255)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise RenderError(f"background {path}: not a readable image ({exc})") from None
+
+
+def check_background(background, width: int, height: int, fps: float = 25.0):
+    """None (the talker's plate), an RGB colour ``[3]`` or an image ``[H, W, 3]`` in [0, 1],
+    or the path of an image or a video (resized to the frame; a video plays at its own
+    speed and loops; ``BackgroundVideo``)."""
     if background is None:
         return None
+    if isinstance(background, (str, os.PathLike)):
+        path = Path(background)
+        if not path.is_file():
+            raise RenderError(f"background {path}: no such file" if not path.exists() else
+                              f"background {path}: not a file")
+        if path.stat().st_size == 0:
+            raise RenderError(f"background {path}: the file is empty")
+        if path.suffix.lower() in IMAGE_EXTS:
+            return load_background_image(path, width, height)
+        return BackgroundVideo(path, width, height, fps)
     try:
         bg = torch.as_tensor(np.asarray(background, np.float32))
     except (TypeError, ValueError):
@@ -433,9 +486,9 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
     batch = check_positive_int("batch", batch)
     seed = check_seed(seed)
     dev = check_device(device, talker.device)
-    bg = check_background(background, W, H)
     blink = blink_setting(blink)
     expression = check_expression(expression, talker.config.k_exp)
+    bg = check_background(background, W, H, fps)
     samples, rate = speech(audio, sample_rate)
     if len(samples) < rate / fps:
         raise RenderError(f"audio is {1000 * len(samples) / rate:.0f} ms long, shorter than one video frame "
@@ -468,14 +521,15 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
         blinks = sampled[1].to(dev)
     elif blink is not None:
         blinks = blink.expand(T).to(dev) if blink.dim() == 0 else blink.to(dev)
-    bg = None if bg is None else bg.to(dev)
+    bg = bg.to(dev) if isinstance(bg, torch.Tensor) else bg
     checked = True if dev.type == "cuda" else None  # a frame with missing splats must fail, not be saved
     frames = torch.empty(T, H, W, 3, dtype=torch.uint8)
     alphas = torch.empty(T, H, W)
     for s in tqdm(range(0, T, batch), desc="rendering", unit="batch", disable=not progress):
         e = slice(s, min(s + batch, T))
         args = (c_exp[e].to(dev), c_lip[e].to(dev), vm[e].to(dev), K[e].to(dev), W, H)
-        kw = dict(blink=None if blinks is None else blinks[e], background=bg, checked=checked)
+        back = bg.at(range(e.start, e.stop), dev) if isinstance(bg, BackgroundVideo) else bg
+        kw = dict(blink=None if blinks is None else blinks[e], background=back, checked=checked)
         with torch.no_grad():
             img, a = talker.clip_frames(*args, **kw) if cam.torso == "clip" else talker.frames(*args, **kw)
         frames[e] = (img.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
@@ -498,7 +552,7 @@ def stream_talker(talker, chunks, camera=None, *, fps: float = 25.0, sample_rate
     dev = check_device(device, talker.device)
     blink = blink_setting(blink)
     seed = check_seed(seed)
-    bg = check_background(background, W, H)
+    bg = check_background(background, W, H, fps)
     return _stream(talker.to(dev), chunks, cam, fps, rate, W, H, dev, blink, seed, bg)
 
 
@@ -544,7 +598,8 @@ def _stream(talker, chunks, cam: Camera, fps, rate, W, H, dev, blink, seed, bg):
                                            mel_limit=feats.limit if feats.limit is not None else feats.known)
         v, k = camera_at(t)
         args = (c_exp, c_lip, v, k, W, H)
-        kw = dict(blink=blink_at(t), background=bg, checked=checked)
+        back = bg.at([t], dev) if isinstance(bg, BackgroundVideo) else (None if bg is None else bg.to(dev))
+        kw = dict(blink=blink_at(t), background=back, checked=checked)
         img, _ = talker.clip_frames(*args, **kw) if cam.torso == "clip" else talker.frames(*args, **kw)
         # the earliest mel frame any later frame's windows can read
         first = int(A.mel_index(enc.neighbour_times(np.array([(t + 1) / fps]), t_last)).min()) - cfg.half_window

@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "own blinks (by default sampled from the training clip)")
     p.add_argument("--lip-scale", type=float, default=1.0, help="exaggerate (>1) or damp (<1) the lips")
     p.add_argument("--exp-scale", type=float, default=1.0, help="exaggerate (>1) or damp (<1) the upper face")
+    p.add_argument("--background", metavar="IMAGE|VIDEO",
+                   help="composite the head over this image or video (resized to the frame; a video loops) "
+                        "instead of the background plate estimated from the training clip")
     p.add_argument("--size", type=int, help="frame width = height in pixels (default: the talker's)")
     p.add_argument("--fps", type=float, default=25.0, help="frames per second (default 25)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
@@ -93,7 +96,7 @@ def run(args) -> int:
         video = talker.render((samples, rate), cam, fps=fps,
                               expression="sample" if args.expression == "sample" else None, seed=args.seed,
                               blink="sample" if args.blink is None else args.blink,
-                              lip_scale=args.lip_scale, exp_scale=args.exp_scale,
+                              lip_scale=args.lip_scale, exp_scale=args.exp_scale, background=args.background,
                               **({} if args.size is None else {"width": size, "height": size}),
                               device=device, progress=True)
         took = time.perf_counter() - start

@@ -466,7 +466,9 @@ class Talker(nn.Module):
         excerpted with ``seed``, the same as ``expression="sample"`` carries), a number or
         ``[T]`` amounts of the eyelid layer (0 open, 1 closed), or None (eyes open).
         ``lip_scale`` / ``exp_scale`` exaggerate (> 1) or damp (< 1) the branches.
-        ``background``: None (the plate), an RGB colour or an image. Further options:
+        ``background``: None (the plate estimated from the clip), an RGB colour or an image
+        ``[H, W, 3]`` in [0, 1], or the path of an image or a video file (resized to the
+        frame; a video plays at its own speed and loops). Further options:
         ``width``, ``height``, ``batch``, ``causal`` (the streaming encoder),
         ``progress``."""
         from .inference import render_talker

@@ -93,6 +93,8 @@ def mouth_opening(img, lower_mask, threshold: float = 0.45) -> float:
 def pearson(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 2:
+        return float("nan")
     a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
     den = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / den) if den > 0 else float("nan")
