@@ -149,6 +149,7 @@ def train(corpus: Path, out: Path, steps: int, seed: int, batch: int, crop: int,
           threads: int | None, minutes: float | None = None, config: dict | None = None, log=print) -> dict:
     import torch
 
+    from .. import checkpoint  # noqa: F401 - loaded now: the file is written at the end of a long run
     from .tts_corpus import MEL_Q_LO, MEL_Q_STEP
 
     if threads:
@@ -264,6 +265,8 @@ def train(corpus: Path, out: Path, steps: int, seed: int, batch: int, crop: int,
             hist.append({"step": step, "loss": round(loss.item(), 4), **parts, **v_})
             log(f"step {step}/{steps} loss {loss.item():.4f} open {parts['open']:.4f} corr {parts['corr']:.3f} "
                 f"vis {parts['vis']:.3f} val {v_} ({time.time() - t0:.0f} s)")
+        if step % 1000 == 0:  # an interrupted run still leaves its latest weights
+            save_frontend(out, model, cfg, {"steps": step, "seed": seed, "partial": True})
     del void
     model = model.cpu()
     extra = {"corpus": Path(corpus).name, "corpus_minutes": round(N / 6000, 1), "steps": step, "seed": seed,
