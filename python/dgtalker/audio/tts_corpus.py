@@ -329,7 +329,8 @@ def flite_synth(text: str, voice: str, tmpdir: Path):
 
 LANGUAGES = {
     # espeak voice: pseudo-word alphabet ("latin", "cyrillic", "greek" or None: numbers only)
-    "en-us": "latin", "en-gb": "latin", "en-gb-scotland": "latin", "en-029": "latin", "fr-fr": "latin",
+    # (espeak-ng voice names: "en" is British English and "fr" French of France)
+    "en-us": "latin", "en": "latin", "en-gb-scotland": "latin", "en-029": "latin", "fr": "latin",
     "fr-be": "latin", "de": "latin", "es": "latin", "es-419": "latin", "it": "latin", "pt": "latin",
     "pt-br": "latin", "nl": "latin", "pl": "latin", "cs": "latin", "sk": "latin", "sv": "latin", "nb": "latin",
     "da": "latin", "fi": "latin", "hu": "latin", "ro": "latin", "tr": "latin", "id": "latin", "ms": "latin",
@@ -339,7 +340,7 @@ LANGUAGES = {
     "bg": "cyrillic", "sr": "cyrillic", "el": "greek", "hi": None, "ar": None, "he": None, "fa": None, "ko": None,
     "ta": None, "bn": None, "ka": None, "hy": None, "th": None, "ja": None,
 }
-_MAJOR = ("en-us", "en-gb", "fr-fr", "de", "es", "it", "pt", "ru", "nl", "pl")
+_MAJOR = ("en-us", "en", "fr", "de", "es", "it", "pt", "ru", "nl", "pl")
 _ALPHABETS = {
     "latin": (["b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z", "ch", "sh",
                "th", "ph", "qu", "br", "pl", "st", "tr", "gr", "m", "p", "b", "l", "n", "s", "t", "d"],
@@ -443,7 +444,7 @@ def build(minutes: float, seed: int = 0, flite_share: float = 0.2, log=print) ->
                 lang = str(rng.choice(langs, p=weights))
                 var = str(rng.choice(variants))
                 voice = lang + ("+" + var if var else "")
-                text = make_text(rng, LANGUAGES[lang], english if lang.startswith("en") else None)
+                text = make_text(rng, LANGUAGES[lang], english if lang == "en" or lang.startswith("en-") else None)
                 try:
                     wav, sr, events = es.synth(text, voice, rate=int(rng.uniform(110, 260)),
                                                pitch=int(rng.uniform(15, 85)), range_=int(rng.uniform(10, 100)),
