@@ -16,7 +16,7 @@ frames in the power domain (so it runs on the GPU or CPU at no cost):
 * reverberation: exponentially decaying power tails, RT60 0.1-0.9 s, wet 5-100%;
 * noise: coloured stationary noise with per-frame fluctuations, and babble (other
   utterances of the batch), at -5..30 dB SNR; a noise floor of -95..-60 dB; now and
-  then a crop of pure silence or noise alone (targets: mouth at rest).
+  then (10% of crops) pure silence or noise alone (targets: mouth at rest).
 
 Half the crops use the offline normalisation and half the causal one, so one network
 serves both modes. Seeds are fixed (numpy and torch); on a GPU the last bits can
@@ -117,7 +117,7 @@ class Augmenter:
         noise = noise * (speech_level * 10.0 ** (-snr_db / 10))[:, None, None]
         p = torch.where(noisy[:, None, None], p + noise, p)
         # pure silence / noise-only crops
-        void = self.u(B) < 0.06
+        void = self.u(B) < 0.1
         p = torch.where(void[:, None, None], torch.where(noisy[:, None, None], noise, torch.zeros_like(p)), p)
         # microphone colouring: EQ, tilt, band limits (log domain)
         y = torch.log10(p + 1e-12)
@@ -136,6 +136,7 @@ class Augmenter:
         floor = self.u(B, 1, 1, lo=-9.5, hi=-6.0)
         keep_digital = self.u(B) < 0.05
         y = torch.where(keep_digital[:, None, None], y, torch.logaddexp(y * math.log(10), floor * math.log(10)) / math.log(10))
+        self.last_void = void  # crops with no speech left: their targets become the mouth at rest
         return y.clamp(min=-10.0)
 
 
@@ -251,9 +252,12 @@ def train(corpus: Path, out: Path, steps: int, seed: int, batch: int, crop: int,
         x, o, w, v = batch_of(ids, stretch)
         with torch.no_grad():
             x = aug(x)
+            void = aug.last_void[:, None]
+            o = torch.where(void, torch.full_like(o, 0.005), o)
+            w = torch.where(void, torch.full_like(w, 0.47), w)
+            v = torch.where(void, torch.full_like(v, sil), v)
             causal = aug.u(batch) < 0.5
             xn = torch.where(causal[:, None, None], normalise(x, True), normalise(x, False))
-            void = (x.amax((1, 2)) - x.amin((1, 2))) < 1e-6
         pred = model(xn)
         loss, parts = loss_fn(pred, o, w, v)
         opt.zero_grad(set_to_none=True)
@@ -267,7 +271,6 @@ def train(corpus: Path, out: Path, steps: int, seed: int, batch: int, crop: int,
                 f"vis {parts['vis']:.3f} val {v_} ({time.time() - t0:.0f} s)")
         if step % 1000 == 0:  # an interrupted run still leaves its latest weights
             save_frontend(out, model, cfg, {"steps": step, "seed": seed, "partial": True})
-    del void
     model = model.cpu()
     extra = {"corpus": Path(corpus).name, "corpus_minutes": round(N / 6000, 1), "steps": step, "seed": seed,
              "batch": batch, "crop_frames": crop, "lr": lr, "device": str(dev), "seconds": round(time.time() - t0),
