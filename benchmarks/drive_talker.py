@@ -35,9 +35,8 @@ def main() -> None:
     talker = dgtalker.load_talker(a.talker, device=device)
     rows, timing = [], {}
     for yaw in (float(v) for v in a.yaw.split(",")):
-        view, K = talker.camera()
         t0 = time.perf_counter()
-        video = talker.render(a.speech, (turn(view, yaw), K), device=device)
+        video = talker.render(a.speech, turn(talker.camera(), yaw), device=device)
         timing[f"yaw {yaw:+.0f}"] = round(time.perf_counter() - t0, 2)
         T = len(video.frames)
         idx = np.linspace(T * 0.05, T * 0.95, a.columns).round().astype(int)

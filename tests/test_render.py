@@ -512,6 +512,9 @@ def test_camera_turn_orbits_the_framing():
         want, _ = dgtalker.camera.orbit(yaw, pitch, width=32, height=32)
         assert torch.allclose(dgtalker.camera.turn(front, yaw, pitch), want, atol=1e-5), (yaw, pitch)
         assert np.allclose(dgtalker.camera.orbit_angles(want), (yaw, pitch), atol=1e-4)  # its inverse
+    turned = dgtalker.camera.turn(dgtalker.camera.orbit(0, 0, width=48, height=32), 20)
+    assert isinstance(turned, dgtalker.camera.Camera) and (turned.width, turned.height) == (48, 32)
+    assert np.allclose(dgtalker.camera.orbit_angles(turned.viewmats[0]), (20, 0), atol=1e-4)
     # a camera at another distance keeps its distance to the target
     far = front.clone()
     far[2, 3] += 0.3

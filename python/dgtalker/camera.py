@@ -66,12 +66,17 @@ def resize_intrinsics(K, src_width: int, src_height: int, width: int, height: in
 
 
 def turn(viewmat, yaw: float, pitch: float = 0.0, *, target=None):
-    """The camera ``viewmat`` ([..., 4, 4] torch) moved around ``target`` (head frame;
-    default the corpus' look-at point) by ``yaw`` and ``pitch`` degrees, as ``orbit``
-    counts them (yaw > 0 sees more of the subject's left, pitch > 0 looks from above):
-    e.g. a real talker's own framing seen from 20 degrees to the side."""
+    """The camera ``viewmat`` ([..., 4, 4] torch, or a ``Camera``: then a Camera of the
+    same size and timing) moved around ``target`` (head frame; default the corpus'
+    look-at point) by ``yaw`` and ``pitch`` degrees, as ``orbit`` counts them (yaw > 0
+    sees more of the subject's left, pitch > 0 looks from above): e.g. a real talker's
+    own framing seen from 20 degrees to the side, ``turn(talker.camera(), 20)``."""
     import torch
 
+    if isinstance(viewmat, Camera):
+        c = viewmat
+        return Camera(turn(c.viewmats, yaw, pitch, target=target), c.Ks, c.width, c.height, fps=c.fps, times=c.times,
+                      extend=c.extend, torso=c.torso)
     p = torch.tensor(DEFAULT_TARGET if target is None else target, dtype=torch.float64)
     a, b = math.radians(-yaw), math.radians(pitch)
     Ry = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]], dtype=torch.float64)
