@@ -8,7 +8,7 @@ Reported per clip: the Pearson correlation of tracked and predicted opening at l
 -5..5 frames (lag k compares tracked frame i with predicted frame i + k: a positive
 best lag means the prediction runs late), the best lag, r at 0 and +-1, the same for
 log loudness (the mean log-mel of the frame, the baseline), std of both curves, and
-the front end's speed (x real time, CPU, 2 torch threads, log-mel included).
+the front end's speed (x real time, CPU, 2 torch threads, log-mel included, best of 3).
 
 Nothing is fitted to these clips; they are never used for training.
 
@@ -111,9 +111,11 @@ def main(argv=None) -> int:
         track = np.array([np.nan if v is None else v for v in cache[name]["opening"]], np.float64)
         samples, rate = A.load(video)
         dgtalker.lipsync((samples, rate), fps=fps, weights=args.weights)  # warm-up
-        t0 = time.perf_counter()
-        res = dgtalker.lipsync((samples, rate), fps=fps, weights=args.weights)
-        took = time.perf_counter() - t0
+        took = np.inf
+        for _ in range(3):  # the best of three: the machine's other work only ever adds time
+            t0 = time.perf_counter()
+            res = dgtalker.lipsync((samples, rate), fps=fps, weights=args.weights)
+            took = min(took, time.perf_counter() - t0)
         causal = dgtalker.lipsync((samples, rate), fps=fps, causal=True, weights=args.weights)
         feats = A.features(samples, rate, fps=fps, context=0.0)
         loud = feats.windows[:, 0, :].mean(1).astype(np.float64)

@@ -48,7 +48,7 @@ FORMAT_VERSION = 1
 MEL_RATE = 100  # mel frames per second (dgtalker.audio: 160-sample hop at 16 kHz)
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "assets" / "lipsync_frontend.safetensors"
 # SHA-256 of the shipped weights file; checked on every load of the default weights
-WEIGHTS_SHA256 = ""
+WEIGHTS_SHA256 = "98b4f186a62824ba50941c79145526f55bd7422f8ed076ddaec6eca17484ed81"
 ACTIVE_RANGE = 3.5  # log10 power: frames within 35 dB of the loudest set the band means
 CLIP_BELOW = -5.0   # ... and normalised values are clipped 50 dB below them
 INPUT_SCALE = 2.0
