@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Train the lip-sync front end on one GPU: the shipped
-# python/dgtalker/models/assets/lipsync_frontend.safetensors came from run A of this script.
+# Train the lip-sync front end on one GPU (larger batches, a few minutes). Not run yet:
+# the shipped python/dgtalker/models/assets/lipsync_frontend.safetensors was trained on
+# one CPU core (docs/lipsync.md gives that command).
 #
-# Before (on any machine with espeak-ng and flite; ~30 s on one core):
-#   python -m dgtalker.audio.tts_corpus --out corpus.npz --minutes 60 --seed 0
+# Before (on any machine with espeak-ng and flite; about a minute on one core):
+#   python -m dgtalker.audio.tts_corpus --out corpus.npz --minutes 150 --seed 0 --flite-share 0.3
 #   python -c "import numpy as np; np.savez('.lipsync_corpus/corpus.npz', **np.load('corpus.npz'))"
-#   xz -6 .lipsync_corpus/corpus.npz        # 18 MB: travels to the GPU machine
+#   xz -6 .lipsync_corpus/corpus.npz        # ~45 MB for 150 min: mind the 64 MB the working tree may carry
 # Then, on the GPU machine, from the repository root (OUT: where results go):
 #   bash benchmarks/train_frontend_gpu.sh .lipsync_corpus/corpus.npz.xz
 # Two configurations train side by side on the one GPU for MINUTES each (default 4):
