@@ -179,6 +179,7 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
     photo = info.still is not None
     if photo:
         allow_silent = True
+        heldout = 0.0  # one frame: nothing to hold out (a photo is for inversion, not for held-out scores)
     elif info.duration < min_seconds:
         raise PreprocessError(f"video: {video} is {info.duration:.2f} s long; a talking-head clip needs at "
                               f"least {min_seconds:g} s (minutes are better)")
