@@ -11,15 +11,20 @@ import importlib
 import sys
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (``8.7``, ``0`` and ``-1`` are refused by name)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
+def int_at_least(low: int):
+    """argparse type: a whole number >= ``low`` (``8.7`` and smaller numbers are refused by name)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = int_at_least(1)
 
 
 def fraction(text: str) -> float:

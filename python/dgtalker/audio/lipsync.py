@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import check_output_path
 from .frontend import VISEMES, load_frontend
 
 
@@ -59,7 +60,7 @@ class LipSync:
 
         from ..io import atomic_write_bytes
 
-        path = _out_path(path)
+        path = check_output_path(path)
         rows = self.rows()
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["frame"], lineterminator="\n")
@@ -73,7 +74,7 @@ class LipSync:
         adds the [T, D] embedding."""
         from ..io import atomic_write_bytes
 
-        path = _out_path(path)
+        path = check_output_path(path)
         obj = {"fps": self.fps, "frames": len(self), "causal": self.causal,
                "unit": "inner-lip gap (face-mesh points 13/14) and mouth width over the outer eye-corner distance "
                        "(points 33/263)",
@@ -84,15 +85,6 @@ class LipSync:
             obj["embedding"] = np.round(self.embedding, 4).tolist()
         atomic_write_bytes(path, (json.dumps(obj) + "\n").encode())
         return path
-
-
-def _out_path(path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"output path {path} is a directory, expected a file path")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"the directory of the output path does not exist: {path.parent}")
-    return path
 
 
 def lipsync(audio, fps: float = 25.0, sample_rate: int | None = None, causal: bool = False, *,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import int_at_least
+
 EPILOG = """\
 examples:
   dgtalker synth --identity 7 --seconds 60 --out data/id007
@@ -42,16 +44,6 @@ def _positive(kind):
     return parse
 
 
-def _nonneg_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
-    return v
-
-
 def _degrees(text):
     try:
         vals = tuple(float(t) for t in text.split(",") if t.strip())
@@ -68,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "expression parameters, head pose, landmarks) into a dgtalker dataset directory.")
     p.epilog = EPILOG
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output dataset directory")
-    p.add_argument("--identity", type=_nonneg_int, default=None, metavar="SEED",
+    p.add_argument("--identity", type=int_at_least(0), default=None, metavar="SEED",
                    help="which synthetic person (any integer >= 0; same seed, same person and clip). "
                         "Default 7; with --multi, the first of N consecutive seeds (default 1000)")
     p.add_argument("--seconds", type=_positive(float), default=None, metavar="S",
@@ -78,14 +70,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voice", default=None, metavar="NAME",
                    help="espeak-ng voice (e.g. en-us+f3, en-gb-scotland+m3); default: the identity's own")
     p.add_argument("--speed", type=_positive(int), default=None, help="espeak-ng words per minute")
-    p.add_argument("--pitch", type=_nonneg_int, default=None, help="espeak-ng pitch 0-99")
+    p.add_argument("--pitch", type=int_at_least(0), default=None, help="espeak-ng pitch 0-99")
     p.add_argument("--sentences", type=Path, default=None, metavar="TXT",
                    help="text file with one sentence per line to speak (default: a built-in list)")
     p.add_argument("--fps", type=_positive(float), default=25.0, help="frame rate (default 25)")
     p.add_argument("--size", type=_positive(int), default=512, help="image width = height in pixels (default 512)")
     p.add_argument("--heldout", type=float, default=0.1, metavar="FRACTION",
                    help="fraction of frames at the end held out from training (default 0.1)")
-    p.add_argument("--novel-frames", type=_nonneg_int, default=4, metavar="N",
+    p.add_argument("--novel-frames", type=int_at_least(0), default=4, metavar="N",
                    help="held-out frames also rendered from the novel-view grid (default 4; 0: none)")
     p.add_argument("--novel-yaw", type=_degrees, default=(-45, -30, -15, 0, 15, 30, 45), metavar="DEG,...",
                    help="novel-view camera yaws in degrees; write --novel-yaw=-30,0,30 when the list starts with a minus (default -45,-30,-15,0,15,30,45)")
