@@ -1,0 +1,125 @@
+"""Can a talker's audio encoder predict a real person's mouth from their own clip?
+
+The lip path of a talker is audio encoder -> c_lip -> B_lip -> pixels. This probe
+isolates the first link on a real clip (no rendering, CPU, minutes): the talker's audio
+encoder architecture is trained ONLY to regress the tracked mouth (opening and width,
+standardised: ``train.clip.mouth_targets``, what ``--lip-target`` pins) on the clip's
+training frames, and scored on its held-out frames. Three inputs are compared:
+
+- ``logmel``: the log-mel windows alone (talkers before the speech front end);
+- ``frontend``: the log-mel plus the shipped speech front end's channels (the default);
+- ``frontend_raw``: the front end's own mouth opening, untrained on the person.
+
+Reported per input: Pearson correlation of the predicted and tracked opening on the
+training and held-out frames (fit or generalisation?), the best lag within +-5 frames,
+and the motion ratio (spread of the prediction over the truth's, in the standardised unit).
+
+    python benchmarks/lip_probe.py data/me --steps 1500 --out benchmarks/results/lip_probe_me.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def pearson(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
+    d = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / d) if d > 0 else float("nan")
+
+
+def best_lag(t, p, m=5):
+    out = []
+    for lag in range(-m, m + 1):
+        out.append((pearson(t[: len(t) - lag], p[lag:]) if lag >= 0 else pearson(t[-lag:], p[: len(p) + lag]), lag))
+    c, lag = max(out)
+    return lag, c
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", help="a talking-clip dataset with tracked mouths (dgtalker preprocess)")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--inputs", default="logmel,frontend", help="which encoder inputs to train (default both)")
+    ap.add_argument("--out", help="JSON to write")
+    a = ap.parse_args(argv)
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(2)
+
+    from dgtalker import audio as A
+    from dgtalker.audio.frontend import load_frontend, sha256_file
+    from dgtalker.data import load
+    from dgtalker.prior import load_prior
+    from dgtalker.talker import Talker, TalkerConfig
+    from dgtalker.train.clip import mouth_targets
+    from dgtalker.train.sampler import speech_coefficients
+
+    ds = load(a.data)
+    train, held = ds.splits["train"], ds.splits["heldout"]
+    target = torch.from_numpy(mouth_targets(ds, train))
+    samples, rate = ds.audio
+    mel = A.log_mel(A.resample(A.to_mono(samples), int(rate), A.SAMPLE_RATE))
+    fe = load_frontend()
+    G = load_prior()
+    N = len(ds)
+    res = {"data": str(ds.root), "frames": N, "train": int(len(train)), "heldout": int(len(held)),
+           "steps": a.steps, "batch": a.batch, "seed": a.seed, "fps": float(ds.fps),
+           "frontend_sha256": sha256_file(fe.path)}
+    # the front end's own opening, untrained on the person
+    raw = fe(mel, float(ds.fps), N)["opening"]
+    tracked = target[:, 0].numpy()
+    res["frontend_raw"] = {"train_corr": pearson(raw[train], tracked[train]),
+                           "heldout_corr": pearson(raw[held], tracked[held]),
+                           "heldout_best_lag": best_lag(tracked[held], raw[held])}
+    for name, use_fe in (("logmel", False), ("frontend", True)):
+        if name not in a.inputs.split(","):
+            continue
+        cfg = TalkerConfig(k_exp=2, k_lip=2, fps=float(ds.fps), frontend=asdict(fe.config) if use_fe else None)
+        T = Talker(G, cfg, seed=a.seed, residual_frames=N)
+        if use_fe:
+            T.frontend.load_state_dict(fe.model.state_dict())
+        feats, start = T.speech_features(mel)
+        T.encoder.set_normalization(torch.from_numpy(feats[-start:len(feats) + start] if start else feats))
+        win = T.clip_windows(mel, N, float(ds.fps))
+        enc = T.encoder
+        opt = torch.optim.Adam(enc.parameters(), lr=5e-4)
+        ok = torch.isfinite(target).all(1)
+        pool = torch.from_numpy(train)[ok[torch.from_numpy(train)]]
+        g = torch.Generator().manual_seed(a.seed)
+        t0 = time.perf_counter()
+        enc.train()
+        for step in range(a.steps):
+            f = pool[torch.randint(0, len(pool), (a.batch,), generator=g)]
+            _, cl = speech_coefficients(enc, win, f, N)
+            loss = (cl[:, :2] - target[f]).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        enc.eval()
+        with torch.no_grad():
+            _, cl = speech_coefficients(enc, win, torch.arange(N), N)
+        p = cl[:, 0].numpy()
+        res[name] = {"train_corr": pearson(p[train], tracked[train]), "heldout_corr": pearson(p[held], tracked[held]),
+                     "heldout_best_lag": best_lag(tracked[held], p[held]),
+                     "heldout_motion_ratio": float(np.nanstd(p[held]) / np.nanstd(tracked[held])),
+                     "final_loss": float(loss.detach()), "seconds": round(time.perf_counter() - t0, 1)}
+        print(name, json.dumps(res[name]), flush=True)
+    print(json.dumps(res, indent=1))
+    if a.out:
+        from dgtalker.io import atomic_write_json
+
+        atomic_write_json(Path(a.out), res)
+
+
+if __name__ == "__main__":
+    main()
