@@ -85,16 +85,7 @@ class Video:
 # argument checks (all of them run before any audio is analysed or frame rendered)
 
 
-def speech(audio, sample_rate=None) -> tuple[np.ndarray, int]:
-    """(mono float32 samples at 16 kHz, 16000) of a path, a ``(samples, rate)`` pair or an
-    array (``dgtalker.audio.speech``; its errors name the argument)."""
-    return A.speech(audio, sample_rate)
-
-
-def check_sample_rate(sample_rate) -> int:
-    if isinstance(sample_rate, (bool, np.bool_)) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise RenderError(f"sample_rate must be a positive int (samples per second), got {sample_rate!r}")
-    return int(sample_rate)
+speech = A.speech  # (16 kHz samples, 16000) of any accepted speech; errors name the argument
 
 
 def check_fps(fps) -> float:
@@ -385,7 +376,6 @@ class _FrontEndFeatures:
         self.rows = np.zeros((0, A.N_MELS + self.cfg.embed + 2), np.float32)
         self.known = -self.pad                     # feature rows [start, known) are final
         self.limit = None
-        self._mel_seen = 0
         self._take(silence)
 
     @property
@@ -413,13 +403,7 @@ class _FrontEndFeatures:
             return
         hist = self.cfg.history_frames
         a = max(self.normed_start, self.known - hist)
-        seg = self.normed[a - self.normed_start:]
-        import torch as _t
-
-        x = _t.as_tensor(np.ascontiguousarray(seg.T))[None].to(self.talker.device)
-        with _t.no_grad():
-            out = self.talker.frontend(x)
-            y = _t.cat([out["embedding"][0], out["opening"], out["width"]], 0).T.float().cpu().numpy()
+        y = self.talker.frontend_channels(self.normed[a - self.normed_start:])
         rows = np.concatenate([self.raw[self.known - self.normed_start:upto - self.normed_start],
                                y[self.known - a:upto - a]], 1)
         self.rows = np.concatenate([self.rows, rows]) if len(self.rows) else rows
@@ -546,7 +530,7 @@ def stream_talker(talker, chunks, camera=None, *, fps: float = 25.0, sample_rate
                   background=None):
     """See ``Talker.stream``. Checks its arguments when called (before the first chunk)."""
     fps = check_fps(fps)
-    rate = check_sample_rate(sample_rate)
+    rate = A.check_sample_rate(sample_rate)
     W, H = image_size(camera, talker, width, height)
     cam = as_camera(camera, talker, W, H)
     dev = check_device(device, talker.device)
@@ -563,7 +547,7 @@ def _stream(talker, chunks, cam: Camera, fps, rate, W, H, dev, blink, seed, bg):
     feats = _MelFeatures() if talker.frontend is None else _FrontEndFeatures(talker)
     checked = True if dev.type == "cuda" else None
     state = {"done": 0}
-    drawn = {"n": 0, "resid": None, "blink": None}  # sampled blinks so far: a longer draw starts with the shorter
+    drawn = {"n": 0, "blink": None}  # sampled blinks so far: a longer draw starts with the shorter
 
     def blink_at(t: int):
         if blink is None:

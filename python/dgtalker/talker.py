@@ -288,10 +288,18 @@ class Talker(nn.Module):
 
         from .audio.frontend import normalise
 
-        x = torch.as_tensor(np.ascontiguousarray(np.asarray(mel, np.float32).T))[None].to(self.device)
-        out = self.frontend(normalise(x, causal))
-        y = torch.cat([out["embedding"][0], out["opening"], out["width"]], 0).T
-        return y.float().cpu().numpy()
+        x = torch.as_tensor(np.ascontiguousarray(np.asarray(mel, np.float32).T))[None]
+        return self.frontend_channels(normalise(x, causal)[0].T.numpy())
+
+    @torch.no_grad()
+    def frontend_channels(self, normed):
+        """The front end's embedding, mouth opening and width ``[M, embed + 2]`` of
+        normalised log-mel frames ``[M, 80]`` (``audio.frontend.normalise``)."""
+        import numpy as np
+
+        x = torch.as_tensor(np.ascontiguousarray(np.asarray(normed, np.float32).T))[None].to(self.device)
+        out = self.frontend(x)
+        return torch.cat([out["embedding"][0], out["opening"], out["width"]], 0).T.float().cpu().numpy()
 
     def clip_windows(self, mel, num_frames: int, fps: float, *, causal: bool = False) -> Tensor:
         """Feature windows ``[num_frames, 2h+1, C]`` of frames at ``i / fps`` of a clip's
@@ -303,8 +311,7 @@ class Talker(nn.Module):
 
         feats, start = self.speech_features(mel, causal=causal)
         centres = A.mel_index(np.arange(num_frames) / float(fps))
-        limit = start + len(feats) if self.frontend is not None else len(feats)
-        return torch.from_numpy(A.windows_at(feats, centres, self.encoder.config.half_window, start, limit))
+        return torch.from_numpy(A.windows_at(feats, centres, self.encoder.config.half_window, start))
 
     def sample_expression(self, num_frames: int, seed: int | None = None) -> tuple[Tensor, Tensor]:
         """``(residual [T, Ke], blink [T])`` for a new clip at the talker's own frame rate:

@@ -28,7 +28,8 @@ Conventions (also in docs/data-format.md):
   frame j describes time ``j * hop / sr`` (the signal is zero-padded by n_fft/2 at
   both ends, as librosa's ``center=True`` with constant padding).
 * Video frame i is at time ``i / fps``; its window is the mel frames centred on the
-  nearest mel frame, +-``context`` seconds (default 0.3 s -> 61 frames). Windows that
+  last mel frame at or before that time (the same frame at 25 fps, where frame times
+  fall on mel frames), +-``context`` seconds (default 0.3 s -> 61 frames). Windows that
   reach past either end of the clip are padded with the silence value, so a clip
   shorter than one window still yields one window per video frame.
 * A clip yields ``ceil(duration * fps)`` video frames; a clip shorter than one video
@@ -63,7 +64,7 @@ _PCM = {np.dtype(np.int16): (0, 32768.0), np.dtype(np.int32): (0, 2147483648.0),
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 
 __all__ = ["AudioError", "TruncatedAudioWarning", "load", "speech", "resample", "to_mono", "log_mel", "features", "frame_windows",
-           "windows_at", "mel_index", "AudioFeatures", "StreamingFeatures", "StreamResampler", "num_video_frames",
+           "windows_at", "mel_index", "check_sample_rate", "AudioFeatures", "StreamingFeatures", "StreamResampler", "num_video_frames",
            "SAMPLE_RATE", "SILENCE_VALUE"]
 
 
@@ -194,6 +195,13 @@ def load(path, sample_rate: int | None = SAMPLE_RATE) -> tuple[np.ndarray, int]:
     return data, int(sr)
 
 
+def check_sample_rate(sample_rate, name: str = "sample_rate") -> int:
+    """A sample rate as an int > 0 (numpy ints too; bools, floats and the rest refused by name)."""
+    if isinstance(sample_rate, (bool, np.bool_)) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise AudioError(f"{name} must be a positive int (samples per second), got {sample_rate!r}")
+    return int(sample_rate)
+
+
 def speech(audio, sample_rate=None) -> tuple[np.ndarray, int]:
     """Speech in any accepted form as ``(mono float32 samples at 16 kHz, 16000)``: a path
     (anything ``load`` reads), a ``(samples, rate)`` pair, or an array (numpy or torch)
@@ -213,11 +221,10 @@ def speech(audio, sample_rate=None) -> tuple[np.ndarray, int]:
     if hasattr(audio, "detach"):  # a torch tensor
         audio = audio.detach().cpu().numpy()
     samples = _check_samples(audio, "audio")
-    if isinstance(sample_rate, (bool, np.bool_)) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise AudioError(f"sample_rate must be a positive int (samples per second), got {sample_rate!r}")
+    rate = check_sample_rate(sample_rate)
     if samples.size == 0:
         raise AudioError("audio is empty")
-    return resample(samples, int(sample_rate), SAMPLE_RATE), SAMPLE_RATE
+    return resample(samples, rate, SAMPLE_RATE), SAMPLE_RATE
 
 
 def _check_samples(samples, name="samples"):
@@ -325,7 +332,8 @@ def _half_window(context: float) -> int:
 
 
 def _centre(i, fps):
-    return np.rint(np.asarray(i) / fps * SAMPLE_RATE / HOP).astype(np.int64)
+    """The mel frame video frame ``i`` at ``fps`` is centred on (``mel_index`` of its time)."""
+    return mel_index(np.asarray(i) / fps)
 
 
 def frame_windows(mel: np.ndarray, fps: float, num_frames: int, context: float = CONTEXT_S) -> np.ndarray:
@@ -360,9 +368,7 @@ class StreamResampler:
     of any chunking equals ``resample`` of the whole signal (tests/test_audio.py)."""
 
     def __init__(self, sample_rate: int, out_rate: int = SAMPLE_RATE):
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-            raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-        self.rate, self.out_rate = int(sample_rate), int(out_rate)
+        self.rate, self.out_rate = check_sample_rate(sample_rate), int(out_rate)
         self._stream = None
         if self.rate != self.out_rate:
             import soxr
@@ -401,9 +407,7 @@ def features(samples: np.ndarray, sample_rate: int, fps: float = 25.0, context: 
     """
     fps = _check_fps(fps)
     a = _check_samples(samples)
-    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-    a = resample(a, int(sample_rate), SAMPLE_RATE)
+    a = resample(a, check_sample_rate(sample_rate), SAMPLE_RATE)
     n = num_video_frames(len(a), SAMPLE_RATE, fps) if num_frames is None else int(num_frames)
     if n < 1:
         raise AudioError(f"the clip ({len(a)} samples at {SAMPLE_RATE} Hz) is shorter than one video frame at {fps:g} fps")
