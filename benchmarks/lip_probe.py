@@ -18,7 +18,9 @@ Reported per input: Pearson correlation of the predicted and tracked opening on 
 training and held-out frames (fit or generalisation?), the best lag within +-5 frames,
 and the motion ratio (spread of the prediction over the truth's, in the standardised unit).
 
-    python benchmarks/lip_probe.py data/me --steps 1500 --out benchmarks/results/lip_probe_me.json
+    python benchmarks/lip_probe.py data/me --steps 1500 --out lip_probe_me.json
+
+Keep its JSON out of the repository when DATA is footage the project may not ship.
 """
 from __future__ import annotations
 
