@@ -304,14 +304,17 @@ class Talker(nn.Module):
     def clip_windows(self, mel, num_frames: int, fps: float, *, causal: bool = False) -> Tensor:
         """Feature windows ``[num_frames, 2h+1, C]`` of frames at ``i / fps`` of a clip's
         log-mel ``[M, 80]`` (each centred on the last mel frame at or before its time: at
-        25 fps exactly ``audio.features``'s windows, plus the front end's channels)."""
+        ``audio.features``'s windows, plus the front end's channels)."""
+        return self.windows_of(*self.speech_features(mel, causal=causal), num_frames, fps)
+
+    def windows_of(self, features, start: int, num_frames: int, fps: float) -> Tensor:
+        """``clip_windows`` of features already made (``speech_features``'s pair)."""
         import numpy as np
 
         from . import audio as A
 
-        feats, start = self.speech_features(mel, causal=causal)
         centres = A.mel_index(np.arange(num_frames) / float(fps))
-        return torch.from_numpy(A.windows_at(feats, centres, self.encoder.config.half_window, start))
+        return torch.from_numpy(A.windows_at(features, centres, self.encoder.config.half_window, start))
 
     def sample_expression(self, num_frames: int, seed: int | None = None) -> tuple[Tensor, Tensor]:
         """``(residual [T, Ke], blink [T])`` for a new clip at the talker's own frame rate:

@@ -77,15 +77,21 @@ class ClipFrames:
         self.split_blink = None if self.blink is None else self.blink[self.indices.to(self.blink.device)].cpu()
         self.device = torch.device(device)
 
-    def set_windows(self, talker) -> None:
+    def set_windows(self, talker, *, normalise_encoders: bool = False) -> None:
         """The encoders' windows of every clip frame from ``talker``'s features (with its
         speech front end, if it has one: offline for the main encoder, causal for the
-        streaming one)."""
-        if talker.frontend is None:
-            return
-        self.windows = talker.clip_windows(self.mel.numpy(), self.num_frames, self.fps).to(self.device)
-        self.causal_windows = talker.clip_windows(self.mel.numpy(), self.num_frames, self.fps,
-                                                  causal=True).to(self.device)
+        streaming one); ``normalise_encoders``: also set each encoder's per-channel
+        statistics from the same features (a new talker)."""
+        mel = self.mel.numpy()
+        for enc, causal in ((talker.encoder, False), (talker.causal_encoder, True)):
+            feats, start = talker.speech_features(mel, causal=causal)
+            if normalise_encoders:  # the clip's own frames, not the silence padding
+                enc.set_normalization(torch.from_numpy(feats[-start:len(feats) + start] if start else feats))
+            windows = talker.windows_of(feats, start, self.num_frames, self.fps).to(self.device)
+            if causal:
+                self.causal_windows = windows
+            else:
+                self.windows = windows
 
     def __len__(self) -> int:
         return len(self.indices)

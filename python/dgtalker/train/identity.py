@@ -189,9 +189,6 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
     talker = Talker(generator, tcfg, seed=cfg.seed, residual_frames=data.num_frames)
     if frontend is not None:
         talker.frontend.load_state_dict(frontend.model.state_dict())
-    for enc, causal in ((talker.encoder, False), (talker.causal_encoder, True)):
-        feats, start = talker.speech_features(data.mel.numpy(), causal=causal)
-        enc.set_normalization(torch.from_numpy(feats[-start:len(feats) + start] if start else feats))
     with torch.no_grad():
         talker.background.copy_(data.plate)
         talker.body_w2c.copy_(mean_camera(data.w2c.cpu()))
@@ -203,7 +200,7 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
         talker.train_mask.zero_()
         talker.train_mask[data.indices] = True
     talker.to(device)
-    data.set_windows(talker)
+    data.set_windows(talker, normalise_encoders=True)
     if cfg.invert_steps > 0:
         idx = data.indices[torch.linspace(0, len(data) - 1, min(cfg.invert_views, len(data))).round().long()].numpy()
         views = load_views(dataset, idx, cfg.invert_resolution)
