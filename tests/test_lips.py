@@ -92,8 +92,9 @@ def test_lip_sync_figures_have_known_answers():
 
 def test_training_step_pins_the_first_lip_coefficients_to_the_tracked_mouth():
     """The step reports the lip-target term; it is the squared distance of the first two
-    lip coefficients of the step's own frames to their standardised tracked mouth, and
-    off (absent) at weight 0."""
+    lip coefficients of its own batch of training frames (``lip_batch`` of them, drawn
+    apart from the rendered pairs) to their standardised tracked mouth, and off (absent)
+    at weight 0."""
     from pathlib import Path
 
     import torch
@@ -110,14 +111,14 @@ def test_training_step_pins_the_first_lip_coefficients_to_the_tracked_mouth():
     assert data.mouth is not None and torch.isfinite(data.mouth).all()
     talker = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96),
                     residual_frames=data.num_frames)
-    cfg = tiny_config()
-    seen = {}
+    cfg = IdentityTrainConfig(**{**tiny_config().__dict__, "lip_batch": 13})
+    calls = []
     orig = sampler.speech_coefficients
 
     def spy(encoder, windows, frames, n):
         out = orig(encoder, windows, frames, n)
         if encoder is talker.encoder:
-            seen["frames"], seen["cl"] = frames.clone(), out[1].detach().clone()
+            calls.append((frames.clone(), out[1].detach().clone()))
         return out
 
     identity.speech_coefficients = spy
@@ -125,9 +126,56 @@ def test_training_step_pins_the_first_lip_coefficients_to_the_tracked_mouth():
         out = identity.train_step(talker, None, state.make_optimizer(talker, cfg), data, 0, cfg)
     finally:
         identity.speech_coefficients = orig
-    P = cfg.pairs
-    want = (seen["cl"][:2 * P, :2] - data.mouth[seen["frames"][:2 * P]]).pow(2).mean()
+    lip_calls = [c for c in calls if len(c[0]) == 13]
+    assert len(lip_calls) == 1
+    frames, cl = lip_calls[0]
+    train = set(ds.splits["train"].tolist())
+    assert set(frames.tolist()) <= train and len(set(frames.tolist())) > 1
+    want = (cl[:, :2] - data.mouth[frames]).pow(2).mean()
     assert out["lip_target"] == pytest.approx(float(want), rel=1e-5)
     off = identity.train_step(talker, None, state.make_optimizer(talker, cfg), data, 1,
                               IdentityTrainConfig(**{**cfg.__dict__, "lip_target": 0.0}))
     assert "lip_target" not in off
+
+
+@pytest.mark.parametrize("from_picture", [False, True])
+def test_pinned_lip_coefficients_learn_from_the_tracked_mouth_alone(from_picture):
+    """By default no photometric gradient reaches the two pinned lip coefficients of the
+    rendered frames (the tracked mouth alone trains them), while the free ones get it;
+    ``lips_from_picture`` lets it through."""
+    from pathlib import Path
+
+    import torch
+    from test_talker import tiny_config, tiny_generator
+
+    from dgtalker.data import load
+    from dgtalker.talker import Talker, TalkerConfig
+    from dgtalker.train import clip, identity, sampler, state
+    from dgtalker.train.config import IdentityTrainConfig
+
+    ds = load(Path(__file__).parent / "data" / "sample")
+    data = clip.ClipFrames(ds, ds.splits["train"], 64, progress=False)
+    talker = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96),
+                    residual_frames=data.num_frames)
+    cfg = IdentityTrainConfig(**{**tiny_config().__dict__, "lip_batch": 13, "lips_from_picture": from_picture})
+    grads = []
+    orig = sampler.speech_coefficients
+
+    def spy(encoder, windows, frames, n):
+        ce, cl = orig(encoder, windows, frames, n)
+        if encoder is talker.encoder and len(frames) != 13:  # the rendered frames, not the lip batch
+            cl.register_hook(lambda g: grads.append(g.detach().clone()))
+        return ce, cl
+
+    identity.speech_coefficients = spy
+    try:
+        identity.train_step(talker, None, state.make_optimizer(talker, cfg), data, 0, cfg)
+    finally:
+        identity.speech_coefficients = orig
+    assert len(grads) == 1
+    g = grads[0]
+    assert g[:, 2:].abs().sum() > 0
+    if from_picture:
+        assert g[:, :2].abs().sum() > 0
+    else:
+        assert torch.equal(g[:, :2], torch.zeros_like(g[:, :2]))

@@ -27,6 +27,8 @@ class IdentityTrainConfig:
     cross_weight: float = 1.0
     frontend: bool = True             # the encoders read the shipped speech front end's channels beside the log-mel
     lip_target: float = 0.5           # the first two lip coefficients against the tracked mouth opening and width
+    lip_batch: int = 64               # training frames per step of that target (the encoder alone, no rendering)
+    lips_from_picture: bool = False   # the pinned lip coefficients also learn from the photometric losses
     leak_weight: float = 0.05         # each branch's change on the wrong face region over its change on its own
     residual_reg: float = 1e-3        # mean ||residual||^2
     residual_smooth: float = 1e-3     # mean ||residual_t - residual_t+1||^2 (blinks last ~4 frames)
@@ -53,7 +55,7 @@ class IdentityTrainConfig:
 
     def validate(self) -> None:
         for name in ("steps", "resolution", "pairs", "checkpoint_every", "preview_every", "locality_every",
-                     "side_resolution"):
+                     "side_resolution", "lip_batch"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")

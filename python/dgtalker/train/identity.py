@@ -50,9 +50,18 @@ from .config import IdentityTrainConfig
 from .losses import cross_view_losses, face_regions, leak_loss, locality_loss, needle_penalty, side_silhouette_loss
 from .plate import over_background, random_background
 from .preview import save_preview
-from .sampler import compose_cross_batch, expression_weights, gather, sample_pairs, speech_coefficients
+from .sampler import (compose_cross_batch, expression_weights, gather, lip_target_frames, sample_pairs,
+                      speech_coefficients)
 from .state import (dataset_provenance, load_training_state, make_optimizer, restore_optimizer, resume_changes,
                     save_training)
+
+
+def pinned_lips(c_lip, data: ClipFrames, cfg: IdentityTrainConfig) -> int:
+    """How many leading lip coefficients the tracked mouth pins (the lip target) and only it
+    trains: 0 with no target, no tracked mouth, or ``lips_from_picture``."""
+    if cfg.lip_target <= 0 or data.mouth is None or cfg.lips_from_picture:
+        return 0
+    return min(2, c_lip.shape[1], data.mouth.shape[1])
 
 
 def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: IdentityTrainConfig) -> dict:
@@ -70,6 +79,12 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     nxt = lambda f: (f + 1).clamp(max=N - 1)  # noqa: E731
     frames = torch.cat([fi, fj, nxt(fi), nxt(fj)])
     ce, cl = speech_coefficients(talker.encoder, data.windows, frames, N)
+    pinned = pinned_lips(cl, data, cfg)
+    if pinned:
+        # the pinned lip coefficients learn from the tracked mouth alone; the picture teaches
+        # B_lip what they look like. Photometric gradients into them overfit the encoder to
+        # the training frames (held-out r 0.63 against 0.74 without them, docs/talker.md)
+        cl = torch.cat([cl[:, :pinned].detach(), cl[:, pinned:]], 1)
     res = talker.residual_track[frames]
     ce_full = ce + res
     c_exp, c_lip = compose_cross_batch(ce_full[:P], cl[:P], ce_full[P:2 * P], cl[P:2 * P])
@@ -114,12 +129,16 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
             loss = loss + cfg.leak_weight * leak
             out["leak"] = float(leak.detach())
     if cfg.lip_target > 0 and data.mouth is not None:
-        # the tracked mouth (standardised opening and width) pins the first two lip coefficients
-        # of the frames' own audio: a direct signal where the photometric one is weak
-        n_t = min(2, cl.shape[1])
-        tgt = data.mouth[frames[:2 * P], :n_t]
+        # the tracked mouth (standardised opening and width) pins the first two lip coefficients:
+        # a direct signal where the photometric one is weak. It runs on its own batch of
+        # training frames through the encoder alone: the step's few rendered frames are too
+        # few samples for the encoder to generalise from (it overfits them; docs/talker.md)
+        lf = lip_target_frames(step, data, cfg)
+        _, cl_t = speech_coefficients(talker.encoder, data.windows, lf, N)
+        n_t = min(2, cl_t.shape[1])
+        tgt = data.mouth[lf, :n_t]
         ok = torch.isfinite(tgt).all(1).float()
-        err = (cl[:2 * P, :n_t] - torch.nan_to_num(tgt)).pow(2).mean(1)
+        err = (cl_t[:, :n_t] - torch.nan_to_num(tgt)).pow(2).mean(1)
         lip_t = (err * ok).sum() / ok.sum().clamp_min(1.0)
         loss = loss + cfg.lip_target * lip_t
         out["lip_target"] = float(lip_t.detach())

@@ -51,6 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lip-target", type=float, default=d.lip_target, metavar="W",
                    help="weight pinning the first two lip coefficients to the tracked mouth opening and width of "
                         f"each frame (its landmarks; 0 = photometric lips only; default {d.lip_target})")
+    p.add_argument("--lip-batch", type=positive_int, default=d.lip_batch, metavar="N",
+                   help=f"training frames per step of that target, through the audio encoder alone (default {d.lip_batch})")
+    p.add_argument("--lips-from-picture", action="store_true",
+                   help="let the photometric losses train the pinned lip coefficients too (by default only the "
+                        "tracked mouth does, which generalises better to unheard audio)")
     p.add_argument("--locality", type=float, default=d.locality,
                    help=f"weight of the locality regulariser that keeps the tuned synthesis close to the prior's "
                         f"for other heads (more: better novel views, less: closer fit; default {d.locality})")
@@ -109,7 +114,8 @@ def run(args) -> int:
                               aniso_reg=args.aniso, lr_residual=args.lr_residual,
                               focus=args.focus, leak_weight=args.leak,
                               random_background=args.random_background, blink_share=args.blink_share,
-                              side_silhouette=args.side_silhouette, lip_target=args.lip_target,
+                              side_silhouette=args.side_silhouette, lip_target=args.lip_target, lip_batch=args.lip_batch,
+                              lips_from_picture=args.lips_from_picture,
                               frontend=not args.no_frontend)
     prior = None
     try:

@@ -19,6 +19,14 @@ def sample_pairs(step: int, n: int, pairs: int, seed: int, weights=None) -> tupl
     return torch.from_numpy(i), torch.from_numpy(j)
 
 
+def lip_target_frames(step: int, data, cfg) -> torch.Tensor:
+    """Clip frame indices ``[cfg.lip_batch]`` of a step's lip-target batch: training frames
+    drawn uniformly (seeded by seed and step, apart from the rendered pairs' draw)."""
+    rng = np.random.default_rng([cfg.seed, step, 1])
+    pos = torch.from_numpy(rng.integers(0, len(data), size=cfg.lip_batch))
+    return data.indices[pos].to(data.mouth.device)
+
+
 def expression_weights(upper_error: torch.Tensor, focus: float, blink: torch.Tensor | None = None,
                        blink_share: float = 0.0) -> np.ndarray | None:
     """Sampling probabilities of the expression frame (None: uniform). A share ``focus``
