@@ -61,7 +61,10 @@ def speech_coefficients(encoder, windows: torch.Tensor, frames: torch.Tensor, nu
     nb = encoder.neighbours(frames, num_frames)
     uniq, inv = torch.unique(nb, return_inverse=True)
     emb = encoder.frame_embedding(windows[uniq])
-    return encoder.from_embeddings(emb[inv])
+    # index_select, not emb[inv]: the latter's backward accumulates in a thread-dependent
+    # order on the CPU, and training must resume bit-exactly
+    picked = torch.index_select(emb, 0, inv.flatten()).reshape(*inv.shape, emb.shape[-1])
+    return encoder.from_embeddings(picked)
 
 
 def gather(gaussians, idx):
