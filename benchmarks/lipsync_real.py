@@ -12,7 +12,7 @@ the front end's speed (x real time, CPU, 2 torch threads, log-mel included, best
 
 Nothing is fitted to these clips; they are never used for training.
 
-    python benchmarks/lipsync_real.py [--footage DIR] [--out benchmarks/results/lipsync_real.json]
+    python benchmarks/lipsync_real.py [--footage DIR] [--out lipsync_real.json]
 """
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     here = Path(__file__).resolve().parent
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--footage", default=str(here.parent.parent / "shared" / "footage"))
-    p.add_argument("--out", default=str(here / "results" / "lipsync_real.json"))
+    p.add_argument("--out", default="lipsync_real.json",
+                   help="JSON to write (keep it out of the repository: it is measured on footage the project may not ship)")
     p.add_argument("--cache", default="/tmp/lipsync_real_tracks.json",
                    help="tracked curves are kept here between runs (the face mesh is the slow part)")
     p.add_argument("--weights", help="front-end weights (default: the shipped ones)")
