@@ -19,6 +19,24 @@ needs_mediapipe = pytest.mark.skipif(importlib.util.find_spec("mediapipe") is No
 SAMPLE = Path(__file__).parent / "data" / "sample"
 
 
+def test_region_box_is_a_square_around_the_mask_inside_the_image():
+    import torch
+
+    from dgtalker.eval.report import region_box
+
+    m = torch.zeros(100, 80)
+    m[60:70, 30:50] = 1.0  # 10 x 20 pixels
+    top, left, side = region_box(m, pad=0.25)
+    assert side == 30  # the larger extent, 20, padded by a quarter on each side
+    assert top <= 60 and top + side >= 70 and left <= 30 and left + side >= 50  # around the mask
+    assert abs(top + side / 2 - 65) <= 1 and abs(left + side / 2 - 40) <= 1  # centred on it
+    m2 = torch.zeros(100, 80)
+    m2[0:5, 70:80] = 1.0  # at the corner: the square is pushed inside
+    top, left, side = region_box(m2, pad=0.25)
+    assert top == 0 and left + side == 80 and side == 15
+    assert region_box(torch.zeros(10, 10)) is None
+
+
 def test_psnr_of_a_known_noise_level():
     rng = np.random.default_rng(0)
     a = rng.uniform(0.2, 0.8, (16, 16, 3))
@@ -117,6 +135,11 @@ def test_eval_command_end_to_end(tmp_path):
     assert set(rep["loudness_lag"]) == {"lag_frames", "corr", "truth_lag_frames"}
     assert rep["spiral"] is None  # the sample has novel-view ground truth
     assert (out / "sheet.png").stat().st_size > 0
+    # mouth and eyes of the worst, median and best frames, truth | render each, at full size
+    assert rep["details_sheet"] is True and "details.png" in (out / "report.md").read_text()
+    from PIL import Image
+    d = Image.open(out / "details.png")
+    assert d.width == 4 * (d.height // 3) and d.height % 3 == 0
     if not importlib.util.find_spec("mediapipe"):
         assert rep["frames"]["lmd_px"] is None and "not measured" in rep["lmd_note"]
     # the shipped talker on its own person's held-out frames (the sample's camera is not its training

@@ -72,7 +72,7 @@ def run(args) -> int:
     from ..io import atomic_write_bytes, atomic_write_json
     from ..talker import load_talker
     from .evaluate import clip_coefficients, evaluate, spiral_consistency
-    from .report import clean, contact_sheet, markdown, mouth_plot, render_speed
+    from .report import clean, contact_sheet, detail_sheet, markdown, mouth_plot, render_speed
 
     out = Path(args.out)
     try:
@@ -129,6 +129,8 @@ def run(args) -> int:
            "lmd_note": lmd_note, "per_frame": res["per_frame"]}
     rep["worst_median_best"] = contact_sheet(talker, dataset, coefficients, res["per_frame"], frames, size,
                                              out / "sheet.png", device)
+    picked = np.array([r["frame"] for r in rep["worst_median_best"]])
+    rep["details_sheet"] = detail_sheet(talker, dataset, coefficients, picked, out / "details.png", device)
     rep["mouth_plot"] = mouth_plot(res["per_frame"], frames, dataset.fps, out / "mouth.png")
     rep = clean(rep)
     atomic_write_json(out / "report.json", rep)

@@ -2,7 +2,8 @@
 
 It writes ``report.json`` (metrics, baselines, speed, provenance), ``report.md`` (the
 tables), ``sheet.png`` (ground truth | render | error at the worst, median and best
-frames) and ``mouth.png`` (mouth opening of truth and render over time). The
+frames), ``details.png`` (truth | render around the mouth and the eyes of those frames, at
+full resolution) and ``mouth.png`` (mouth opening of truth and render over time). The
 protocol is ``dgtalker.eval.evaluate``'s. Landmark distance (LMD) needs a face
 landmark detector (mediapipe, the ``[preprocess]`` extra); without one it is null
 and the report says why.
@@ -76,6 +77,59 @@ def contact_sheet(talker, dataset, coefficients, per_frame: list, frames: np.nda
     return [{"frame": int(i), "psnr": float(ps[k])} for i, k in zip(idx, pick)]
 
 
+def region_box(mask: torch.Tensor, pad: float = 0.25) -> tuple[int, int, int] | None:
+    """``(top, left, side)`` of a square around a soft mask ``[H, W]`` (its pixels above
+    0.5, padded by ``pad`` of the larger extent, inside the image), or None if empty."""
+    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
+    if len(ys) == 0:
+        return None
+    H, W = mask.shape
+    cy, cx = (int(ys.min()) + int(ys.max())) / 2, (int(xs.min()) + int(xs.max())) / 2
+    side = max(int(ys.max() - ys.min()), int(xs.max() - xs.min())) + 1
+    side = min(int(round(side * (1 + 2 * pad))), H, W)
+    top = int(round(min(max(cy - side / 2, 0), H - side)))
+    left = int(round(min(max(cx - side / 2, 0), W - side)))
+    return top, left, side
+
+
+def detail_sheet(talker, dataset, coefficients, frames, path: Path, device) -> bool:
+    """Truth | render around the mouth and around the eyes of clip ``frames`` at the clip's
+    full resolution (squares around the truth's lower- and upper-face masks; smaller
+    crops are enlarged to the largest by nearest neighbour), one row per frame;
+    ``coefficients``: the clip's ``clip_coefficients``. False (nothing written) if a
+    frame's mask lacks a region."""
+    from ..data.format import MASK_CHANNELS
+    from ..io import atomic_write_bytes, encode_image
+    from .evaluate import _GroundTruth, view_cameras
+
+    full = max(dataset.width, dataset.height)
+    w2c, K = view_cameras(dataset, frames, full, dataset.width, dataset.height, device)
+    gt, masks = _GroundTruth(dataset, full, device)(frames)
+    ce, cl = coefficients
+    with torch.no_grad():
+        img, _ = talker.clip_frames(ce[frames].to(device), cl[frames].to(device), w2c, K, full, full, checked=True)
+    img = img.clamp(0, 1)
+    crops = []  # per frame: [(truth, render)] for mouth and eyes
+    for g, r, m in zip(gt, img, masks):
+        row = []
+        for channel in (MASK_CHANNELS.index("lower_face"), MASK_CHANNELS.index("upper_face")):
+            box = region_box(m[..., channel].float())
+            if box is None:
+                return False
+            t, left, side = box
+            row.append((g[t:t + side, left:left + side], r[t:t + side, left:left + side]))
+        crops.append(row)
+    size = max(c.shape[0] for row in crops for pair in row for c in pair)
+
+    def enlarge(c):  # nearest-neighbour, so the pixels stay visible
+        return torch.nn.functional.interpolate(c.permute(2, 0, 1)[None], size=(size, size),
+                                               mode="nearest")[0].permute(1, 2, 0)
+
+    rows = [torch.cat([enlarge(c) for pair in row for c in pair], 1) for row in crops]
+    atomic_write_bytes(path, encode_image((torch.cat(rows, 0) * 255).round().byte().cpu().numpy(), "png"))
+    return True
+
+
 def mouth_plot(per_frame: list, frames: np.ndarray, fps: float, path: Path) -> bool:
     try:
         import matplotlib
@@ -145,6 +199,8 @@ def markdown(rep: dict) -> str:
                      f"{f(spr.get('lip_gap_cv'), 3)} (coefficient of variation) across them. {spr.get('note', '')}")
     lines += ["", f"Speed: {f(sp['fps'], 1)} frames/s on {sp['device']} ({sp['note']}).",
               f"LMD: {rep['lmd_note']}", "", "![worst, median, best: truth | render | error ×4](sheet.png)", ""]
+    if rep.get("details_sheet"):
+        lines += ["![the same frames at full resolution: mouth truth | render, eyes truth | render](details.png)", ""]
     if rep.get("mouth_plot"):
         lines.append("![mouth opening over time](mouth.png)")
     return "\n".join(lines) + "\n"
