@@ -62,6 +62,7 @@ class TalkerConfig:
     encoder: dict | None = None      # AudioEncoderConfig overrides (k_exp/k_lip/fps come from here)
     frontend: dict | None = None     # the speech front end's config (dgtalker.audio.frontend) if the encoder reads it
     max_lookahead_s: float = 0.2     # the causal encoder's bound
+    mouth_interior: bool = False     # teeth, tongue and cavity on a jaw driven by c_lip[0] (dgtalker.models.mouth)
 
     def __post_init__(self):
         for name in ("k_exp", "k_lip", "width", "height"):
@@ -77,6 +78,8 @@ class TalkerConfig:
             raise ValueError(f"TalkerConfig.fps must be in (0, 240], got {self.fps!r}")
         if not 0 < self.max_lookahead_s <= 1.0:
             raise ValueError(f"TalkerConfig.max_lookahead_s must be in (0, 1], got {self.max_lookahead_s!r}")
+        if self.mouth_interior and self.k_lip < 1:
+            raise ValueError("TalkerConfig.mouth_interior needs k_lip >= 1: its jaw follows the first lip coefficient")
 
     def frontend_config(self):
         if self.frontend is None:
@@ -233,6 +236,12 @@ class Talker(nn.Module):
         self.register_buffer("default_w2c", torch.eye(4))
         self.register_buffer("default_K", torch.eye(3))
         self.register_buffer("skin_weight", neck_skin_weights(generator), persistent=False)
+        if cfg.mouth_interior:
+            from .models.mouth import MouthInterior
+
+            self.mouth = MouthInterior(generator.template_position.detach().float().cpu())
+        else:
+            self.mouth = None
         self.source: dict = {}
         self._fast_synthesis = None  # a torch.compile'd synthesis (Talker.fast), not a submodule
 
@@ -395,7 +404,7 @@ class Talker(nn.Module):
         """Gaussians ``[F, N, ...]`` of clip frames seen by their own head cameras ``w2c
         [F, 4, 4]``: the torso posed where that clip has it (``body_transforms`` against
         the body camera). The one place that renders dataset frames with their torso."""
-        return self.pose_clip(self.gaussians(c_exp, c_lip, blink=blink, amp=amp), w2c)
+        return self.with_mouth(self.pose_clip(self.gaussians(c_exp, c_lip, blink=blink, amp=amp), w2c), c_lip)
 
     def pose_clip(self, gaussians, w2c: Tensor):
         """Gaussians ``[F, N, ...]`` already made, with the torso posed where the clip has
@@ -410,6 +419,15 @@ class Talker(nn.Module):
         head motion (``clip_gaussians``); images ``[F, H, W, 3]`` and alphas ``[F, H, W]``."""
         g = self.clip_gaussians(c_exp, c_lip, w2c, blink=blink, amp=amp)
         return self.rasterize(g, w2c, Ks, width, height, background=background, checked=checked)
+
+    def with_mouth(self, gaussians, c_lip: Tensor):
+        """Posed Gaussians ``[F, N, ...]`` with the mouth interior of lip coefficients
+        ``c_lip [F, Kl]`` appended (rigid with the head, so after the torso is posed);
+        unchanged for a talker without one."""
+        if self.mouth is None:
+            return gaussians
+        inner = self.mouth(c_lip[:, 0])
+        return tuple(torch.cat([g, m.to(g)], 1) for g, m in zip(gaussians, inner))
 
     def pose_torso(self, gaussians, body: Tensor | None):
         means, quats, scales, opac, colors = gaussians
@@ -455,7 +473,7 @@ class Talker(nn.Module):
         """Renders F frames from coefficients ``[F, K]`` and cameras ``[F, 4, 4]``/``[F, 3, 3]``;
         ``body [F, 4, 4]`` poses the torso (``body_transforms``), None keeps it at rest;
         ``blink [F]`` closes the eyes (0 open, 1 closed; None: open)."""
-        g = self.pose_torso(self.gaussians(c_exp, c_lip, blink=blink, amp=amp), body)
+        g = self.with_mouth(self.pose_torso(self.gaussians(c_exp, c_lip, blink=blink, amp=amp), body), c_lip)
         return self.rasterize(g, viewmats, Ks, width, height, background=background, checked=checked)
 
     # -- the inference API (dgtalker.render) --------------------------------------------
@@ -506,7 +524,7 @@ class Talker(nn.Module):
                 # the front end is not in any group: it stays as shipped
                 "blendshapes": list(self.blendshapes.parameters()), "encoder": list(self.encoder.parameters()),
                 "causal_encoder": list(self.causal_encoder.parameters()), "residual": [self.residual_track],
-                "eyelid": [self.blink_map]}
+                "eyelid": [self.blink_map], "mouth": [] if self.mouth is None else list(self.mouth.parameters())}
 
 
 def blendshape_sheet(talker: Talker, path, *, size: int = 160, sigma: float = 2.0, mean=None, std=None):

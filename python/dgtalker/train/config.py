@@ -21,6 +21,8 @@ class IdentityTrainConfig:
     lr_encoder: float = 5e-4
     lr_residual: float = 5e-2          # per-frame codes: each is drawn only every few hundred steps
     lr_eyelid: float = 1e-2           # the eyelid layer (raw-map offsets on the eye texels)
+    lr_mouth: float = 1e-2            # the mouth interior's colours, opacities, shift and jaw
+    mouth_interior: bool = False      # teeth, tongue and cavity on a jaw that follows the tracked opening
     blink_share: float = 0.1          # share of expression frames drawn among the clip's closed-eye frames
     ssim_weight: float = 0.2
     mask_weight: float = 0.5
@@ -69,6 +71,9 @@ class IdentityTrainConfig:
             v = getattr(self, f.name)
             if isinstance(v, float) and (not math.isfinite(v) or v < 0):
                 raise ValueError(f"{f.name} must be a finite number >= 0, got {v!r}")
+        if self.mouth_interior and self.lip_target <= 0:
+            raise ValueError("mouth_interior needs lip_target > 0: its jaw follows the first lip coefficient, "
+                             "which the tracked mouth opening pins")
         for name in ("focus", "random_background", "blink_share"):
             if getattr(self, name) > 1:
                 raise ValueError(f"{name} is a share of steps or frames, in [0, 1]; got {getattr(self, name)!r}")

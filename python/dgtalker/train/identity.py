@@ -104,7 +104,7 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     lat = torch.cat(lat).to(dev)
     w2c = torch.cat([v["w2c"] for v in views])
     Ks = torch.cat([v["K"] for v in views])
-    g = talker.pose_clip(gather(gauss, lat), w2c)
+    g = talker.with_mouth(talker.pose_clip(gather(gauss, lat), w2c), c_lip[lat])
     checked = True if dev.type == "cuda" else None
     image, alpha = talker.rasterize(g, w2c, Ks, R, R, checked=checked, background=background)
     own_img, own_a = image[:2 * P], alpha[:2 * P]
@@ -204,7 +204,8 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
 
         frontend = load_frontend()
     tcfg = TalkerConfig(k_exp=cfg.k_exp, k_lip=cfg.k_lip, width=data.width, height=data.height, fps=data.fps,
-                        frontend=None if frontend is None else _asdict(frontend.config))
+                        frontend=None if frontend is None else _asdict(frontend.config),
+                        mouth_interior=cfg.mouth_interior)
     talker = Talker(generator, tcfg, seed=cfg.seed, residual_frames=data.num_frames)
     if frontend is not None:
         talker.frontend.load_state_dict(frontend.model.state_dict())

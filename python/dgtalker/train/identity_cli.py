@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"each frame (its landmarks; 0 = photometric lips only; default {d.lip_target})")
     p.add_argument("--lip-batch", type=positive_int, default=d.lip_batch, metavar="N",
                    help=f"training frames per step of that target, through the audio encoder alone (default {d.lip_batch})")
+    p.add_argument("--mouth-interior", action="store_true",
+                   help="add teeth, tongue and a dark cavity behind the lips, on a jaw that opens with the tracked "
+                        "mouth opening (needs --lip-target > 0; not yet measured on real clips)")
     p.add_argument("--lips-from-picture", action="store_true",
                    help="let the photometric losses train the pinned lip coefficients too (by default only the "
                         "tracked mouth does, which generalises better to unheard audio)")
@@ -115,7 +118,7 @@ def run(args) -> int:
                               focus=args.focus, leak_weight=args.leak,
                               random_background=args.random_background, blink_share=args.blink_share,
                               side_silhouette=args.side_silhouette, lip_target=args.lip_target, lip_batch=args.lip_batch,
-                              lips_from_picture=args.lips_from_picture,
+                              lips_from_picture=args.lips_from_picture, mouth_interior=args.mouth_interior,
                               frontend=not args.no_frontend)
     prior = None
     try:

@@ -23,8 +23,9 @@ def make_optimizer(talker, cfg: IdentityTrainConfig):
     groups = talker.parameter_groups()
     lrs = {"synthesis": cfg.lr_synthesis, "output_bias": cfg.lr_output_bias, "w_can": cfg.lr_w,
            "blendshapes": cfg.lr_blendshapes, "encoder": cfg.lr_encoder, "causal_encoder": cfg.lr_encoder,
-           "residual": cfg.lr_residual, "eyelid": cfg.lr_eyelid}
-    return torch.optim.Adam([{"params": groups[k], "lr": lrs[k], "name": k} for k in lrs], betas=(0.9, 0.99))
+           "residual": cfg.lr_residual, "eyelid": cfg.lr_eyelid, "mouth": cfg.lr_mouth}
+    return torch.optim.Adam([{"params": groups[k], "lr": lrs[k], "name": k} for k in lrs if groups[k]],
+                            betas=(0.9, 0.99))
 
 
 def _state_path(out: Path) -> Path:
@@ -81,7 +82,7 @@ def restore_optimizer(opt, tensors: dict, meta: dict) -> None:
 # what a resume must find unchanged (beyond the budget: steps and minutes)
 BUDGET_OPTIONS = ("steps", "minutes")
 # what even a forced resume cannot change: the saved tensors' shapes depend on them
-SHAPE_OPTIONS = ("k_exp", "k_lip")
+SHAPE_OPTIONS = ("k_exp", "k_lip", "mouth_interior")
 
 
 def dataset_provenance(dataset) -> dict:
