@@ -82,8 +82,9 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     pinned = pinned_lips(cl, data, cfg)
     if pinned:
         # the pinned lip coefficients learn from the tracked mouth alone; the picture teaches
-        # B_lip what they look like. Photometric gradients into them overfit the encoder to
-        # the training frames (held-out r 0.63 against 0.74 without them, docs/talker.md)
+        # B_lip what they look like (a talker trained with photometric gradients into them
+        # generalised worse than the encoder trained on the target alone: held-out r 0.63
+        # against 0.74; docs/benchmarks.md, where the controlled comparison is pending)
         cl = torch.cat([cl[:, :pinned].detach(), cl[:, pinned:]], 1)
     res = talker.residual_track[frames]
     ce_full = ce + res
