@@ -28,12 +28,10 @@ import numpy as np
 import torch
 
 
-def encoder_link(talker, dataset, tracked) -> dict:
-    from dgtalker.eval.evaluate import clip_coefficients
+def encoder_link(dataset, coefficients, tracked) -> dict:
     from dgtalker.eval.metrics import pearson
 
-    _, cl = clip_coefficients(talker, dataset)
-    c0 = cl[:, 0].numpy()
+    c0 = coefficients[1][:, 0].numpy()
     train, held = dataset.splits["train"], dataset.splits["heldout"]
     sd = tracked[train].std()
     out = {}
@@ -43,11 +41,10 @@ def encoder_link(talker, dataset, tracked) -> dict:
     return out
 
 
-def sweep_link(talker, dataset, values=(-2, -1, 0, 1, 2, 3, 4)) -> dict:
-    from dgtalker.eval.evaluate import clip_coefficients
+def sweep_link(talker, coefficients, values=(-2, -1, 0, 1, 2, 3, 4)) -> dict:
     from dgtalker.eval.landmarks import FaceLandmarks, lip_gap
 
-    ce, cl = clip_coefficients(talker, dataset)
+    ce, cl = coefficients
     cam = talker.camera()
     vm, K = cam
     n = len(values)
@@ -78,6 +75,7 @@ def main(argv=None) -> int:
 
     import dgtalker
     from dgtalker.data import load
+    from dgtalker.eval.evaluate import clip_coefficients
 
     talker = dgtalker.load_talker(a.talker, device="cpu")
     ds = load(a.data)
@@ -85,19 +83,20 @@ def main(argv=None) -> int:
     if "mouth_opening" not in gt:
         raise SystemExit(f"{a.data}: no tracked mouth opening (gt.npz mouth_opening); run dgtalker preprocess")
     tracked = np.asarray(gt["mouth_opening"], np.float64)
+    coefficients = clip_coefficients(talker, ds)
     res = {"talker": a.talker, "data": str(ds.root), "source_steps": talker.source.get("trained_steps"),
            "tracked_opening": {"mean": float(np.nanmean(tracked)), "std": float(np.nanstd(tracked)),
                                "p95": float(np.nanpercentile(tracked, 95))},
-           "encoder": encoder_link(talker, ds, tracked)}
+           "encoder": encoder_link(ds, coefficients, tracked)}
     print("encoder", json.dumps(res["encoder"]), flush=True)
     if a.sweep:
-        res["sweep"] = sweep_link(talker, ds)
+        res["sweep"] = sweep_link(talker, coefficients)
         print("sweep", json.dumps(res["sweep"]), flush=True)
     if a.train_every > 0:
         from dgtalker.eval.evaluate import evaluate
 
         rep = evaluate(talker, ds, frames=ds.splits["train"][::a.train_every], size=a.size, novel=False,
-                       baselines=False, progress=False)
+                       baselines=False, progress=False, coefficients=coefficients)
         f = rep["frames"]
         res["training_frames"] = {k: f.get(k) for k in ("frames", "lip_corr", "lip_motion_ratio", "lip_lag_frames",
                                                          "psnr", "psnr_lower_face", "lmd_px")}

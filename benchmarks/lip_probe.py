@@ -33,21 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def pearson(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
-    d = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / d) if d > 0 else float("nan")
-
-
-def best_lag(t, p, m=5):
-    out = []
-    for lag in range(-m, m + 1):
-        out.append((pearson(t[: len(t) - lag], p[lag:]) if lag >= 0 else pearson(t[-lag:], p[: len(p) + lag]), lag))
-    c, lag = max(out)
-    return lag, c
+from dgtalker.eval.metrics import best_lag, pearson
 
 
 def adapt_frontend(fe, mel, N, fps, target, train, held, steps, lr):

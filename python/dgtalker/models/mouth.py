@@ -89,10 +89,11 @@ class MouthInterior(nn.Module):
         pts = interior_points(mouth_front_z(template_position))
         rest = torch.cat([pts[p] for p in PARTS])
         part = torch.cat([torch.full((len(pts[p]),), k) for k, p in enumerate(PARTS)])
-        self.register_buffer("rest", rest)
-        self.register_buffer("part", part)
-        self.register_buffer("on_jaw", ((part == PARTS.index("lower_teeth")) | (part == PARTS.index("tongue"))).float())
-        self.register_buffer("log_size", torch.log(torch.tensor([SIZES[PARTS[k]] for k in part.tolist()])))
+        # geometry follows from the template (in the generator): not saved with the talker
+        self.register_buffer("rest", rest, persistent=False)
+        self.register_buffer("part", part, persistent=False)
+        self.register_buffer("log_size", torch.log(torch.tensor([SIZES[PARTS[k]] for k in part.tolist()])),
+                             persistent=False)
         colour = torch.tensor([COLOURS[PARTS[k]] for k in part.tolist()])
         self.colour_logit = nn.Parameter(torch.logit(colour))
         self.opacity_logit = nn.Parameter(torch.full((len(rest),), _logit(0.95)))
@@ -113,7 +114,8 @@ class MouthInterior(nn.Module):
         hinge = self.rest.new_tensor(HINGE)
         R = _rot_x(self.jaw_angle(opening))                                   # [F, 3, 3]
         turned = torch.einsum("fij,nj->fni", R, self.rest - hinge) + hinge    # [F, n, 3]
-        w = self.on_jaw[None, :, None]
+        on_jaw = (self.part == PARTS.index("lower_teeth")) | (self.part == PARTS.index("tongue"))
+        w = on_jaw.to(self.rest)[None, :, None]
         means = self.rest[None] + w * (turned - self.rest[None]) + self.shift
         n = len(self.rest)
         quats = self.rest.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(F, n, 4)

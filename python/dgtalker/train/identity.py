@@ -57,11 +57,11 @@ from .state import (dataset_provenance, load_training_state, make_optimizer, res
 
 
 def pinned_lips(c_lip, data: ClipFrames, cfg: IdentityTrainConfig) -> int:
-    """How many leading lip coefficients the tracked mouth pins (the lip target) and only it
-    trains: 0 with no target, no tracked mouth, or ``lips_from_picture``."""
-    if cfg.lip_target <= 0 or data.mouth is None or cfg.lips_from_picture:
+    """How many leading lip coefficients the tracked mouth pins (the lip target: opening
+    and width, ``data.mouth``'s columns): 0 with no target or no tracked mouth."""
+    if cfg.lip_target <= 0 or data.mouth is None:
         return 0
-    return min(2, c_lip.shape[1], data.mouth.shape[1])
+    return min(data.mouth.shape[1], c_lip.shape[1])
 
 
 def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: IdentityTrainConfig) -> dict:
@@ -80,7 +80,7 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     frames = torch.cat([fi, fj, nxt(fi), nxt(fj)])
     ce, cl = speech_coefficients(talker.encoder, data.windows, frames, N)
     pinned = pinned_lips(cl, data, cfg)
-    if pinned:
+    if pinned and not cfg.lips_from_picture:
         # the pinned lip coefficients learn from the tracked mouth alone; the picture teaches
         # B_lip what they look like (a talker trained with photometric gradients into them
         # generalised worse than the encoder trained on the target alone: held-out r 0.63
@@ -129,17 +129,15 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
             leak = leak_loss(gauss, P, lower, upper)
             loss = loss + cfg.leak_weight * leak
             out["leak"] = float(leak.detach())
-    if cfg.lip_target > 0 and data.mouth is not None:
-        # the tracked mouth (standardised opening and width) pins the first two lip coefficients:
+    if pinned:
+        # the tracked mouth (standardised opening and width) pins the first lip coefficients:
         # a direct signal where the photometric one is weak. It runs on its own batch of
-        # training frames through the encoder alone: the step's few rendered frames are too
-        # few samples for the encoder to generalise from (it overfits them; docs/talker.md)
+        # training frames through the encoder alone (no rendering, so many frames are cheap)
         lf = lip_target_frames(step, data, cfg)
         _, cl_t = speech_coefficients(talker.encoder, data.windows, lf, N)
-        n_t = min(2, cl_t.shape[1])
-        tgt = data.mouth[lf, :n_t]
+        tgt = data.mouth[lf, :pinned]
         ok = torch.isfinite(tgt).all(1).float()
-        err = (cl_t[:, :n_t] - torch.nan_to_num(tgt)).pow(2).mean(1)
+        err = (cl_t[:, :pinned] - torch.nan_to_num(tgt)).pow(2).mean(1)
         lip_t = (err * ok).sum() / ok.sum().clamp_min(1.0)
         loss = loss + cfg.lip_target * lip_t
         out["lip_target"] = float(lip_t.detach())
