@@ -179,3 +179,53 @@ def test_pinned_lip_coefficients_learn_from_the_tracked_mouth_alone(from_picture
         assert g[:, :2].abs().sum() > 0
     else:
         assert torch.equal(g[:, :2], torch.zeros_like(g[:, :2]))
+
+
+def test_concordance_scores_agreement_in_correlation_mean_and_spread():
+    """Lin's concordance: 1 for equal columns, the correlation discounted by a shrunk
+    spread or a shifted mean, and rows marked invalid do not count."""
+    import torch
+
+    from dgtalker.train.losses import concordance
+
+    g = torch.Generator().manual_seed(3)
+    t = torch.randn(200, 2, generator=g)
+    ok = torch.ones(200, dtype=torch.bool)
+    assert torch.allclose(concordance(t, t, ok), torch.ones(2), atol=1e-5)
+    # perfectly correlated but half the spread: 2 * 0.5 / (0.25 + 1) = 0.8
+    assert torch.allclose(concordance(0.5 * (t - t.mean(0)) + t.mean(0), t, ok), torch.full((2,), 0.8), atol=1e-3)
+    shifted = concordance(t + 1.0, t, ok)
+    assert (shifted < 0.7).all() and (shifted > 0.3).all()
+    wild = t.clone()
+    wild[:20] = 1e3  # garbage rows, marked invalid
+    mask = ok.clone()
+    mask[:20] = False
+    assert torch.allclose(concordance(wild, t, mask), concordance(t[20:], t[20:], ok[20:]), atol=1e-5)
+    assert torch.isfinite(concordance(t, torch.full_like(t, float("nan")), mask)).all()
+
+
+def test_lip_concordance_term_is_reported_and_trains_the_encoder():
+    """With ``lip_concordance`` the step adds 1 - CCC of the lip batch and reports it; the
+    encoder's parameters then get a different gradient than without it."""
+    from pathlib import Path
+
+    from test_talker import tiny_config, tiny_generator
+
+    from dgtalker.data import load
+    from dgtalker.talker import Talker, TalkerConfig
+    from dgtalker.train import clip, identity, state
+    from dgtalker.train.config import IdentityTrainConfig
+
+    ds = load(Path(__file__).parent / "data" / "sample")
+    data = clip.ClipFrames(ds, ds.splits["train"], 64, progress=False)
+    outs, grads = [], []
+    for w in (0.0, 1.0):
+        talker = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96),
+                        residual_frames=data.num_frames)
+        cfg = IdentityTrainConfig(**{**tiny_config().__dict__, "lip_batch": 13, "lip_concordance": w})
+        opt = state.make_optimizer(talker, cfg)
+        outs.append(identity.train_step(talker, None, opt, data, 0, cfg))
+        grads.append(talker.encoder.head[-1].weight.grad.clone())
+    assert "lip_ccc" not in outs[0]
+    assert -1.0 <= outs[1]["lip_ccc"] <= 1.0
+    assert (grads[0] - grads[1]).abs().max() > 1e-9

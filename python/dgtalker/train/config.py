@@ -31,6 +31,7 @@ class IdentityTrainConfig:
     lip_target: float = 0.5           # the first two lip coefficients against the tracked mouth opening and width
     lip_batch: int = 64               # training frames per step of that target (the encoder alone, no rendering)
     lips_from_picture: bool = False   # the pinned lip coefficients also learn from the photometric losses
+    lip_concordance: float = 0.0      # weight of 1 - concordance (Lin's CCC) of that batch: counters shrinkage
     leak_weight: float = 0.05         # each branch's change on the wrong face region over its change on its own
     residual_reg: float = 1e-3        # mean ||residual||^2
     residual_smooth: float = 1e-3     # mean ||residual_t - residual_t+1||^2 (blinks last ~4 frames)

@@ -47,7 +47,7 @@ import torch
 from ..metrics import photometric_loss, psnr
 from .clip import ClipFrames
 from .config import IdentityTrainConfig
-from .losses import cross_view_losses, face_regions, leak_loss, locality_loss, needle_penalty, side_silhouette_loss
+from .losses import concordance, cross_view_losses, face_regions, leak_loss, locality_loss, needle_penalty, side_silhouette_loss
 from .plate import over_background, random_background
 from .preview import save_preview
 from .sampler import (compose_cross_batch, expression_weights, gather, lip_target_frames, sample_pairs,
@@ -141,6 +141,12 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
         lip_t = (err * ok).sum() / ok.sum().clamp_min(1.0)
         loss = loss + cfg.lip_target * lip_t
         out["lip_target"] = float(lip_t.detach())
+        if cfg.lip_concordance > 0:
+            # squared error alone shrinks predictions of unheard audio towards the mean (held-out
+            # spread 0.5-0.7 of the truth's); concordance also asks for the truth's spread
+            ccc = concordance(cl_t[:, :pinned], tgt, ok.bool())
+            loss = loss + cfg.lip_concordance * (1 - ccc).mean()
+            out["lip_ccc"] = float(ccc.mean().detach())
     # regularisers
     if cfg.aniso_reg > 0:
         loss = loss + cfg.aniso_reg * needle_penalty(gauss[2])

@@ -1,6 +1,7 @@
 """The losses of identity training beyond the photometric ones (``dgtalker.metrics``):
 masked cross-view supervision, the disentanglement (leak) loss on the Gaussians, the
-needle penalty, pivotal tuning's locality, and the side-view silhouettes."""
+needle penalty, pivotal tuning's locality, the side-view silhouettes, and the lip
+target's concordance."""
 from __future__ import annotations
 
 import math
@@ -127,3 +128,16 @@ def side_silhouette_loss(talker, reference, gaussians, c_exp, c_lip, w2c, K, ste
     _, alpha = talker.rasterize(talker.pose_clip(gaussians, w2c), views, Ks, S, S, background=black,
                                 checked=checked)
     return (alpha - target).abs().mean()
+
+
+def concordance(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Lin's concordance correlation per column of ``pred, target [B, K]`` over the rows
+    ``valid [B]`` (bool): 2 cov / (var_p + var_t + (mean_p - mean_t)^2), in [-1, 1]; 1 only
+    when the two agree in correlation, mean and spread."""
+    w = valid.to(pred.dtype)[:, None]
+    n = w.sum().clamp_min(1.0)
+    target = torch.nan_to_num(target)
+    mp, mt = (pred * w).sum(0) / n, (target * w).sum(0) / n
+    dp, dt = (pred - mp) * w, (target - mt) * w
+    cov = (dp * dt).sum(0) / n
+    return 2 * cov / (dp.pow(2).sum(0) / n + dt.pow(2).sum(0) / n + (mp - mt).pow(2) + 1e-8)
