@@ -14,8 +14,13 @@ and its clip (a ``dgtalker preprocess`` dataset with ``gt.npz`` ``mouth_opening`
 3. **rendered training frames** (``--train-every K``): audio-only renders of every K-th
    training frame scored like ``dgtalker eval`` (inner-lip correlation, motion ratio),
    to set beside ``dgtalker eval``'s held-out figures.
+4. **render link on held-out frames** (``--heldout-variants``): the held-out frames
+   rendered from their audio as ``dgtalker eval`` does, then with the unpinned lip
+   coefficients held at their clip mean (do they add signal or noise?), then with the
+   pinned ones replaced by the tracked mouth itself (a perfect encoder: what the
+   blendshape and the renderer can show at best).
 
-    python benchmarks/lip_chain.py TALKER --data DATA [--sweep] [--train-every 8] [--json out.json]
+    python benchmarks/lip_chain.py TALKER --data DATA [--sweep] [--train-every 8] [--heldout-variants] [--json out.json]
 
 Keep its JSON out of the repository when DATA is footage the project may not ship.
 """
@@ -62,12 +67,46 @@ def sweep_link(talker, coefficients, values=(-2, -1, 0, 1, 2, 3, 4)) -> dict:
     return {"c_lip0": list(values), "rendered_opening": opening}
 
 
+def heldout_variants(talker, dataset, coefficients, size) -> dict:
+    from dgtalker.eval.evaluate import evaluate
+    from dgtalker.train.clip import mouth_targets
+
+    ce, cl = coefficients
+    held = dataset.splits["heldout"]
+    pinned = 2 if talker.source.get("train_config", {}).get("lip_target", 0) > 0 else 0
+    tracked = torch.from_numpy(np.nan_to_num(mouth_targets(dataset, dataset.splits["train"])))
+    train = torch.from_numpy(np.asarray(dataset.splits["train"]))
+    variants = {"encoder": cl}
+    rest_at_mean = cl.clone()
+    rest_at_mean[:, pinned:] = cl[train, pinned:].mean(0)
+    variants["unpinned_at_mean"] = rest_at_mean
+    if pinned:
+        oracle = cl.clone()
+        oracle[:, :pinned] = tracked[:, :pinned]
+        variants["tracked_pinned"] = oracle
+        both = rest_at_mean.clone()
+        both[:, :pinned] = tracked[:, :pinned]
+        variants["tracked_pinned_unpinned_at_mean"] = both
+    out = {}
+    for name, lips in variants.items():
+        rep = evaluate(talker, dataset, frames=held, size=size, novel=False, baselines=False, progress=False,
+                       coefficients=(ce, lips))
+        f = rep["frames"]
+        out[name] = {k: f.get(k) for k in ("lip_corr", "lip_motion_ratio", "lip_lag_frames", "psnr_lower_face",
+                                           "lmd_px")}
+        print("held-out", name, json.dumps(out[name]), flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("talker")
     ap.add_argument("--data", required=True, help="the talker's training clip (dgtalker preprocess)")
     ap.add_argument("--sweep", action="store_true", help="also sweep the first lip coefficient (face mesh)")
     ap.add_argument("--train-every", type=int, default=0, help="also render every K-th training frame (0: no)")
+    ap.add_argument("--heldout-variants", action="store_true",
+                    help="also render the held-out frames with the unpinned lips at their mean and with the tracked "
+                         "mouth in the pinned coefficients")
     ap.add_argument("--size", type=int, default=256, help="render size of the training frames (default 256)")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args(argv)
@@ -101,6 +140,8 @@ def main(argv=None) -> int:
         res["training_frames"] = {k: f.get(k) for k in ("frames", "lip_corr", "lip_motion_ratio", "lip_lag_frames",
                                                          "psnr", "psnr_lower_face", "lmd_px")}
         print("training frames", json.dumps(res["training_frames"]), flush=True)
+    if a.heldout_variants:
+        res["heldout_variants"] = heldout_variants(talker, ds, coefficients, a.size)
     if a.json:
         from pathlib import Path
 
