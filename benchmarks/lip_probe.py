@@ -75,6 +75,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--inputs", default="logmel,frontend", help="which encoder inputs to train (default both)")
+    ap.add_argument("--curve-every", type=int, default=0,
+                    help="also score the held-out frames every this many steps (does longer training overfit?)")
     ap.add_argument("--adapt-steps", type=int, default=0, help="also adapt the front end's output layers this long")
     ap.add_argument("--adapt-lr", type=float, default=3e-4)
     ap.add_argument("--out", help="JSON to write")
@@ -129,6 +131,7 @@ def main(argv=None):
         g = torch.Generator().manual_seed(a.seed)
         t0 = time.perf_counter()
         enc.train()
+        curve = []
         for step in range(a.steps):
             f = pool[torch.randint(0, len(pool), (a.batch,), generator=g)]
             _, cl = speech_coefficients(enc, win, f, N)
@@ -136,6 +139,13 @@ def main(argv=None):
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if a.curve_every and (step + 1) % a.curve_every == 0:
+                with torch.no_grad():
+                    _, cl = speech_coefficients(enc, win, torch.from_numpy(held), N)
+                p = cl[:, 0].numpy()
+                curve.append({"step": step + 1, "heldout_corr": pearson(p, tracked[held]),
+                              "heldout_motion_ratio": float(np.nanstd(p) / np.nanstd(tracked[held]))})
+                print(name, json.dumps(curve[-1]), flush=True)
         enc.eval()
         with torch.no_grad():
             _, cl = speech_coefficients(enc, win, torch.arange(N), N)
@@ -143,7 +153,8 @@ def main(argv=None):
         res[name] = {"train_corr": pearson(p[train], tracked[train]), "heldout_corr": pearson(p[held], tracked[held]),
                      "heldout_best_lag": best_lag(tracked[held], p[held]),
                      "heldout_motion_ratio": float(np.nanstd(p[held]) / np.nanstd(tracked[held])),
-                     "final_loss": float(loss.detach()), "seconds": round(time.perf_counter() - t0, 1)}
+                     "final_loss": float(loss.detach()), "seconds": round(time.perf_counter() - t0, 1),
+                     **({"curve": curve} if curve else {})}
         print(name, json.dumps(res[name]), flush=True)
     print(json.dumps(res, indent=1))
     if a.out:

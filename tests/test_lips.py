@@ -229,3 +229,45 @@ def test_lip_concordance_term_is_reported_and_trains_the_encoder():
     assert "lip_ccc" not in outs[0]
     assert -1.0 <= outs[1]["lip_ccc"] <= 1.0
     assert (grads[0] - grads[1]).abs().max() > 1e-9
+
+
+def test_mouth_boxes_surround_the_tracked_lips_at_training_size():
+    """The training frames' mouth squares hold the tracked lip points (scaled to the
+    training size) with a margin, are small against the frame, and the step's extra
+    mouth term is the L1 inside them."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from test_talker import tiny_config, tiny_generator
+
+    from dgtalker.data import load
+    from dgtalker.talker import Talker, TalkerConfig
+    from dgtalker.train import clip, identity, state
+    from dgtalker.train.config import IdentityTrainConfig
+
+    ds = load(Path(__file__).parent / "data" / "sample")
+    R = 64
+    boxes = clip.mouth_boxes(ds, R)
+    assert boxes is not None and boxes.shape == (len(ds), 4)
+    names = list(ds.landmark_names)
+    pts = np.asarray(ds.gt["landmarks_2d"])[:, [names.index("mouth_corner_left"), names.index("upper_lip_mid"),
+                                                 names.index("lower_lip_mid"), names.index("mouth_corner_right")]]
+    pts = pts * np.array([R / ds.width, R / ds.height])
+    seen = boxes[:, 2] > boxes[:, 0]
+    assert seen.sum() > 0
+    assert (pts[seen, :, 0] > boxes[seen, None, 0]).all() and (pts[seen, :, 0] < boxes[seen, None, 2]).all()
+    assert (pts[seen, :, 1] > boxes[seen, None, 1]).all() and (pts[seen, :, 1] < boxes[seen, None, 3]).all()
+    m = clip.box_masks(torch.tensor([[10.0, 20.0, 30.0, 25.0]]), R)
+    assert m.shape == (1, R, R) and int(m.sum()) == 20 * 5 and m[0, 20, 10] == 1 and m[0, 25, 10] == 0
+    data = clip.ClipFrames(ds, ds.splits["train"], R, progress=False)
+    b = data.batch(torch.arange(3))
+    assert 0 < b["mouth"].sum() / b["mouth"].numel() < 0.2
+    talker = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96),
+                    residual_frames=data.num_frames)
+    cfg = IdentityTrainConfig(**{**tiny_config().__dict__, "mouth_weight": 1.0})
+    out = identity.train_step(talker, None, state.make_optimizer(talker, cfg), data, 0, cfg)
+    assert out["mouth_l1"] > 0
+    off = identity.train_step(talker, None, state.make_optimizer(talker, cfg), data, 1,
+                              IdentityTrainConfig(**{**cfg.__dict__, "mouth_weight": 0.0}))
+    assert "mouth_l1" not in off

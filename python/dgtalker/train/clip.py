@@ -73,6 +73,8 @@ class ClipFrames:
         self.blink = None if b is None else torch.from_numpy(b).to(device)  # per clip frame, 0 open .. 1 closed
         mouth = mouth_targets(dataset, idx)
         self.mouth = None if mouth is None else torch.from_numpy(mouth).to(device)  # [N, 2] standardised, NaN: none
+        boxes = mouth_boxes(dataset, R)
+        self.mouth_box = None if boxes is None else torch.from_numpy(boxes).to(device)  # [N, 4] training pixels
         self.upper_error = torch.ones(len(idx))  # last upper-face error per frame (the sampler's state)
         self.split_blink = None if self.blink is None else self.blink[self.indices.to(self.blink.device)].cpu()
         self.device = torch.device(device)
@@ -99,8 +101,11 @@ class ClipFrames:
     def batch(self, k: torch.Tensor) -> dict:
         k = k.to(self.rgb.device)
         m = self.masks[k].float() / 255
-        return {"rgb": self.rgb[k].float() / 255, "head": m[..., 0], "lower": m[..., 1], "upper": m[..., 2],
-                "fg": m[..., 3], "K": self.K[k], "w2c": self.w2c[k]}
+        out = {"rgb": self.rgb[k].float() / 255, "head": m[..., 0], "lower": m[..., 1], "upper": m[..., 2],
+               "fg": m[..., 3], "K": self.K[k], "w2c": self.w2c[k]}
+        if self.mouth_box is not None:
+            out["mouth"] = box_masks(self.mouth_box[self.indices[k.cpu()].to(self.mouth_box.device)], m.shape[1])
+        return out
 
 
 def mouth_measures(dataset) -> np.ndarray | None:
@@ -125,6 +130,41 @@ def mouth_measures(dataset) -> np.ndarray | None:
     if "landmarks_visible" in gt:  # frames without a face (the corpus' occlusion flags are per point: positions stay exact)
         out[~np.asarray(gt["landmarks_visible"]).any(1)] = np.nan
     return out
+
+
+def mouth_boxes(dataset, resolution: int, pad: float = 0.35) -> np.ndarray | None:
+    """Per frame ``[N, 4]`` (x0, y0, x1, y1) a square around the tracked lips in training
+    pixels (the frame resized to ``resolution`` squared): the face mesh's lip contour
+    (``gt.npz`` ``lips_2d``) or the corpus' mouth landmarks, its side the lips' larger
+    extent plus ``pad`` of it on each side; all zero where no face was tracked. None
+    without lip points."""
+    gt = dataset.gt
+    if gt is not None and "lips_2d" in gt:
+        pts = np.asarray(gt["lips_2d"], np.float64)
+        found = np.asarray(gt["face_found"], bool) if "face_found" in gt else np.ones(len(pts), bool)
+    else:
+        names = list(dataset.landmark_names)
+        need = ("mouth_corner_left", "mouth_corner_right", "upper_lip_mid", "lower_lip_mid")
+        if gt is None or "landmarks_2d" not in gt or not all(n in names for n in need):
+            return None
+        pts = np.asarray(gt["landmarks_2d"], np.float64)[:, [names.index(n) for n in need]]
+        found = (np.asarray(gt["landmarks_visible"]).any(1) if "landmarks_visible" in gt
+                 else np.ones(len(pts), bool))
+    scale = np.array([resolution / dataset.width, resolution / dataset.height])
+    pts = pts * scale
+    lo, hi = pts.min(1), pts.max(1)
+    centre, half = (lo + hi) / 2, (hi - lo).max(1, keepdims=True) * (0.5 + pad)
+    box = np.concatenate([centre - half, centre + half], 1)
+    box[~found | ~np.isfinite(box).all(1)] = 0
+    return box.astype(np.float32)
+
+
+def box_masks(boxes: torch.Tensor, resolution: int) -> torch.Tensor:
+    """``[B, R, R]`` masks, 1 inside each box ``[B, 4]`` (x0, y0, x1, y1, pixel units), 0 outside."""
+    c = torch.arange(resolution, device=boxes.device, dtype=torch.float32) + 0.5
+    inx = (c[None] >= boxes[:, 0:1]) & (c[None] < boxes[:, 2:3])
+    iny = (c[None] >= boxes[:, 1:2]) & (c[None] < boxes[:, 3:4])
+    return (iny[:, :, None] & inx[:, None, :]).float()
 
 
 def mouth_targets(dataset, train_idx) -> np.ndarray | None:

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..metrics import photometric_loss, psnr
+from ..metrics import masked_l1, photometric_loss, psnr
 from .clip import ClipFrames
 from .config import IdentityTrainConfig
 from .losses import concordance, cross_view_losses, face_regions, leak_loss, locality_loss, needle_penalty, side_silhouette_loss
@@ -115,6 +115,11 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     mask = (own_a - fg).abs().mean()
     loss = photo + cfg.mask_weight * mask
     out = {}
+    if cfg.mouth_weight > 0 and "mouth" in bi:
+        # the lips are ~1% of the frame: the frame-wide loss barely sees how far they part
+        mouth_l1 = masked_l1(own_img, target, torch.cat([bi["mouth"], bj["mouth"]]))
+        loss = loss + cfg.mouth_weight * mouth_l1
+        out["mouth_l1"] = float(mouth_l1.detach())
     if cfg.cross_view:
         lip, expr = cross_view_losses(image[2 * P:3 * P], image[3 * P:], bi, bj)
         loss = loss + cfg.cross_weight * (lip + expr)

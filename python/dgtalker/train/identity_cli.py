@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"each frame (its landmarks; 0 = photometric lips only; default {d.lip_target})")
     p.add_argument("--lip-batch", type=positive_int, default=d.lip_batch, metavar="N",
                    help=f"training frames per step of that target, through the audio encoder alone (default {d.lip_batch})")
+    p.add_argument("--mouth-weight", type=float, default=d.mouth_weight, metavar="W",
+                   help="weight of an extra L1 term inside a square around each frame's tracked lips, whose "
+                        f"pixels are too few for the frame-wide loss to see (default {d.mouth_weight})")
     p.add_argument("--lip-concordance", type=float, default=d.lip_concordance, metavar="W",
                    help="weight of 1 - concordance of that batch's pinned coefficients with the tracked mouth: asks "
                         "for the tracked spread too, where squared error alone shrinks unheard audio's mouth "
@@ -122,7 +125,7 @@ def run(args) -> int:
                               focus=args.focus, leak_weight=args.leak,
                               random_background=args.random_background, blink_share=args.blink_share,
                               side_silhouette=args.side_silhouette, lip_target=args.lip_target, lip_batch=args.lip_batch,
-                              lip_concordance=args.lip_concordance,
+                              lip_concordance=args.lip_concordance, mouth_weight=args.mouth_weight,
                               lips_from_picture=args.lips_from_picture, mouth_interior=args.mouth_interior,
                               frontend=not args.no_frontend)
     prior = None
