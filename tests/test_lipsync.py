@@ -212,3 +212,23 @@ def test_cli_csv_json_and_bad_files(tmp_path, capsys):
     assert cli_main([str(wav), "--out", str(tmp_path / "x.txt")]) == 2
     assert ".csv or .json" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_running_normaliser_equals_causal_normalise_in_any_chunks():
+    """A stream's normalisation, fed in uneven chunks, equals ``normalise(causal=True)`` of
+    the whole log-mel (speech of changing loudness, silence first)."""
+    import numpy as np
+    import torch
+
+    from dgtalker.audio.frontend import RunningNormaliser, normalise
+
+    rng = np.random.default_rng(5)
+    mel = rng.normal(-4, 2, (400, 80)).astype(np.float32)
+    mel[:60] = -11.5                     # leading silence
+    mel[200:] += 3.0                     # louder later: the running level rises
+    whole = normalise(torch.from_numpy(mel.T.copy()), True).numpy().T
+    run = RunningNormaliser(80)
+    cuts = [0, 1, 7, 60, 61, 150, 333, 400]
+    parts = [run(mel[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-5)
+    assert run(mel[:0]).shape == (0, 80)

@@ -360,19 +360,18 @@ class _FrontEndFeatures:
     over each new stretch with its receptive field of history (memory stays flat)."""
 
     def __init__(self, talker):
-        from .audio.frontend import ACTIVE_RANGE, CLIP_BELOW, INPUT_SCALE
+        from .audio.frontend import RunningNormaliser
 
         self.talker = talker
         self.cfg = talker.config.frontend_config()
         self.pad = talker.encoder.config.half_window
-        self.consts = (ACTIVE_RANGE, CLIP_BELOW, INPUT_SCALE)
         self.mel = A.MelStream()
         self.start = -self.pad                     # absolute mel index of rows[0] (padding first)
         silence = np.full((self.pad, A.N_MELS), A.SILENCE_VALUE, np.float32)
         self.raw = np.zeros((0, A.N_MELS), np.float32)      # padded log-mel from `normed_start` on ...
         self.normed = np.zeros((0, A.N_MELS), np.float32)   # ... and the same frames normalised
         self.normed_start = -self.pad
-        self.top, self.sum_mw, self.sum_w = -np.inf, np.zeros(A.N_MELS, np.float64), 0.0
+        self.normalise = RunningNormaliser(A.N_MELS)
         self.rows = np.zeros((0, A.N_MELS + self.cfg.embed + 2), np.float32)
         self.known = -self.pad                     # feature rows [start, known) are final
         self.limit = None
@@ -385,17 +384,8 @@ class _FrontEndFeatures:
     def _take(self, mel_rows, final: bool = False):
         """Normalises new padded-mel rows with the running statistics, then runs the network
         on every frame whose look-ahead is now known (all of them when ``final``)."""
-        act, clip_below, scale = self.consts
         if len(mel_rows):
-            e = mel_rows.mean(1).astype(np.float64)
-            top = np.maximum.accumulate(np.maximum(e, self.top))
-            w = (e > top - act).astype(np.float64)
-            cs_mw = self.sum_mw + np.cumsum(mel_rows * w[:, None], 0)
-            cs_w = self.sum_w + np.cumsum(w)
-            mean = cs_mw / np.maximum(cs_w, 1.0)[:, None]
-            self.top, self.sum_mw, self.sum_w = float(top[-1]), cs_mw[-1], float(cs_w[-1])
-            norm = (np.maximum(mel_rows - mean, clip_below) / scale).astype(np.float32)
-            self.normed = np.concatenate([self.normed, norm])
+            self.normed = np.concatenate([self.normed, self.normalise(mel_rows)])
             self.raw = np.concatenate([self.raw, mel_rows.astype(np.float32)])
         end = self.normed_start + len(self.normed)              # frames normalised so far
         upto = end if final else end - self.cfg.lookahead_frames  # frames whose outputs are final

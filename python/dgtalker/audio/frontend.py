@@ -175,6 +175,27 @@ def normalise(mel, causal: bool):
     return torch.clamp(mel - mean, min=CLIP_BELOW) / INPUT_SCALE
 
 
+class RunningNormaliser:
+    """``normalise(causal=True)`` for a stream: log-mel rows ``[m, n_mels]`` (numpy) arrive
+    a few at a time and come back normalised as if the whole stream had been passed at
+    once, keeping only the running loudest level and the speech-frame sums."""
+
+    def __init__(self, n_mels: int):
+        self.top, self.sum_mw, self.sum_w = -np.inf, np.zeros(n_mels, np.float64), 0.0
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        if not len(rows):
+            return np.zeros((0, rows.shape[1]), np.float32)
+        e = rows.mean(1).astype(np.float64)
+        top = np.maximum.accumulate(np.maximum(e, self.top))
+        w = (e > top - ACTIVE_RANGE).astype(np.float64)
+        cs_mw = self.sum_mw + np.cumsum(rows * w[:, None], 0)
+        cs_w = self.sum_w + np.cumsum(w)
+        mean = cs_mw / np.maximum(cs_w, 1.0)[:, None]
+        self.top, self.sum_mw, self.sum_w = float(top[-1]), cs_mw[-1], float(cs_w[-1])
+        return (np.maximum(rows - mean, CLIP_BELOW) / INPUT_SCALE).astype(np.float32)
+
+
 def frame_positions(num_frames: int, fps: float) -> np.ndarray:
     """Where video frame i (time i / fps) falls on the 100 Hz mel axis."""
     return np.arange(num_frames, dtype=np.float64) * (MEL_RATE / float(fps))
