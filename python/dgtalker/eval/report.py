@@ -55,24 +55,32 @@ def render_speed(talker, dataset, size: int, device, frames: int = 16) -> dict:
             "note": "eager, one batch, audio features of the whole clip included"}
 
 
+def _truth_and_render(talker, dataset, coefficients, frames, size: int, device):
+    """(truth, masks, render clamped to [0, 1]) of clip ``frames`` at ``size`` squared, the
+    render from their speech coefficients at their own cameras."""
+    from .evaluate import _GroundTruth, view_cameras
+
+    w2c, K = view_cameras(dataset, frames, size, dataset.width, dataset.height, device)
+    gt, masks = _GroundTruth(dataset, size, device)(frames)
+    ce, cl = coefficients
+    with torch.no_grad():
+        img, _ = talker.clip_frames(ce[frames].to(device), cl[frames].to(device), w2c, K, size, size, checked=True)
+    return gt, masks, img.clamp(0, 1)
+
+
 def contact_sheet(talker, dataset, coefficients, per_frame: list, frames: np.ndarray, size: int, path: Path,
                   device) -> list:
     """GT | render | error for the worst, median and best frames by PSNR (``coefficients``:
     the clip's ``clip_coefficients``)."""
     from ..io import atomic_write_bytes, encode_image
-    from .evaluate import _GroundTruth, view_cameras
 
     ps = np.array([r["psnr"] for r in per_frame])
     order = np.argsort(ps)
     pick = [int(order[0]), int(order[len(order) // 2]), int(order[-1])]
     idx = frames[pick]
-    ce, cl = coefficients
-    w2c, K = view_cameras(dataset, idx, size, dataset.width, dataset.height, device)
-    gt, _ = _GroundTruth(dataset, size, device)(idx)
-    with torch.no_grad():
-        img, _ = talker.clip_frames(ce[idx].to(device), cl[idx].to(device), w2c, K, size, size, checked=True)
+    gt, _, img = _truth_and_render(talker, dataset, coefficients, idx, size, device)
     err = ((img - gt).abs() * 4).clamp(0, 1)
-    rows = [torch.cat([g, r.clamp(0, 1), e], 1) for g, r, e in zip(gt, img, err)]
+    rows = [torch.cat([g, r, e], 1) for g, r, e in zip(gt, img, err)]
     atomic_write_bytes(path, encode_image((torch.cat(rows, 0) * 255).round().byte().cpu().numpy(), "png"))
     return [{"frame": int(i), "psnr": float(ps[k])} for i, k in zip(idx, pick)]
 
@@ -100,15 +108,9 @@ def detail_sheet(talker, dataset, coefficients, frames, path: Path, device) -> b
     frame's mask lacks a region."""
     from ..data.format import MASK_CHANNELS
     from ..io import atomic_write_bytes, encode_image
-    from .evaluate import _GroundTruth, view_cameras
 
-    full = max(dataset.width, dataset.height)
-    w2c, K = view_cameras(dataset, frames, full, dataset.width, dataset.height, device)
-    gt, masks = _GroundTruth(dataset, full, device)(frames)
-    ce, cl = coefficients
-    with torch.no_grad():
-        img, _ = talker.clip_frames(ce[frames].to(device), cl[frames].to(device), w2c, K, full, full, checked=True)
-    img = img.clamp(0, 1)
+    gt, masks, img = _truth_and_render(talker, dataset, coefficients, frames, max(dataset.width, dataset.height),
+                                       device)
     crops = []  # per frame: [(truth, render)] for mouth and eyes
     for g, r, m in zip(gt, img, masks):
         row = []
