@@ -65,7 +65,7 @@ class FrontEndError(ValueError):
 @dataclass
 class FrontEndConfig:
     n_mels: int = 80
-    channels: int = 128
+    channels: int = 96                # the shipped weights' width
     embed: int = 32
     stem_kernel: int = 5
     stem_lookahead: int = 2
