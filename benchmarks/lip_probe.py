@@ -75,6 +75,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--inputs", default="logmel,frontend", help="which encoder inputs to train (default both)")
+    ap.add_argument("--encoder", default=None,
+                    help="JSON of AudioEncoderConfig fields to change, e.g. '{\"past\": 6, \"future\": 6}'")
     ap.add_argument("--curve-every", type=int, default=0,
                     help="also score the held-out frames every this many steps (does longer training overfit?)")
     ap.add_argument("--adapt-steps", type=int, default=0, help="also adapt the front end's output layers this long")
@@ -102,7 +104,7 @@ def main(argv=None):
     N = len(ds)
     res = {"data": str(ds.root), "frames": N, "train": int(len(train)), "heldout": int(len(held)),
            "steps": a.steps, "batch": a.batch, "seed": a.seed, "fps": float(ds.fps),
-           "frontend_sha256": sha256_file(fe.path)}
+           "frontend_sha256": sha256_file(fe.path), "encoder": a.encoder}
     # the front end's own opening, untrained on the person
     raw = fe(mel, float(ds.fps), N)["opening"]
     tracked = target[:, 0].numpy()
@@ -117,7 +119,8 @@ def main(argv=None):
     for name, use_fe in (("logmel", False), ("frontend", True)):
         if name not in a.inputs.split(","):
             continue
-        cfg = TalkerConfig(k_exp=2, k_lip=2, fps=float(ds.fps), frontend=asdict(fe.config) if use_fe else None)
+        cfg = TalkerConfig(k_exp=2, k_lip=2, fps=float(ds.fps), frontend=asdict(fe.config) if use_fe else None,
+                           encoder=json.loads(a.encoder) if a.encoder else None)
         T = Talker(G, cfg, seed=a.seed, residual_frames=N)
         if use_fe:
             T.frontend.load_state_dict(fe.model.state_dict())
