@@ -28,6 +28,7 @@ class IdentityTrainConfig:
     mask_weight: float = 0.5
     mouth_weight: float = 0.0         # extra L1 inside a square around the tracked lips (its mean, like the frame's)
     cross_weight: float = 1.0
+    encoder_context: int = 3          # video frames before and after a frame the audio encoder mixes
     frontend: bool = True             # the encoders read the shipped speech front end's channels beside the log-mel
     lip_target: float = 0.5           # the first two lip coefficients against the tracked mouth opening and width
     lip_batch: int = 64               # training frames per step of that target (the encoder alone, no rendering)
@@ -63,6 +64,9 @@ class IdentityTrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(self.encoder_context, int) or isinstance(self.encoder_context, bool) \
+                or not 0 <= self.encoder_context <= 16:
+            raise ValueError(f"encoder_context must be an int in [0, 16], got {self.encoder_context!r}")
         for name in ("k_exp", "k_lip", "invert_steps", "invert_views", "validate_every", "validate_frames"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:

@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-frontend", action="store_true",
                    help="the audio encoders read the log-mel alone, not the shipped speech front end "
                         "(dgtalker.lipsync's network, speaker-independent) beside it")
+    p.add_argument("--encoder-context", type=int, default=d.encoder_context, metavar="N",
+                   help="video frames before and after each frame whose audio the encoder mixes (coarticulation; "
+                        f"the streaming encoder keeps its look-ahead bound; default {d.encoder_context})")
     p.add_argument("--lip-target", type=float, default=d.lip_target, metavar="W",
                    help="weight pinning the first two lip coefficients to the tracked mouth opening and width of "
                         f"each frame (its landmarks; 0 = photometric lips only; default {d.lip_target})")
@@ -126,6 +129,7 @@ def run(args) -> int:
                               random_background=args.random_background, blink_share=args.blink_share,
                               side_silhouette=args.side_silhouette, lip_target=args.lip_target, lip_batch=args.lip_batch,
                               lip_concordance=args.lip_concordance, mouth_weight=args.mouth_weight,
+                              encoder_context=args.encoder_context,
                               lips_from_picture=args.lips_from_picture, mouth_interior=args.mouth_interior,
                               frontend=not args.no_frontend)
     prior = None
