@@ -181,6 +181,25 @@ def test_eval_refuses_a_clip_without_heldout_frames_and_checks_arguments(tmp_pat
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.gpu
+def test_eval_command_end_to_end_on_cuda(tmp_path):
+    """The same command on the GPU (the clip's coefficients once crashed it there by
+    reaching numpy from device memory)."""
+    from dgtalker.cli import main
+    from dgtalker.models.generator import Generator, GeneratorConfig
+    from dgtalker.talker import Talker, TalkerConfig, save_talker
+
+    T = Talker(Generator(GeneratorConfig(**TINY), seed=0), TalkerConfig(k_exp=2, k_lip=2, width=96, height=96),
+               residual_frames=50)
+    p = save_talker(tmp_path / "tiny.safetensors", T)
+    out = tmp_path / "report"
+    assert main(["eval", "--data", str(SAMPLE), "--talker", str(p), "--out", str(out), "--size", "96",
+                 "--device", "cuda"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["frames"]["frames"] == 10 and rep["speed"]["device"] != "cpu"
+    assert np.isfinite(rep["frames"]["psnr"]) and (out / "details.png").exists()
+
+
 @needs_mediapipe
 def test_loudness_and_spiral_consistency_without_novel_truth(tmp_path):
     from dgtalker.data import load

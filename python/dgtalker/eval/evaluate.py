@@ -42,14 +42,16 @@ def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def clip_coefficients(talker, dataset, *, causal: bool = False):
-    """Speech-driven (c_exp, c_lip) ``[N, K]`` of every frame of a talking dataset."""
+    """Speech-driven (c_exp, c_lip) ``[N, K]`` of every frame of a talking dataset, on the
+    CPU whatever the talker's device (callers index them per batch and read them as numpy)."""
     from .. import audio as A
 
     samples, rate = dataset.audio
     mel = A.log_mel(A.resample(A.to_mono(samples), int(rate), A.SAMPLE_RATE))
     windows = talker.clip_windows(mel, len(dataset), float(dataset.fps), causal=causal)
     with torch.no_grad():
-        return talker.coefficients(windows, causal=causal)
+        ce, cl = talker.coefficients(windows, causal=causal)
+    return ce.cpu(), cl.cpu()
 
 
 class _GroundTruth:
@@ -279,7 +281,7 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
                    "landmarks": "mediapipe face mesh" if detector is not None else None,
               "evaluated_frames": [int(i) for i in frames],
               "per_frame": [{k: round(v, 4) for k, v in r.items()} for r in rows],
-              "coefficient_jitter": M.jitter(torch.cat([ce_all, cl_all], 1).numpy())})
+              "coefficient_jitter": M.jitter(torch.cat([ce_all, cl_all], 1).cpu().numpy())})
     if baselines:
         report.update(static=_summary(static_rows), torso_rigid=_summary(rigid_rows))
         f, s0 = report["frames"], report["static"]
