@@ -26,9 +26,9 @@ class IdentityTrainConfig:
     blink_share: float = 0.1          # share of expression frames drawn among the clip's closed-eye frames
     ssim_weight: float = 0.2
     mask_weight: float = 0.5
-    mouth_weight: float = 0.0         # extra L1 inside a square around the tracked lips (its mean, like the frame's)
+    mouth_weight: float = 1.0         # extra L1 inside a square around the tracked lips (its mean, like the frame's)
     cross_weight: float = 1.0
-    encoder_context: int = 3          # video frames before and after a frame the audio encoder mixes
+    encoder_context: int = 6          # video frames before and after a frame the audio encoder mixes
     frontend: bool = True             # the encoders read the shipped speech front end's channels beside the log-mel
     lip_target: float = 0.5           # the first two lip coefficients against the tracked mouth opening and width
     lip_batch: int = 64               # training frames per step of that target (the encoder alone, no rendering)
