@@ -77,6 +77,8 @@ def main(argv=None):
     ap.add_argument("--inputs", default="logmel,frontend", help="which encoder inputs to train (default both)")
     ap.add_argument("--encoder", default=None,
                     help="JSON of AudioEncoderConfig fields to change, e.g. '{\"past\": 6, \"future\": 6}'")
+    ap.add_argument("--concordance", type=float, default=0.0,
+                    help="weight of 1 - CCC beside the squared error (training's --lip-concordance)")
     ap.add_argument("--curve-every", type=int, default=0,
                     help="also score the held-out frames every this many steps (does longer training overfit?)")
     ap.add_argument("--adapt-steps", type=int, default=0, help="also adapt the front end's output layers this long")
@@ -92,6 +94,7 @@ def main(argv=None):
     from dgtalker.prior import load_prior
     from dgtalker.talker import Talker, TalkerConfig
     from dgtalker.train.clip import mouth_targets
+    from dgtalker.train.losses import concordance
     from dgtalker.train.sampler import speech_coefficients
 
     ds = load(a.data)
@@ -104,7 +107,7 @@ def main(argv=None):
     N = len(ds)
     res = {"data": str(ds.root), "frames": N, "train": int(len(train)), "heldout": int(len(held)),
            "steps": a.steps, "batch": a.batch, "seed": a.seed, "fps": float(ds.fps),
-           "frontend_sha256": sha256_file(fe.path), "encoder": a.encoder}
+           "frontend_sha256": sha256_file(fe.path), "encoder": a.encoder, "concordance": a.concordance}
     # the front end's own opening, untrained on the person
     raw = fe(mel, float(ds.fps), N)["opening"]
     tracked = target[:, 0].numpy()
@@ -139,6 +142,8 @@ def main(argv=None):
             f = pool[torch.randint(0, len(pool), (a.batch,), generator=g)]
             _, cl = speech_coefficients(enc, win, f, N)
             loss = (cl[:, :2] - target[f]).pow(2).mean()
+            if a.concordance > 0:
+                loss = loss + a.concordance * (1 - concordance(cl[:, :2], target[f], ok[f])).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
