@@ -73,8 +73,10 @@ def heldout_variants(talker, dataset, coefficients, size) -> dict:
 
     ce, cl = coefficients
     held = dataset.splits["heldout"]
-    pinned = 2 if talker.source.get("train_config", {}).get("lip_target", 0) > 0 else 0
     tracked = torch.from_numpy(np.nan_to_num(mouth_targets(dataset, dataset.splits["train"])))
+    # as training pins them (train.identity.pinned_lips): the tracked columns, if it had the target
+    trained_with_target = talker.source.get("train_config", {}).get("lip_target", 0) > 0
+    pinned = min(tracked.shape[1], cl.shape[1]) if trained_with_target else 0
     train = torch.from_numpy(np.asarray(dataset.splits["train"]))
     variants = {"encoder": cl}
     rest_at_mean = cl.clone()

@@ -261,8 +261,8 @@ def test_mouth_boxes_surround_the_tracked_lips_at_training_size():
     m = clip.box_masks(torch.tensor([[10.0, 20.0, 30.0, 25.0]]), R)
     assert m.shape == (1, R, R) and int(m.sum()) == 20 * 5 and m[0, 20, 10] == 1 and m[0, 25, 10] == 0
     data = clip.ClipFrames(ds, ds.splits["train"], R, progress=False)
-    b = data.batch(torch.arange(3))
-    assert 0 < b["mouth"].sum() / b["mouth"].numel() < 0.2
+    mouth = data.mouth_masks(torch.arange(3))
+    assert mouth.shape == (3, R, R) and 0 < mouth.sum() / mouth.numel() < 0.2
     talker = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96),
                     residual_frames=data.num_frames)
     cfg = IdentityTrainConfig(**{**tiny_config().__dict__, "mouth_weight": 1.0})

@@ -101,11 +101,24 @@ class ClipFrames:
     def batch(self, k: torch.Tensor) -> dict:
         k = k.to(self.rgb.device)
         m = self.masks[k].float() / 255
-        out = {"rgb": self.rgb[k].float() / 255, "head": m[..., 0], "lower": m[..., 1], "upper": m[..., 2],
-               "fg": m[..., 3], "K": self.K[k], "w2c": self.w2c[k]}
-        if self.mouth_box is not None:
-            out["mouth"] = box_masks(self.mouth_box[self.indices[k.cpu()].to(self.mouth_box.device)], m.shape[1])
-        return out
+        return {"rgb": self.rgb[k].float() / 255, "head": m[..., 0], "lower": m[..., 1], "upper": m[..., 2],
+                "fg": m[..., 3], "K": self.K[k], "w2c": self.w2c[k]}
+
+    def mouth_masks(self, k: torch.Tensor) -> torch.Tensor | None:
+        """``[B, R, R]`` masks of the squares around the tracked lips of positions ``k``
+        (into the split), or None if the clip has no lip points."""
+        if self.mouth_box is None:
+            return None
+        return box_masks(self.mouth_box[self.indices[k.cpu()].to(self.mouth_box.device)], self.rgb.shape[1])
+
+
+def named_landmarks(dataset, names) -> np.ndarray | None:
+    """The clip's 2D landmarks ``names``, in that order (``[N, len(names), 2]``, as stored),
+    or None if it has no landmarks or lacks one of them."""
+    known = list(dataset.landmark_names)
+    if dataset.gt is None or "landmarks_2d" not in dataset.gt or not all(n in known for n in names):
+        return None
+    return np.asarray(dataset.gt["landmarks_2d"])[:, [known.index(n) for n in names]]
 
 
 def mouth_measures(dataset) -> np.ndarray | None:
@@ -117,13 +130,11 @@ def mouth_measures(dataset) -> np.ndarray | None:
     gt = dataset.gt
     if gt is not None and "mouth_opening" in gt and "mouth_width" in gt:
         return np.stack([gt["mouth_opening"], gt["mouth_width"]], 1).astype(np.float64)
-    names = list(dataset.landmark_names)
-    need = ("upper_lip_mid", "lower_lip_mid", "mouth_corner_left", "mouth_corner_right", "upper_lid_left",
-            "lower_lid_left", "upper_lid_right", "lower_lid_right")
-    if gt is None or "landmarks_2d" not in gt or not all(n in names for n in need):
+    L = named_landmarks(dataset, ("upper_lip_mid", "lower_lip_mid", "mouth_corner_left", "mouth_corner_right",
+                                  "upper_lid_left", "lower_lid_left", "upper_lid_right", "lower_lid_right"))
+    if L is None:
         return None
-    L = np.asarray(gt["landmarks_2d"], np.float64)
-    ul, ll, cl, cr, a, b, c, d = (L[:, names.index(n)] for n in need)
+    ul, ll, cl, cr, a, b, c, d = L.astype(np.float64).transpose(1, 0, 2)
     span = np.linalg.norm((a + b) / 2 - (c + d) / 2, axis=-1)
     span = np.where(span > 1e-6, span, np.nan)
     out = np.stack([np.linalg.norm(ul - ll, axis=-1) / span, np.linalg.norm(cl - cr, axis=-1) / span], 1)
@@ -143,11 +154,10 @@ def mouth_boxes(dataset, resolution: int, pad: float = 0.35) -> np.ndarray | Non
         pts = np.asarray(gt["lips_2d"], np.float64)
         found = np.asarray(gt["face_found"], bool) if "face_found" in gt else np.ones(len(pts), bool)
     else:
-        names = list(dataset.landmark_names)
-        need = ("mouth_corner_left", "mouth_corner_right", "upper_lip_mid", "lower_lip_mid")
-        if gt is None or "landmarks_2d" not in gt or not all(n in names for n in need):
+        pts = named_landmarks(dataset, ("mouth_corner_left", "mouth_corner_right", "upper_lip_mid", "lower_lip_mid"))
+        if pts is None:
             return None
-        pts = np.asarray(gt["landmarks_2d"], np.float64)[:, [names.index(n) for n in need]]
+        pts = pts.astype(np.float64)
         found = (np.asarray(gt["landmarks_visible"]).any(1) if "landmarks_visible" in gt
                  else np.ones(len(pts), bool))
     scale = np.array([resolution / dataset.width, resolution / dataset.height])
@@ -184,13 +194,10 @@ def mouth_targets(dataset, train_idx) -> np.ndarray | None:
 
 def _eye_openness(dataset) -> np.ndarray | None:
     """Per frame eyelid distance (pixels) from the clip's landmarks, if it has them."""
-    names = list(dataset.landmark_names)
-    need = ("upper_lid_left", "lower_lid_left", "upper_lid_right", "lower_lid_right")
-    if dataset.gt is None or "landmarks_2d" not in dataset.gt or not all(n in names for n in need):
+    L = named_landmarks(dataset, ("upper_lid_left", "lower_lid_left", "upper_lid_right", "lower_lid_right"))
+    if L is None:
         return None
-    L = dataset.gt["landmarks_2d"]
-    a = [names.index(n) for n in need]
-    d = np.linalg.norm(L[:, a[0]] - L[:, a[1]], axis=-1) + np.linalg.norm(L[:, a[2]] - L[:, a[3]], axis=-1)
+    d = np.linalg.norm(L[:, 0] - L[:, 1], axis=-1) + np.linalg.norm(L[:, 2] - L[:, 3], axis=-1)
     return (d / 2).astype(np.float32)
 
 

@@ -47,7 +47,8 @@ import torch
 from ..metrics import masked_l1, photometric_loss, psnr
 from .clip import ClipFrames
 from .config import IdentityTrainConfig
-from .losses import concordance, cross_view_losses, face_regions, leak_loss, locality_loss, needle_penalty, side_silhouette_loss
+from .losses import (concordance, cross_view_losses, face_regions, leak_loss, locality_loss, needle_penalty,
+                     side_silhouette_loss)
 from .plate import over_background, random_background
 from .preview import save_preview
 from .sampler import (compose_cross_batch, expression_weights, gather, lip_target_frames, sample_pairs,
@@ -115,9 +116,10 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     mask = (own_a - fg).abs().mean()
     loss = photo + cfg.mask_weight * mask
     out = {}
-    if cfg.mouth_weight > 0 and "mouth" in bi:
+    mouth = data.mouth_masks(torch.cat([pi, pj])) if cfg.mouth_weight > 0 else None
+    if mouth is not None:
         # the lips are ~1% of the frame: the frame-wide loss barely sees how far they part
-        mouth_l1 = masked_l1(own_img, target, torch.cat([bi["mouth"], bj["mouth"]]))
+        mouth_l1 = masked_l1(own_img, target, mouth)
         loss = loss + cfg.mouth_weight * mouth_l1
         out["mouth_l1"] = float(mouth_l1.detach())
     if cfg.cross_view:
