@@ -271,3 +271,125 @@ def test_mouth_boxes_surround_the_tracked_lips_at_training_size():
     off = identity.train_step(talker, None, state.make_optimizer(talker, cfg), data, 1,
                               IdentityTrainConfig(**{**cfg.__dict__, "mouth_weight": 0.0}))
     assert "mouth_l1" not in off
+
+
+def test_lip_holdback_leaves_out_spread_blocks_of_the_split():
+    """The held-back frames are whole 2-second blocks spread over the split (at least 3
+    where it has 12), about the asked share of it, and none for share 0."""
+    from dgtalker.train import sampler
+
+    held = sampler.lip_holdback(1132, 0.1, 25.0)
+    assert len(held) == 150 and len(set(held.tolist())) == 150
+    starts = held[::50]
+    assert (np.diff(held.reshape(3, 50), axis=1) == 1).all()  # three contiguous 2 s blocks
+    assert starts.min() > 100 and starts.max() < 1032 and np.diff(starts).min() > 300  # spread, not bunched
+    assert len(sampler.lip_holdback(4500, 0.1, 25.0)) == 9 * 50
+    assert len(sampler.lip_holdback(1132, 0.0, 25.0)) == 0
+    small = sampler.lip_holdback(40, 0.1, 25.0)
+    assert 0 < len(small) <= 10 and small.max() < 40
+
+
+def test_lip_calibration_widens_inference_lips_within_the_tracked_range():
+    """``forward`` and ``coefficients_at`` (inference) widen the lip coefficients about the
+    centre by the gain and clamp them to the range; ``from_embeddings`` (training) is
+    untouched, and a new encoder's calibration is the identity."""
+    import torch
+
+    from dgtalker.models.audio_encoder import AudioEncoder, AudioEncoderConfig
+
+    enc = AudioEncoder(AudioEncoderConfig(k_exp=2, k_lip=3, half_window=8, lookahead_mel=8, past=1, future=1),
+                       seed=0)
+    with torch.no_grad():
+        enc.head[-1].weight.mul_(30)  # coefficients of order one
+    win = torch.randn(12, 17, 80)
+    ce0, cl0 = enc(win)
+    raw = enc.from_embeddings(enc.frame_embedding(win)[enc.neighbours(torch.arange(12), 12)])[1]
+    assert torch.allclose(cl0, raw)
+    centre = torch.tensor([0.1, -0.2, 0.0])
+    enc.set_lip_calibration(centre, torch.tensor([2.0, 1.5, 1.0]), torch.tensor([-0.3, -1e4, -1e4]),
+                            torch.tensor([0.4, 1e4, 1e4]))
+    ce1, cl1 = enc(win)
+    want = centre + torch.tensor([2.0, 1.5, 1.0]) * (raw - centre)
+    want[:, 0] = want[:, 0].clamp(-0.3, 0.4)
+    assert torch.equal(ce1, ce0) and torch.allclose(cl1, want, atol=1e-6)
+    assert (cl1[:, 0] == 0.4).any() or (cl1[:, 0] == -0.3).any()  # the range binds somewhere
+    assert torch.allclose(enc.from_embeddings(enc.frame_embedding(win)[enc.neighbours(torch.arange(12), 12)])[1], raw)
+
+
+def test_training_calibrates_the_lips_on_frames_the_lip_target_never_saw(tmp_path):
+    """The lip target draws no held-back frame; at the end the talker's encoders carry a
+    gain equal to the tracked over the predicted spread on those frames (recorded in the
+    source with their r), and ``lip_holdback=0`` leaves the gain at 1."""
+    from pathlib import Path
+
+    import torch
+    from test_talker import tiny_config, tiny_generator
+
+    from dgtalker.data import load
+    from dgtalker.talker import load_talker
+    from dgtalker.train import clip, identity, sampler
+
+    sample = Path(__file__).parent / "data" / "sample"
+    ds = load(sample)
+    data = clip.ClipFrames(ds, ds.splits["train"], 64, progress=False)
+    data.hold_back_lips(sampler.lip_holdback(len(data), 0.1, data.fps))
+    held = set(data.indices[data.lip_heldback].tolist())
+    assert held
+    cfg = tiny_config(steps=3, lip_batch=64)
+    for step in range(20):
+        assert not held & set(sampler.lip_target_frames(step, data, cfg).tolist())
+    out = tmp_path / "t.safetensors"
+    identity.train_identity(sample, out, tiny_config(steps=3), prior=tiny_generator(), device="cpu", progress=False)
+    T = load_talker(out)
+    cal = T.source["lip_calibration"]
+    assert cal["frames"] == len(held) and len(cal["gain"]) == 2
+    win = T.clip_windows(data.mel.numpy(), data.num_frames, data.fps)
+    raw = sampler.speech_coefficients(T.encoder, win, torch.arange(data.num_frames), data.num_frames)[1]
+    idx = torch.tensor(sorted(held))
+    pred, truth = raw[idx, :2].double(), data.mouth[idx].double()
+    ratio = truth.std(0) / pred.std(0)
+    assert torch.allclose(T.encoder.lip_gain[:2].double(), ratio.clamp(1 / 3, 3), rtol=1e-4)
+    assert torch.equal(T.causal_encoder.lip_gain, T.encoder.lip_gain)
+    assert float(T.encoder.lip_gain[2]) == 1.0  # the unpinned coefficient stays as trained
+    identity.train_identity(sample, tmp_path / "u.safetensors", tiny_config(steps=3, lip_holdback=0.0),
+                            prior=tiny_generator(), device="cpu", progress=False)
+    U = load_talker(tmp_path / "u.safetensors")
+    assert U.source["lip_calibration"] is None and torch.equal(U.encoder.lip_gain, torch.ones(3))
+
+
+def test_lip_response_curve_bends_only_above_its_knots_and_learns_from_open_mouths():
+    """At start the curve is the identity; a weight on a hinge changes only coefficients
+    past its knot, and only those carry its gradient."""
+    import torch
+
+    from dgtalker.models.blendshapes import LIP_KNOTS, Blendshapes
+
+    bs = Blendshapes(32, 2, 3, seed=0)
+    c = torch.tensor([[-1.0, 0.2, 0.4], [1.0, 2.0, 3.0]])
+    assert torch.equal(bs.lip_curve(c), c)
+    with torch.no_grad():
+        bs.lip_response[:, 1] = 0.5  # the hinge at LIP_KNOTS[1]
+    want = c + 0.5 * (c - LIP_KNOTS[1]).clamp_min(0)
+    assert torch.allclose(bs.lip_curve(c), want)
+    assert torch.equal(bs.lip_curve(c)[0], c[0])  # all below the knot
+    bs.lip_response.grad = None
+    bs.scaled(torch.zeros(2, 2), c[:1])[1].sum().backward()
+    assert torch.equal(bs.lip_response.grad, torch.zeros_like(bs.lip_response))
+    bs.scaled(torch.zeros(2, 2), c[1:])[1].sum().backward()
+    assert bs.lip_response.grad.abs().sum() > 0
+
+
+def test_open_mouth_frames_get_their_share_of_lip_draws():
+    import torch
+
+    from dgtalker.train import sampler
+
+    z = torch.full((100,), -0.3)
+    z[:10] = 1.5  # wide open
+    z[10] = float("nan")
+    assert sampler.open_mouth_weights(z, 0.0) is None and sampler.open_mouth_weights(None, 0.5) is None
+    p = sampler.open_mouth_weights(z, 0.4)
+    assert p.sum() == pytest.approx(1.0) and p[:10].sum() == pytest.approx(0.4 + 0.6 * 0.1)
+    i, j = sampler.sample_pairs(0, 100, 4000, 0, lip_weights=p)
+    assert (i < 10).float().mean() == pytest.approx(0.46, abs=0.03)
+    assert not (i == j).any()

@@ -570,9 +570,11 @@ class TalkerCheckpointError(CheckpointError):
     The message names the file and the problem."""
 
 
-_OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "blink_track", "train_mask")
+_OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "blink_track", "train_mask", "blendshapes.lip_response",
+                     *(f"{e}.lip_{b}" for e in ("encoder", "causal_encoder") for b in ("centre", "gain", "low", "high")))
 _RETIRED = ("blink_direction",)  # a residual direction that never closed the eyes; the eyelid layer replaced it
 _KEEP_FLOAT32 = ("w_can", "blendshapes.", "body_w2c", "default_w2c", "default_K", "encoder.mel_", "causal_encoder.mel_",
+                 "encoder.lip_", "causal_encoder.lip_",
                  "frontend.")
 
 

@@ -15,6 +15,13 @@ Two stages:
    convolution, then a small MLP gives the coefficients of frame t. At the clip's
    ends the first/last embedding is repeated.
 
+Trained, the lip coefficients a talker's lip target pins (the tracked mouth opening and
+width) are calibrated: regression shrinks the prediction of unheard audio towards the
+mean, so ``forward`` and ``coefficients_at`` (inference, not training) widen them about
+``lip_centre`` by ``lip_gain``, measured on training frames the lip target held back
+(``train.identity.fit_lip_calibration``), and keep them within the range the tracked
+mouth reached (``lip_low``, ``lip_high``). A new or older encoder has gain 1.
+
 The causal variant (``future`` and ``lookahead_mel`` small) sees at most
 ``lookahead_seconds()`` of audio after a frame's time: mel frames up to
 ``lookahead_mel`` hops later, each reaching half an FFT window (16 ms) further, plus
@@ -103,6 +110,9 @@ class AudioEncoderConfig:
                 / _audio.SAMPLE_RATE + _audio.N_FFT / 2 / _audio.SAMPLE_RATE)
 
 
+LIP_BOUND = 1e4  # the uncalibrated range: no bound in practice
+
+
 class AudioEncoder(nn.Module):
     """log-mel windows -> (c_exp, c_lip); see the module docstring."""
 
@@ -125,6 +135,11 @@ class AudioEncoder(nn.Module):
                                   nn.Linear(cfg.embed, cfg.k_exp + cfg.k_lip))
         self.register_buffer("mel_mean", torch.zeros(cfg.channels_in))
         self.register_buffer("mel_std", torch.ones(cfg.channels_in))
+        # the lip calibration (module docstring); identity until training measures it
+        self.register_buffer("lip_centre", torch.zeros(cfg.k_lip))
+        self.register_buffer("lip_gain", torch.ones(cfg.k_lip))
+        self.register_buffer("lip_low", torch.full((cfg.k_lip,), -LIP_BOUND))
+        self.register_buffer("lip_high", torch.full((cfg.k_lip,), LIP_BOUND))
         with torch.no_grad():
             for p in self.parameters():
                 if p.dim() > 1:
@@ -142,6 +157,19 @@ class AudioEncoder(nn.Module):
         mel = torch.as_tensor(mel, dtype=torch.float32)
         self.mel_mean.copy_(mel.mean(0).to(self.mel_mean.device))
         self.mel_std.copy_(mel.std(0).clamp_min(1e-2).to(self.mel_std.device))
+
+    @torch.no_grad()
+    def set_lip_calibration(self, centre: Tensor, gain: Tensor, low: Tensor, high: Tensor) -> None:
+        """Sets the lip calibration (module docstring), each ``[k_lip]``; coefficients no
+        target pins keep gain 1 and the open range."""
+        for buf, v in ((self.lip_centre, centre), (self.lip_gain, gain), (self.lip_low, low), (self.lip_high, high)):
+            buf.copy_(torch.as_tensor(v, dtype=buf.dtype).to(buf.device))
+
+    def calibrated(self, c_lip: Tensor) -> Tensor:
+        """Lip coefficients ``[..., Kl]`` as inference uses them: widened about the centre by
+        the gain, within the tracked range."""
+        c = self.lip_centre + self.lip_gain * (c_lip - self.lip_centre)
+        return torch.minimum(torch.maximum(c, self.lip_low), self.lip_high)
 
     # -- stages ----------------------------------------------------------------------
     def _check_windows(self, windows: Tensor) -> Tensor:
@@ -168,7 +196,8 @@ class AudioEncoder(nn.Module):
         return x.reshape(*lead, -1)
 
     def from_embeddings(self, emb: Tensor) -> tuple[Tensor, Tensor]:
-        """``[B, past + 1 + future, E]`` embeddings around B frames -> (c_exp [B, Ke], c_lip [B, Kl])."""
+        """``[B, past + 1 + future, E]`` embeddings around B frames -> (c_exp [B, Ke], c_lip [B, Kl]),
+        uncalibrated (what training fits)."""
         cfg = self.config
         x = Fn.gelu(self.temporal(emb.transpose(1, 2)))[..., 0]  # [B, E]
         out = self.head(x)
@@ -181,7 +210,7 @@ class AudioEncoder(nn.Module):
         return (frames[:, None] + off[None]).clamp(0, num_frames - 1)
 
     def forward(self, windows: Tensor) -> tuple[Tensor, Tensor]:
-        """All frames of a clip: ``windows [T, 2h+1, 80]`` -> (c_exp [T, Ke], c_lip [T, Kl])."""
+        """All frames of a clip: ``windows [T, 2h+1, 80]`` -> (c_exp [T, Ke], c_lip [T, Kl]), calibrated."""
         windows = self._check_windows(windows)
         if windows.dim() != 3 or windows.shape[0] < 1:
             raise ValueError(f"windows must be [T, {self.config.window}, {self.config.channels_in}] with T >= 1, "
@@ -189,7 +218,8 @@ class AudioEncoder(nn.Module):
         T = windows.shape[0]
         emb = self.frame_embedding(windows)
         idx = self.neighbours(torch.arange(T, device=windows.device), T)
-        return self.from_embeddings(emb[idx])
+        c_exp, c_lip = self.from_embeddings(emb[idx])
+        return c_exp, self.calibrated(c_lip)
 
     # -- any output rate --------------------------------------------------------------
     def neighbour_times(self, times, t_last: float | None):
@@ -211,7 +241,7 @@ class AudioEncoder(nn.Module):
         padded so that no window leaves it: ``Talker.speech_features``). Each neighbour's window is centred on the last mel
         frame at or before its time (``audio.mel_index``), so the look-ahead stays
         ``lookahead_seconds()`` at any fps; at the encoder's own fps this equals ``forward``
-        on ``audio.features`` windows."""
+        on ``audio.features`` windows (calibrated lips, like it)."""
         import numpy as np
 
         nt = self.neighbour_times(times, t_last)
@@ -220,7 +250,8 @@ class AudioEncoder(nn.Module):
         win = _audio.windows_at(mel, uniq, self.config.half_window, mel_start, mel_limit)
         dev = self.mel_mean.device
         emb = self.frame_embedding(torch.from_numpy(win).to(dev))
-        return self.from_embeddings(emb[torch.from_numpy(inv.reshape(centres.shape)).to(dev)])
+        c_exp, c_lip = self.from_embeddings(emb[torch.from_numpy(inv.reshape(centres.shape)).to(dev)])
+        return c_exp, self.calibrated(c_lip)
 
     def lookahead_seconds(self) -> float:
         return self.config.lookahead_seconds()

@@ -76,6 +76,7 @@ class ClipFrames:
         boxes = mouth_boxes(dataset, R)
         self.mouth_box = None if boxes is None else torch.from_numpy(boxes).to(device)  # [N, 4] training pixels
         self.upper_error = torch.ones(len(idx))  # last upper-face error per frame (the sampler's state)
+        self.hold_back_lips(np.zeros(0, np.int64))
         self.split_blink = None if self.blink is None else self.blink[self.indices.to(self.blink.device)].cpu()
         self.device = torch.device(device)
 
@@ -94,6 +95,14 @@ class ClipFrames:
                 self.causal_windows = windows
             else:
                 self.windows = windows
+
+    def hold_back_lips(self, positions) -> None:
+        """Positions (into the split) whose tracked mouth the lip target leaves out
+        (``sampler.lip_holdback``): ``lip_heldback``, and the rest, ``lip_pool``."""
+        held = torch.as_tensor(np.asarray(positions, np.int64))
+        keep = torch.ones(len(self.indices), dtype=torch.bool)
+        keep[held] = False
+        self.lip_heldback, self.lip_pool = held, torch.nonzero(keep)[:, 0]
 
     def __len__(self) -> int:
         return len(self.indices)

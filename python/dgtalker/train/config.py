@@ -23,6 +23,7 @@ class IdentityTrainConfig:
     lr_eyelid: float = 1e-2           # the eyelid layer (raw-map offsets on the eye texels)
     lr_mouth: float = 1e-2            # the mouth interior's colours, opacities, shift and jaw
     mouth_interior: bool = False      # teeth, tongue and cavity on a jaw that follows the tracked opening
+    open_share: float = 0.0           # share of lip frames drawn among the clip's wide-open-mouth frames
     blink_share: float = 0.1          # share of expression frames drawn among the clip's closed-eye frames
     ssim_weight: float = 0.2
     mask_weight: float = 0.5
@@ -34,6 +35,9 @@ class IdentityTrainConfig:
     lip_batch: int = 64               # training frames per step of that target (the encoder alone, no rendering)
     lips_from_picture: bool = False   # the pinned lip coefficients also learn from the photometric losses
     lip_concordance: float = 0.0      # weight of 1 - concordance (Lin's CCC) of that batch: counters shrinkage
+    lip_response: bool = True         # learn the lip coefficients' response curves (models.blendshapes; False: linear)
+    lip_holdback: float = 0.1         # share of training frames (2 s blocks) the lip target leaves out, to measure
+                                      # and undo the encoder's shrinkage on unheard audio (0: no lip calibration)
     leak_weight: float = 0.05         # each branch's change on the wrong face region over its change on its own
     residual_reg: float = 1e-3        # mean ||residual||^2
     residual_smooth: float = 1e-3     # mean ||residual_t - residual_t+1||^2 (blinks last ~4 frames)
@@ -80,6 +84,8 @@ class IdentityTrainConfig:
         if self.mouth_interior and self.lip_target <= 0:
             raise ValueError("mouth_interior needs lip_target > 0: its jaw follows the first lip coefficient, "
                              "which the tracked mouth opening pins")
-        for name in ("focus", "random_background", "blink_share"):
+        if self.lip_holdback > 0.5:
+            raise ValueError(f"lip_holdback is a share of the training frames, in [0, 0.5]; got {self.lip_holdback!r}")
+        for name in ("focus", "random_background", "blink_share", "open_share"):
             if getattr(self, name) > 1:
                 raise ValueError(f"{name} is a share of steps or frames, in [0, 1]; got {getattr(self, name)!r}")

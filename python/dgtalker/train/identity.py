@@ -23,6 +23,12 @@ renders, in one rasterizer call:
   render (its lips must match audio i), the upper-face mask of frame j the second
   (its expression must match frame j). ``cross_view=False`` drops these two images.
 
+The lip target: the first lip coefficients (opening, width) regress the tracked mouth
+on batches of training frames through the encoder alone; the frames of a few 2-second
+blocks are left out of it (``lip_holdback``), and at every save the encoder's spread on
+them, audio it never learned the mouth of, calibrates those coefficients for inference
+(``fit_lip_calibration``; the talker's source records it).
+
 Regularisers: the residual codes' size and frame-to-frame change, the coefficients'
 frame-to-frame change (no jitter), the causal encoder's distance to the main one;
 optionally the prior's outlines at side views (``side_silhouette``).
@@ -51,8 +57,8 @@ from .losses import (concordance, cross_view_losses, face_regions, leak_loss, lo
                      side_silhouette_loss)
 from .plate import over_background, random_background
 from .preview import save_preview
-from .sampler import (compose_cross_batch, expression_weights, gather, lip_target_frames, sample_pairs,
-                      speech_coefficients)
+from .sampler import (compose_cross_batch, expression_weights, gather, lip_holdback, lip_target_frames,
+                      open_mouth_weights, sample_pairs, speech_coefficients)
 from .state import (dataset_provenance, load_training_state, make_optimizer, restore_optimizer, resume_changes,
                     save_training)
 
@@ -70,7 +76,8 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     P, R = cfg.pairs, cfg.resolution
     weights = expression_weights(data.upper_error, cfg.focus if cfg.cross_view else 0.0, data.split_blink,
                                  cfg.blink_share)
-    pi, pj = sample_pairs(step, len(data), P, cfg.seed, weights)
+    opening = None if data.mouth is None else data.mouth[data.indices.to(data.mouth.device), 0]
+    pi, pj = sample_pairs(step, len(data), P, cfg.seed, weights, open_mouth_weights(opening, cfg.open_share))
     bi, bj = data.batch(pi), data.batch(pj)
     background = random_background(step, cfg, dev)
     if background is not None:
@@ -261,6 +268,53 @@ def fit_coefficient_stats(talker, data: ClipFrames) -> None:
     talker.coef_std.copy_(c.std(0).clamp_min(1e-6) if c.shape[0] > 1 else torch.ones_like(c[0]))
 
 
+MAX_LIP_GAIN = 3.0
+
+
+@torch.no_grad()
+def fit_lip_calibration(talker, data: ClipFrames, cfg: IdentityTrainConfig) -> dict | None:
+    """Measures how the encoder's pinned lip coefficients shrink on audio whose mouth it
+    never trained on (``data.lip_heldback``) and sets both encoders' calibration
+    (``AudioEncoder.calibrated``): gain = the tracked spread over the predicted spread
+    there (within ``1 / MAX_LIP_GAIN .. MAX_LIP_GAIN``), centre = the mean prediction over
+    the training frames, range = the tracked mouth's 0.5th to 99.5th percentile. Returns
+    what it measured (held-out r, spread, gain per coefficient), or None (and gain 1)
+    without a lip target or held-back frames."""
+    from ..models.audio_encoder import LIP_BOUND
+
+    enc = talker.encoder
+    Kl = enc.config.k_lip
+    dev = enc.lip_gain.device
+    centre, gain = torch.zeros(Kl, device=dev), torch.ones(Kl, device=dev)
+    low, high = torch.full((Kl,), -LIP_BOUND, device=dev), torch.full((Kl,), LIP_BOUND, device=dev)
+    pinned = min(data.mouth.shape[1], Kl) if cfg.lip_target > 0 and data.mouth is not None else 0
+    held = data.lip_heldback
+    report = None
+    if pinned and len(held):
+        f = data.indices.to(talker.device)
+        pred = torch.cat([speech_coefficients(enc, data.windows, f[s:s + 256], data.num_frames)[1][:, :pinned]
+                          for s in range(0, len(f), 256)]).double()
+        tgt = data.mouth[data.indices.to(data.mouth.device)][:, :pinned].to(pred.device).double()
+        p, t = pred[held.to(pred.device)], tgt[held.to(pred.device)]
+        ok = torch.isfinite(t).all(1)
+        if int(ok.sum()) >= 8:
+            p, t = p[ok], t[ok]
+            spread = p.std(0) / t.std(0).clamp_min(1e-9)
+            pc, tc = p - p.mean(0), t - t.mean(0)
+            r = (pc * tc).sum(0) / (pc.norm(dim=0) * tc.norm(dim=0)).clamp_min(1e-12)
+            g = (1 / spread.clamp_min(1e-9)).clamp(1 / MAX_LIP_GAIN, MAX_LIP_GAIN)
+            finite = torch.isfinite(tgt).all(1)
+            centre[:pinned] = pred.mean(0).float()
+            gain[:pinned] = g.float()
+            low[:pinned] = torch.quantile(tgt[finite], 0.005, dim=0).float()
+            high[:pinned] = torch.quantile(tgt[finite], 0.995, dim=0).float()
+            report = {"frames": int(ok.sum()), "heldout_r": [round(float(v), 4) for v in r],
+                      "spread": [round(float(v), 4) for v in spread], "gain": [round(float(v), 4) for v in g]}
+    for e in (talker.encoder, talker.causal_encoder):
+        e.set_lip_calibration(centre, gain, low, high)
+    return report
+
+
 def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, device=None, progress: bool = True,
                    log=print, force_resume: bool = False) -> dict:
     """Trains (or resumes) a talker on the train split of the clip in ``data_dir``;
@@ -303,6 +357,7 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
         if changes:
             resumed = {"step": int(state[1]["step"]), "changes": changes}
     data = ClipFrames(dataset, split, cfg.resolution, device=device, progress=progress)
+    data.hold_back_lips(lip_holdback(len(data), cfg.lip_holdback if data.mouth is not None else 0.0, data.fps))
     val = None
     if cfg.validate_every > 0:
         pick = held[np.linspace(0, held.size - 1, min(cfg.validate_frames, held.size)).round().astype(int)]
@@ -339,6 +394,7 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
         start = int(meta["step"])
         elapsed0 = float(meta["elapsed"])
         log(f"resuming {out} at step {start} of {cfg.steps}")
+    talker.blendshapes.lip_response.requires_grad_(cfg.lip_response)
     if val is not None:
         val.windows, val.causal_windows = data.windows, data.causal_windows
     previous = talker.source.get("forced_resumes", []) if state is not None else []
@@ -358,7 +414,8 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
 
     def finish_and_save():
         fit_coefficient_stats(talker, data)
-        talker.source.update(trained_steps=step, minutes=round(elapsed() / 60, 3))
+        talker.source.update(trained_steps=step, minutes=round(elapsed() / 60, 3),
+                             lip_calibration=fit_lip_calibration(talker, data, cfg))
         save_training(out, talker, opt, step, cfg, history, elapsed(), data)
 
     try:
@@ -379,6 +436,10 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
             if step % cfg.preview_every == 0:
                 save_preview(out.with_name(out.name + ".preview.png"), talker, data, cfg)
         finish_and_save()
+        cal = talker.source.get("lip_calibration")
+        if cal:
+            log(f"lips on {cal['frames']} held-back frames: r {cal['heldout_r'][0]:.2f}, spread "
+                f"{cal['spread'][0]:.2f} of the tracked mouth's -> gain {cal['gain'][0]:.2f}")
     except KeyboardInterrupt:
         finish_and_save()
         log(f"\ninterrupted: saved step {step} to {out}; run the same command again to resume")

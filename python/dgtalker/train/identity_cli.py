@@ -63,6 +63,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of 1 - concordance of that batch's pinned coefficients with the tracked mouth: asks "
                         "for the tracked spread too, where squared error alone shrinks unheard audio's mouth "
                         f"towards the mean (default {d.lip_concordance})")
+    p.add_argument("--lip-holdback", type=float, default=d.lip_holdback, metavar="SHARE",
+                   help="share of the training frames (in 2 s blocks) whose tracked mouth the lip target leaves out: "
+                        "the encoder's spread there, on audio it never learned, sets the gain that widens the "
+                        "predicted mouth back to the tracked range (squared error shrinks it towards the mean); "
+                        f"0 = no calibration (default {d.lip_holdback})")
+    p.add_argument("--open-share", type=float, default=d.open_share, metavar="SHARE",
+                   help="share (0-1) of lip frames drawn among the clip's wide-open-mouth frames (tracked opening a "
+                        f"standard deviation above its mean; about a sixth of them; default {d.open_share})")
+    p.add_argument("--linear-lips", action="store_true",
+                   help="keep the lip coefficients' response linear (by default a learned curve lets wide openings "
+                        "take more latent per unit, where the generator saturates)")
     p.add_argument("--mouth-interior", action="store_true",
                    help="add teeth, tongue and a dark cavity behind the lips, on a jaw that opens with the tracked "
                         "mouth opening (needs --lip-target > 0; not yet measured on real clips)")
@@ -128,7 +139,7 @@ def run(args) -> int:
                               focus=args.focus, leak_weight=args.leak,
                               random_background=args.random_background, blink_share=args.blink_share,
                               side_silhouette=args.side_silhouette, lip_target=args.lip_target, lip_batch=args.lip_batch,
-                              lip_concordance=args.lip_concordance, mouth_weight=args.mouth_weight,
+                              lip_concordance=args.lip_concordance, lip_holdback=args.lip_holdback, open_share=args.open_share, lip_response=not args.linear_lips, mouth_weight=args.mouth_weight,
                               encoder_context=args.encoder_context,
                               lips_from_picture=args.lips_from_picture, mouth_interior=args.mouth_interior,
                               frontend=not args.no_frontend)

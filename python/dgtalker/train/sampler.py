@@ -6,11 +6,13 @@ import numpy as np
 import torch
 
 
-def sample_pairs(step: int, n: int, pairs: int, seed: int, weights=None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_pairs(step: int, n: int, pairs: int, seed: int, weights=None,
+                 lip_weights=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions (into the training split) of a step's frames i and j, i != j. ``weights``
-    (probabilities over the split) bias the choice of j, the expression frame."""
+    (probabilities over the split) bias the choice of j, the expression frame;
+    ``lip_weights`` that of i, the lip frame."""
     rng = np.random.default_rng([seed, step])
-    i = rng.integers(0, n, size=pairs)
+    i = rng.integers(0, n, size=pairs) if lip_weights is None else rng.choice(n, size=pairs, p=lip_weights)
     if weights is None:
         j = (i + rng.integers(1, n, size=pairs)) % n  # never equal to i
     else:
@@ -19,12 +21,52 @@ def sample_pairs(step: int, n: int, pairs: int, seed: int, weights=None) -> tupl
     return torch.from_numpy(i), torch.from_numpy(j)
 
 
+HOLDBACK_BLOCK_S = 2.0  # well beyond the encoder's reach (±6 frames, ±0.3 s of mel): the core hears no trained frame
+
+
+def lip_holdback(n: int, share: float, fps: float) -> np.ndarray:
+    """Positions (into a training split of ``n`` frames) whose tracked mouth the lip target
+    leaves out, so that the encoder's spread on unheard audio can be measured there
+    (``identity.fit_lip_calibration``): about ``share`` of the split, at least 3 blocks
+    where the split has 12, in blocks of ``HOLDBACK_BLOCK_S`` seconds spread evenly over
+    it. Empty for ``share`` 0."""
+    if share <= 0 or n < 4:
+        return np.zeros(0, np.int64)
+    block = max(1, min(int(round(HOLDBACK_BLOCK_S * fps)), n // 10))
+    blocks = n // block
+    k = max(int(round(share * blocks)), min(3, blocks // 4))
+    if k < 1:
+        return np.zeros(0, np.int64)
+    starts = ((np.arange(k) + 0.5) * blocks / k).astype(np.int64) * block
+    return (starts[:, None] + np.arange(block)[None]).ravel()
+
+
 def lip_target_frames(step: int, data, cfg) -> torch.Tensor:
     """Clip frame indices ``[cfg.lip_batch]`` of a step's lip-target batch: training frames
-    drawn uniformly (seeded by seed and step, apart from the rendered pairs' draw)."""
+    outside ``data.lip_heldback`` drawn uniformly (seeded by seed and step, apart from the
+    rendered pairs' draw)."""
     rng = np.random.default_rng([cfg.seed, step, 1])
-    pos = torch.from_numpy(rng.integers(0, len(data), size=cfg.lip_batch))
+    pool = data.lip_pool
+    pos = pool[torch.from_numpy(rng.integers(0, len(pool), size=cfg.lip_batch))]
     return data.indices[pos].to(data.mouth.device)
+
+
+OPEN_MOUTH = 1.0  # tracked opening, in standard deviations above the clip's mean, of an "open" frame
+
+
+def open_mouth_weights(opening: torch.Tensor | None, share: float) -> np.ndarray | None:
+    """Sampling probabilities of the lip frame (None: uniform): a share ``share`` goes to
+    the frames whose tracked opening ``[n]`` (standardised; NaN: none) is ``OPEN_MOUTH``
+    or more. Wide openings are about a sixth of a clip's frames, and the latent
+    saturates there first (models.blendshapes)."""
+    if opening is None or share <= 0:
+        return None
+    o = opening.detach().cpu().double().numpy()
+    wide = np.isfinite(o) & (o >= OPEN_MOUTH)
+    if not wide.any():
+        return None
+    p = np.full(len(o), (1 - share) / len(o)) + share * wide / wide.sum()
+    return p / p.sum()
 
 
 def expression_weights(upper_error: torch.Tensor, focus: float, blink: torch.Tensor | None = None,
