@@ -393,3 +393,36 @@ def test_open_mouth_frames_get_their_share_of_lip_draws():
     i, j = sampler.sample_pairs(0, 100, 4000, 0, lip_weights=p)
     assert (i < 10).float().mean() == pytest.approx(0.46, abs=0.03)
     assert not (i == j).any()
+
+
+def test_frontend_adaptation_keeps_the_trunk_and_stops_where_held_back_frames_say(tmp_path):
+    """Adapting the front end to the person tunes its output layers only, keeps the check
+    that predicts the held-back frames best (never worse than the shipped weights there),
+    records it in the talker's source, and the talker's encoders read the adapted one."""
+    from pathlib import Path
+
+    import torch
+    from test_talker import tiny_config, tiny_generator
+
+    from dgtalker.audio.frontend import load_frontend
+    from dgtalker.talker import load_talker
+    from dgtalker.train import identity
+
+    sample = Path(__file__).parent / "data" / "sample"
+    out = tmp_path / "t.safetensors"
+    identity.train_identity(sample, out, tiny_config(steps=2, adapt_frontend=30), prior=tiny_generator(),
+                            device="cpu", progress=False)
+    T = load_talker(out)
+    rec = T.source["frontend_adaptation"]
+    assert 0 <= rec["steps"] <= 30 and rec["stop_r"] >= rec["stop_r_before"]
+    shipped = load_frontend().model.state_dict()
+    mine = T.frontend.state_dict()
+    for k, v in shipped.items():
+        if k.startswith(("stem.", "blocks.")):
+            assert torch.equal(mine[k].float(), v.float()), k
+    changed = any(not torch.equal(mine[k].float(), shipped[k].float()) for k in shipped
+                  if k.startswith(("norm.", "embed.", "head.")))
+    assert changed == (rec["steps"] > 0)
+    identity.train_identity(sample, tmp_path / "u.safetensors", tiny_config(steps=2), prior=tiny_generator(),
+                            device="cpu", progress=False)
+    assert "frontend_adaptation" not in load_talker(tmp_path / "u.safetensors").source

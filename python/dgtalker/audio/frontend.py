@@ -149,9 +149,17 @@ def build_model(config: FrontEndConfig):
             self.head = nn.Conv1d(cfg.embed, 2 + cfg.n_visemes, 1)
 
         def forward(self, x):
+            return self.outputs(self.trunk(x))
+
+        def trunk(self, x):
+            """Normalised log-mel ``[B, n_mels, M]`` -> the features the output layers read."""
             h = self.stem(x)
             for b in self.blocks:
                 h = b(h)
+            return h
+
+        def outputs(self, h):
+            """The output layers (norm, embedding, head: what adapting to a person tunes)."""
             e = self.embed(self.norm(h))
             y = self.head(F.gelu(e))
             return {"opening": y[:, 0] * OPENING_SCALE + OPENING_MEAN, "width": y[:, 1] * WIDTH_SCALE + WIDTH_MEAN,

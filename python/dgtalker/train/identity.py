@@ -240,6 +240,13 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
         talker.train_mask.zero_()
         talker.train_mask[data.indices] = True
     talker.to(device)
+    talker.source = {}
+    if frontend is not None and cfg.adapt_frontend > 0 and data.mouth is not None and len(data.lip_heldback):
+        from .adapt import adapt_frontend
+
+        talker.source["frontend_adaptation"] = adapt_frontend(
+            talker.frontend, data.mel.numpy(), data.fps, data.num_frames, data.mouth, data.indices[data.lip_pool],
+            data.indices[data.lip_heldback], steps=cfg.adapt_frontend)
     data.set_windows(talker, normalise_encoders=True)
     if cfg.invert_steps > 0:
         idx = data.indices[torch.linspace(0, len(data) - 1, min(cfg.invert_views, len(data))).round().long()].numpy()
@@ -398,7 +405,9 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
     if val is not None:
         val.windows, val.causal_windows = data.windows, data.causal_windows
     previous = talker.source.get("forced_resumes", []) if state is not None else []
+    adapted = talker.source.get("frontend_adaptation")
     talker.source = {**data.source, **provenance, "cross_view": cfg.cross_view, "train_config": asdict(cfg),
+                     **({"frontend_adaptation": adapted} if adapted else {}),
                      **({"forced_resumes": previous + [resumed]} if resumed or previous else {})}
     talker.train()
     opt = make_optimizer(talker, cfg)

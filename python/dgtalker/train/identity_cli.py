@@ -71,6 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--open-share", type=float, default=d.open_share, metavar="SHARE",
                    help="share (0-1) of lip frames drawn among the clip's wide-open-mouth frames (tracked opening a "
                         f"standard deviation above its mean; about a sixth of them; default {d.open_share})")
+    p.add_argument("--adapt-frontend", type=int, default=d.adapt_frontend, metavar="STEPS",
+                   help="before training, fit the speech front end's output layers to the person's tracked mouth for "
+                        "up to STEPS steps, keeping the step that predicts the held-back blocks (--lip-holdback) best; "
+                        f"0 = the shipped, speaker-independent front end (default {d.adapt_frontend})")
     p.add_argument("--linear-lips", action="store_true",
                    help="keep the lip coefficients' response linear (by default a learned curve lets wide openings "
                         "take more latent per unit, where the generator saturates)")
@@ -139,7 +143,7 @@ def run(args) -> int:
                               focus=args.focus, leak_weight=args.leak,
                               random_background=args.random_background, blink_share=args.blink_share,
                               side_silhouette=args.side_silhouette, lip_target=args.lip_target, lip_batch=args.lip_batch,
-                              lip_concordance=args.lip_concordance, lip_holdback=args.lip_holdback, open_share=args.open_share, lip_response=not args.linear_lips, mouth_weight=args.mouth_weight,
+                              lip_concordance=args.lip_concordance, lip_holdback=args.lip_holdback, adapt_frontend=args.adapt_frontend, open_share=args.open_share, lip_response=not args.linear_lips, mouth_weight=args.mouth_weight,
                               encoder_context=args.encoder_context,
                               lips_from_picture=args.lips_from_picture, mouth_interior=args.mouth_interior,
                               frontend=not args.no_frontend)
