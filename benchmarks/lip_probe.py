@@ -83,6 +83,12 @@ def main(argv=None):
                     help="also score the held-out frames every this many steps (does longer training overfit?)")
     ap.add_argument("--adapt-steps", type=int, default=0, help="also adapt the front end's output layers this long")
     ap.add_argument("--adapt-lr", type=float, default=3e-4)
+    ap.add_argument("--holdback", type=float, default=0.0,
+                    help="leave training's held-back lip blocks (train.sampler.lip_holdback) out of the encoders' "
+                         "training frames too")
+    ap.add_argument("--adapt-frontend", type=int, default=0, metavar="STEPS",
+                    help="the 'frontend' encoder reads a front end adapted to the person as training's "
+                         "--adapt-frontend does (stop on the held-back blocks; needs --holdback)")
     ap.add_argument("--out", help="JSON to write")
     a = ap.parse_args(argv)
     torch.manual_seed(a.seed)
@@ -94,12 +100,18 @@ def main(argv=None):
     from dgtalker.prior import load_prior
     from dgtalker.talker import Talker, TalkerConfig
     from dgtalker.train.clip import mouth_targets
+    from dgtalker.train.adapt import adapt_frontend as adapt
     from dgtalker.train.losses import concordance
+    from dgtalker.train.sampler import lip_holdback
     from dgtalker.train.sampler import speech_coefficients
 
     ds = load(a.data)
     train, held = ds.splits["train"], ds.splits["heldout"]
     target = torch.from_numpy(mouth_targets(ds, train))
+    keep = np.ones(len(train), bool)
+    keep[lip_holdback(len(train), a.holdback, float(ds.fps))] = False
+    if a.adapt_frontend > 0 and keep.all():
+        ap.error("--adapt-frontend stops on the held-back blocks: pass --holdback too")
     samples, rate = ds.audio
     mel = A.log_mel(A.resample(A.to_mono(samples), int(rate), A.SAMPLE_RATE))
     fe = load_frontend()
@@ -107,7 +119,8 @@ def main(argv=None):
     N = len(ds)
     res = {"data": str(ds.root), "frames": N, "train": int(len(train)), "heldout": int(len(held)),
            "steps": a.steps, "batch": a.batch, "seed": a.seed, "fps": float(ds.fps),
-           "frontend_sha256": sha256_file(fe.path), "encoder": a.encoder, "concordance": a.concordance}
+           "frontend_sha256": sha256_file(fe.path), "encoder": a.encoder, "concordance": a.concordance,
+           "holdback_frames": int((~keep).sum())}
     # the front end's own opening, untrained on the person
     raw = fe(mel, float(ds.fps), N)["opening"]
     tracked = target[:, 0].numpy()
@@ -127,13 +140,17 @@ def main(argv=None):
         T = Talker(G, cfg, seed=a.seed, residual_frames=N)
         if use_fe:
             T.frontend.load_state_dict(fe.model.state_dict())
+            if a.adapt_frontend > 0:
+                res["adapt_frontend"] = adapt(T.frontend, mel, float(ds.fps), N, target, torch.from_numpy(train[keep]),
+                                              torch.from_numpy(train[~keep]), steps=a.adapt_frontend)
+                print("adapt_frontend", json.dumps(res["adapt_frontend"]), flush=True)
         feats, start = T.speech_features(mel)
         T.encoder.set_normalization(torch.from_numpy(feats[-start:len(feats) + start] if start else feats))
         win = T.clip_windows(mel, N, float(ds.fps))
         enc = T.encoder
         opt = torch.optim.Adam(enc.parameters(), lr=5e-4)
         ok = torch.isfinite(target).all(1)
-        pool = torch.from_numpy(train)[ok[torch.from_numpy(train)]]
+        pool = torch.from_numpy(train[keep])[ok[torch.from_numpy(train[keep])]]
         g = torch.Generator().manual_seed(a.seed)
         t0 = time.perf_counter()
         enc.train()

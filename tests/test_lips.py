@@ -357,28 +357,6 @@ def test_training_calibrates_the_lips_on_frames_the_lip_target_never_saw(tmp_pat
     assert U.source["lip_calibration"] is None and torch.equal(U.encoder.lip_gain, torch.ones(3))
 
 
-def test_lip_response_curve_bends_only_above_its_knots_and_learns_from_open_mouths():
-    """At start the curve is the identity; a weight on a hinge changes only coefficients
-    past its knot, and only those carry its gradient."""
-    import torch
-
-    from dgtalker.models.blendshapes import LIP_KNOTS, Blendshapes
-
-    bs = Blendshapes(32, 2, 3, seed=0)
-    c = torch.tensor([[-1.0, 0.2, 0.4], [1.0, 2.0, 3.0]])
-    assert torch.equal(bs.lip_curve(c), c)
-    with torch.no_grad():
-        bs.lip_response[:, 1] = 0.5  # the hinge at LIP_KNOTS[1]
-    want = c + 0.5 * (c - LIP_KNOTS[1]).clamp_min(0)
-    assert torch.allclose(bs.lip_curve(c), want)
-    assert torch.equal(bs.lip_curve(c)[0], c[0])  # all below the knot
-    bs.lip_response.grad = None
-    bs.scaled(torch.zeros(2, 2), c[:1])[1].sum().backward()
-    assert torch.equal(bs.lip_response.grad, torch.zeros_like(bs.lip_response))
-    bs.scaled(torch.zeros(2, 2), c[1:])[1].sum().backward()
-    assert bs.lip_response.grad.abs().sum() > 0
-
-
 def test_open_mouth_frames_get_their_share_of_lip_draws():
     import torch
 
@@ -426,3 +404,53 @@ def test_frontend_adaptation_keeps_the_trunk_and_stops_where_held_back_frames_sa
     identity.train_identity(sample, tmp_path / "u.safetensors", tiny_config(steps=2), prior=tiny_generator(),
                             device="cpu", progress=False)
     assert "frontend_adaptation" not in load_talker(tmp_path / "u.safetensors").source
+
+
+@pytest.mark.parametrize("tracked", [True, False])
+def test_rendered_frames_show_the_tracked_mouth_in_the_pinned_coefficients(tracked):
+    """By default the rendered latents' pinned lip coefficients are the frames' tracked
+    mouth (lips of frame i, i, j, in the cross batch's order), the free ones the
+    encoder's; ``tracked_lips=False`` renders the encoder's predictions."""
+    from pathlib import Path
+
+    import torch
+    from test_talker import tiny_config, tiny_generator
+
+    from dgtalker.data import load
+    from dgtalker.talker import Talker, TalkerConfig
+    from dgtalker.train import clip, identity, sampler, state
+
+    ds = load(Path(__file__).parent / "data" / "sample")
+    data = clip.ClipFrames(ds, ds.splits["train"], 64, progress=False)
+    talker = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96),
+                    residual_frames=data.num_frames)
+    with torch.no_grad():
+        talker.encoder.head[-1].weight.normal_()  # predictions far from the tracked mouth
+    cfg = tiny_config(lip_batch=13, tracked_lips=tracked)
+    seen, preds = [], []
+    orig_g, orig_s = talker.gaussians, sampler.speech_coefficients
+
+    def spy_gaussians(c_exp, c_lip, **kw):
+        seen.append(c_lip.detach().clone())
+        return orig_g(c_exp, c_lip, **kw)
+
+    def spy_coefficients(encoder, windows, frames, n):
+        out = orig_s(encoder, windows, frames, n)
+        if encoder is talker.encoder and len(frames) != 13:
+            preds.append(out[1].detach().clone())
+        return out
+
+    talker.gaussians = spy_gaussians
+    identity.speech_coefficients = spy_coefficients
+    try:
+        identity.train_step(talker, None, state.make_optimizer(talker, cfg), data, 0, cfg)
+    finally:
+        identity.speech_coefficients = orig_s
+    P = cfg.pairs
+    pi, pj = sampler.sample_pairs(0, len(data), P, cfg.seed)
+    fi, fj = data.indices[pi], data.indices[pj]
+    c_lip, pred = seen[0], preds[0]
+    want = torch.cat([data.mouth[fi], data.mouth[fj], data.mouth[fi]]) if tracked else \
+        torch.cat([pred[:P, :2], pred[P:2 * P, :2], pred[:P, :2]])
+    assert torch.allclose(c_lip[:, :2], want.to(c_lip), atol=1e-6)
+    assert torch.allclose(c_lip[:, 2], torch.cat([pred[:P, 2], pred[P:2 * P, 2], pred[:P, 2]]), atol=1e-6)

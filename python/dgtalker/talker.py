@@ -570,7 +570,7 @@ class TalkerCheckpointError(CheckpointError):
     The message names the file and the problem."""
 
 
-_OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "blink_track", "train_mask", "blendshapes.lip_response",
+_OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "blink_track", "train_mask",
                      *(f"{e}.lip_{b}" for e in ("encoder", "causal_encoder") for b in ("centre", "gain", "low", "high")))
 _RETIRED = ("blink_direction",)  # a residual direction that never closed the eyes; the eyelid layer replaced it
 _KEEP_FLOAT32 = ("w_can", "blendshapes.", "body_w2c", "default_w2c", "default_K", "encoder.mel_", "causal_encoder.mel_",

@@ -14,20 +14,11 @@ scales ``exp(log_scale)``: a frame's latent is
 
 with coefficients ``c`` of order one (the audio encoder's outputs). ``scaled()``
 returns the coefficients multiplied by their scales, ready for ``compose_latent``.
-
-The lip coefficients first pass a learned response curve: ``c + sum_j a_j relu(c - k_j)``
-with hinges at ``LIP_KNOTS`` (identity at start, ``a = 0``). A latent direction opens a
-real mouth less and less the further it goes (the generator saturates: on a real clip a
-talker rendered 0.027 more opening per unit from 0 to 1 but 0.011 from 3 to 4, where the
-tracked mouth asks for a constant rate), so wide openings need more latent per unit;
-the hinges let the picture learn that without bending the rest.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-
-LIP_KNOTS = (0.5, 1.5, 2.5)  # in coefficient units: for the pinned ones, tracked standard deviations above the mean
 
 
 class Blendshapes(nn.Module):
@@ -54,8 +45,6 @@ class Blendshapes(nn.Module):
         gen = torch.Generator().manual_seed(int(seed))
         self.A = nn.Parameter(torch.randn(k_exp + k_lip, dim, generator=gen) / dim ** 0.5)
         self.log_scale = nn.Parameter(torch.full((k_exp + k_lip,), float(torch.tensor(init_scale).log())))
-        self.lip_response = nn.Parameter(torch.zeros(k_lip, len(LIP_KNOTS)))
-        self.register_buffer("lip_knots", torch.tensor(LIP_KNOTS), persistent=False)
 
     def basis(self) -> Tensor:
         """All rows ``[Ke + Kl, D]`` (expression rows first), orthonormal, float32."""
@@ -73,16 +62,10 @@ class Blendshapes(nn.Module):
         s = self.log_scale.exp()
         return s[: self.k_exp], s[self.k_exp:]
 
-    def lip_curve(self, c_lip: Tensor) -> Tensor:
-        """Lip coefficients ``[..., Kl]`` through their response curves (module docstring)."""
-        hinge = (c_lip[..., None] - self.lip_knots.to(c_lip)).clamp_min(0)
-        return c_lip + (hinge * self.lip_response.to(c_lip)).sum(-1)
-
     def scaled(self, c_exp: Tensor, c_lip: Tensor) -> tuple[Tensor, Tensor]:
-        """Coefficients times their component scales (what ``compose_latent`` takes), the
-        lips after their response curves."""
+        """Coefficients times their component scales (what ``compose_latent`` takes)."""
         s_exp, s_lip = self.scales()
-        return c_exp * s_exp, self.lip_curve(c_lip) * s_lip
+        return c_exp * s_exp, c_lip * s_lip
 
     def orthogonality_error(self) -> float:
         """``max |B Bᵀ - I|`` of the current basis (float32)."""

@@ -93,7 +93,14 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
         # B_lip what they look like (a talker trained with photometric gradients into them
         # generalised worse than the encoder trained on the target alone: held-out r 0.63
         # against 0.74; docs/benchmarks.md, where the controlled comparison is pending)
-        cl = torch.cat([cl[:, :pinned].detach(), cl[:, pinned:]], 1)
+        fixed = cl[:, :pinned].detach()
+        if cfg.tracked_lips:
+            # and the rendered frames show the tracked mouth itself there, so B_lip learns the
+            # tracked opening's look from every frame, the held-back ones included, whatever
+            # the encoder predicts for it
+            tracked = data.mouth[frames.to(data.mouth.device), :pinned].to(fixed)
+            fixed = torch.where(torch.isfinite(tracked), tracked, fixed)
+        cl = torch.cat([fixed, cl[:, pinned:]], 1)
     res = talker.residual_track[frames]
     ce_full = ce + res
     c_exp, c_lip = compose_cross_batch(ce_full[:P], cl[:P], ce_full[P:2 * P], cl[P:2 * P])
@@ -401,7 +408,6 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
         start = int(meta["step"])
         elapsed0 = float(meta["elapsed"])
         log(f"resuming {out} at step {start} of {cfg.steps}")
-    talker.blendshapes.lip_response.requires_grad_(cfg.lip_response)
     if val is not None:
         val.windows, val.causal_windows = data.windows, data.causal_windows
     previous = talker.source.get("forced_resumes", []) if state is not None else []
