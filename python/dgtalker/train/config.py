@@ -33,7 +33,6 @@ class IdentityTrainConfig:
     frontend: bool = True             # the encoders read the shipped speech front end's channels beside the log-mel
     lip_target: float = 0.5           # the first two lip coefficients against the tracked mouth opening and width
     lip_batch: int = 64               # training frames per step of that target (the encoder alone, no rendering)
-    tracked_lips: bool = True         # rendered frames take the pinned lip coefficients from the tracked mouth
     lips_from_picture: bool = False   # the pinned lip coefficients also learn from the photometric losses
     lip_concordance: float = 0.0      # weight of 1 - concordance (Lin's CCC) of that batch: counters shrinkage
     adapt_frontend: int = 0           # steps fitting the front end's output layers to the tracked mouth (0: as shipped)

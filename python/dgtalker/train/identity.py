@@ -93,14 +93,9 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
         # B_lip what they look like (a talker trained with photometric gradients into them
         # generalised worse than the encoder trained on the target alone: held-out r 0.63
         # against 0.74; docs/benchmarks.md, where the controlled comparison is pending)
-        fixed = cl[:, :pinned].detach()
-        if cfg.tracked_lips:
-            # and the rendered frames show the tracked mouth itself there, so B_lip learns the
-            # tracked opening's look from every frame, the held-back ones included, whatever
-            # the encoder predicts for it
-            tracked = data.mouth[frames.to(data.mouth.device), :pinned].to(fixed)
-            fixed = torch.where(torch.isfinite(tracked), tracked, fixed)
-        cl = torch.cat([fixed, cl[:, pinned:]], 1)
+        # (rendering the tracked mouth itself there instead was measured worse on the real
+        # clip: held-out lip corr 0.26 against 0.42 in the same run; docs/benchmarks.md)
+        cl = torch.cat([cl[:, :pinned].detach(), cl[:, pinned:]], 1)
     res = talker.residual_track[frames]
     ce_full = ce + res
     c_exp, c_lip = compose_cross_batch(ce_full[:P], cl[:P], ce_full[P:2 * P], cl[P:2 * P])
