@@ -93,8 +93,6 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
         # B_lip what they look like (a talker trained with photometric gradients into them
         # generalised worse than the encoder trained on the target alone: held-out r 0.63
         # against 0.74; docs/benchmarks.md, where the controlled comparison is pending)
-        # (rendering the tracked mouth itself there instead was measured worse on the real
-        # clip: held-out lip corr 0.26 against 0.42 in the same run; docs/benchmarks.md)
         cl = torch.cat([cl[:, :pinned].detach(), cl[:, pinned:]], 1)
     res = talker.residual_track[frames]
     ce_full = ce + res
