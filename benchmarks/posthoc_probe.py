@@ -2,8 +2,8 @@
 after training (no retraining; CPU is fine):
 
 - ``gain``: its pinned lip coefficients (opening, width) widened about their training
-  mean by each factor, within the tracked mouth's 0.5th-99.5th percentile (what the lip
-  calibration does with a measured gain);
+  mean by each factor, within the tracked mouth's 0.5th-99.5th percentile: the lip
+  calibration (``AudioEncoder.calibrated``) with that gain in place of the measured one;
 - ``torso``: its torso carried by each share f of every frame's head motion (0: the
   clip's mean body pose, as rendered; 1: rigid with the head).
 
@@ -48,23 +48,24 @@ def main(argv=None):
 
     T = load_talker(a.talker, device="cpu")
     ds = load(a.data)
-    ce, cl = clip_coefficients(T, ds)
     keys = ("psnr", "psnr_head", "psnr_lower_face", "psnr_torso", "ssim", "lmd_px", "lip_corr", "lip_motion_ratio",
             "lip_lag_frames")
     for v in map(float, a.values.split(",")):
-        coefficients = (ce, cl)
         if a.what == "gain":
             tgt = mouth_targets(ds, ds.splits["train"])
             k = tgt.shape[1]
-            mean = T.coef_mean[T.config.k_exp:T.config.k_exp + k]
-            lo = torch.from_numpy(np.nanpercentile(tgt, 0.5, axis=0)).float()
-            hi = torch.from_numpy(np.nanpercentile(tgt, 99.5, axis=0)).float()
-            c2 = cl.clone()
-            c2[:, :k] = torch.minimum(torch.maximum(mean + v * (cl[:, :k] - mean), lo), hi)
-            coefficients = (ce, c2)
+            enc = T.encoder
+            centre, gain = enc.lip_centre.clone(), enc.lip_gain.clone()
+            low, high = enc.lip_low.clone(), enc.lip_high.clone()
+            centre[:k] = T.coef_mean[T.config.k_exp:T.config.k_exp + k]  # the raw prediction's training mean
+            gain[:k] = v
+            low[:k] = torch.from_numpy(np.nanpercentile(tgt, 0.5, axis=0))
+            high[:k] = torch.from_numpy(np.nanpercentile(tgt, 99.5, axis=0))
+            enc.set_lip_calibration(centre, gain, low, high)
         else:
             T.pose_clip = lambda g, w2c, f=v: T.pose_torso(g, blended_body(body_transforms(w2c, T.body_w2c), f))
-        r = evaluate(T, ds, coefficients=coefficients, novel=False, baselines=False, device="cpu", progress=False)
+        r = evaluate(T, ds, coefficients=clip_coefficients(T, ds), novel=False, baselines=False, device="cpu",
+                     progress=False)
         print(json.dumps({a.what: v, **{k: r["frames"].get(k) for k in keys}}), flush=True)
 
 

@@ -21,11 +21,6 @@ def _standardised(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return (x - x[rows].mean(0)) / x[rows].std(0).clamp_min(1e-6)
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
-
-
 def adapt_frontend(frontend, mel: np.ndarray, fps: float, num_frames: int, mouth: torch.Tensor,
                    fit_frames: torch.Tensor, stop_frames: torch.Tensor, *, steps: int = 200, lr: float = 3e-4,
                    checks: int = 20) -> dict | None:
@@ -36,6 +31,7 @@ def adapt_frontend(frontend, mel: np.ndarray, fps: float, num_frames: int, mouth
     one on ``stop_frames``. Returns ``{"steps", "stop_r_before", "stop_r"}``, or None (nothing
     changed) without enough tracked frames to fit or to stop on."""
     from ..audio.frontend import at_frames, frame_positions, normalise
+    from ..audio.frontend_train import pearson
 
     dev = next(frontend.parameters()).device
     target = mouth.detach().to(dev, torch.float64)
@@ -60,7 +56,7 @@ def adapt_frontend(frontend, mel: np.ndarray, fps: float, num_frames: int, mouth
     opt = torch.optim.Adam(params, lr=lr)
     every = max(1, steps // max(1, checks))
     with torch.no_grad():
-        best_r = first_r = _pearson(mouth_of()[stop, 0], target[stop, 0])
+        best_r = first_r = float(pearson(mouth_of()[stop, 0], target[stop, 0]))
     best, best_step = copy.deepcopy(frontend.state_dict()), 0
     for step in range(1, steps + 1):
         z = _standardised(mouth_of(), fit)
@@ -70,7 +66,7 @@ def adapt_frontend(frontend, mel: np.ndarray, fps: float, num_frames: int, mouth
         opt.step()
         if step % every == 0 or step == steps:
             with torch.no_grad():
-                r = _pearson(mouth_of()[stop, 0], target[stop, 0])
+                r = float(pearson(mouth_of()[stop, 0], target[stop, 0]))
             if r > best_r:
                 best_r, best, best_step = r, copy.deepcopy(frontend.state_dict()), step
     frontend.load_state_dict(best)

@@ -78,6 +78,7 @@ class ClipFrames:
         self.upper_error = torch.ones(len(idx))  # last upper-face error per frame (the sampler's state)
         self.hold_back_lips(np.zeros(0, np.int64))
         self.split_blink = None if self.blink is None else self.blink[self.indices.to(self.blink.device)].cpu()
+        self.split_opening = None if mouth is None else torch.from_numpy(mouth[idx, 0])  # the sampler's, per position
         self.device = torch.device(device)
 
     def set_windows(self, talker, *, normalise_encoders: bool = False) -> None:

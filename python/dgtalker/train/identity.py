@@ -63,12 +63,12 @@ from .state import (dataset_provenance, load_training_state, make_optimizer, res
                     save_training)
 
 
-def pinned_lips(c_lip, data: ClipFrames, cfg: IdentityTrainConfig) -> int:
+def pinned_lips(k_lip: int, data: ClipFrames, cfg: IdentityTrainConfig) -> int:
     """How many leading lip coefficients the tracked mouth pins (the lip target: opening
     and width, ``data.mouth``'s columns): 0 with no target or no tracked mouth."""
     if cfg.lip_target <= 0 or data.mouth is None:
         return 0
-    return min(data.mouth.shape[1], c_lip.shape[1])
+    return min(data.mouth.shape[1], k_lip)
 
 
 def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: IdentityTrainConfig) -> dict:
@@ -76,8 +76,8 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     P, R = cfg.pairs, cfg.resolution
     weights = expression_weights(data.upper_error, cfg.focus if cfg.cross_view else 0.0, data.split_blink,
                                  cfg.blink_share)
-    opening = None if data.mouth is None else data.mouth[data.indices.to(data.mouth.device), 0]
-    pi, pj = sample_pairs(step, len(data), P, cfg.seed, weights, open_mouth_weights(opening, cfg.open_share))
+    lip_weights = open_mouth_weights(data.split_opening, cfg.open_share)
+    pi, pj = sample_pairs(step, len(data), P, cfg.seed, weights, lip_weights)
     bi, bj = data.batch(pi), data.batch(pj)
     background = random_background(step, cfg, dev)
     if background is not None:
@@ -87,7 +87,7 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     nxt = lambda f: (f + 1).clamp(max=N - 1)  # noqa: E731
     frames = torch.cat([fi, fj, nxt(fi), nxt(fj)])
     ce, cl = speech_coefficients(talker.encoder, data.windows, frames, N)
-    pinned = pinned_lips(cl, data, cfg)
+    pinned = pinned_lips(cl.shape[1], data, cfg)
     if pinned and not cfg.lips_from_picture:
         # the pinned lip coefficients learn from the tracked mouth alone; the picture teaches
         # B_lip what they look like (a talker trained with photometric gradients into them
@@ -287,6 +287,7 @@ def fit_lip_calibration(talker, data: ClipFrames, cfg: IdentityTrainConfig) -> d
     the training frames, range = the tracked mouth's 0.5th to 99.5th percentile. Returns
     what it measured (held-out r, spread, gain per coefficient), or None (and gain 1)
     without a lip target or held-back frames."""
+    from ..audio.frontend_train import pearson
     from ..models.audio_encoder import LIP_BOUND
 
     enc = talker.encoder
@@ -294,7 +295,7 @@ def fit_lip_calibration(talker, data: ClipFrames, cfg: IdentityTrainConfig) -> d
     dev = enc.lip_gain.device
     centre, gain = torch.zeros(Kl, device=dev), torch.ones(Kl, device=dev)
     low, high = torch.full((Kl,), -LIP_BOUND, device=dev), torch.full((Kl,), LIP_BOUND, device=dev)
-    pinned = min(data.mouth.shape[1], Kl) if cfg.lip_target > 0 and data.mouth is not None else 0
+    pinned = pinned_lips(Kl, data, cfg)
     held = data.lip_heldback
     report = None
     if pinned and len(held):
@@ -307,8 +308,7 @@ def fit_lip_calibration(talker, data: ClipFrames, cfg: IdentityTrainConfig) -> d
         if int(ok.sum()) >= 8:
             p, t = p[ok], t[ok]
             spread = p.std(0) / t.std(0).clamp_min(1e-9)
-            pc, tc = p - p.mean(0), t - t.mean(0)
-            r = (pc * tc).sum(0) / (pc.norm(dim=0) * tc.norm(dim=0)).clamp_min(1e-12)
+            r = pearson(p.T, t.T)
             g = (1 / spread.clamp_min(1e-9)).clamp(1 / MAX_LIP_GAIN, MAX_LIP_GAIN)
             finite = torch.isfinite(tgt).all(1)
             centre[:pinned] = pred.mean(0).float()

@@ -77,7 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"0 = the shipped, speaker-independent front end (default {d.adapt_frontend})")
     p.add_argument("--mouth-interior", action="store_true",
                    help="add teeth, tongue and a dark cavity behind the lips, on a jaw that opens with the tracked "
-                        "mouth opening (needs --lip-target > 0; on a real clip it cost lip sync at 2,200 steps: off by default)")
+                        "mouth opening (needs --lip-target > 0; on a real clip it cost lip sync at 2,200 steps: off "
+                        "by default)")
     p.add_argument("--lips-from-picture", action="store_true",
                    help="let the photometric losses train the pinned lip coefficients too (by default only the "
                         "tracked mouth does, which generalises better to unheard audio)")
@@ -140,7 +141,9 @@ def run(args) -> int:
                               focus=args.focus, leak_weight=args.leak,
                               random_background=args.random_background, blink_share=args.blink_share,
                               side_silhouette=args.side_silhouette, lip_target=args.lip_target, lip_batch=args.lip_batch,
-                              lip_concordance=args.lip_concordance, lip_holdback=args.lip_holdback, adapt_frontend=args.adapt_frontend, open_share=args.open_share, mouth_weight=args.mouth_weight,
+                              lip_concordance=args.lip_concordance, lip_holdback=args.lip_holdback,
+                              adapt_frontend=args.adapt_frontend, open_share=args.open_share,
+                              mouth_weight=args.mouth_weight,
                               encoder_context=args.encoder_context,
                               lips_from_picture=args.lips_from_picture, mouth_interior=args.mouth_interior,
                               frontend=not args.no_frontend)

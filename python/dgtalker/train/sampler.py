@@ -57,8 +57,8 @@ OPEN_MOUTH = 1.0  # tracked opening, in standard deviations above the clip's mea
 def open_mouth_weights(opening: torch.Tensor | None, share: float) -> np.ndarray | None:
     """Sampling probabilities of the lip frame (None: uniform): a share ``share`` goes to
     the frames whose tracked opening ``[n]`` (standardised; NaN: none) is ``OPEN_MOUTH``
-    or more. Wide openings are about a sixth of a clip's frames, and the latent
-    saturates there first (models.blendshapes)."""
+    or more. Wide openings are about a sixth of a clip's frames, and the rendered opening
+    per unit of the lip coefficient is smallest there (docs/benchmarks.md, runs H)."""
     if opening is None or share <= 0:
         return None
     o = opening.detach().cpu().double().numpy()
