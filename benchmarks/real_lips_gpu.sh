@@ -6,24 +6,38 @@
 # VARIANTS (environment) holds one talker per line, "TAG [its own train options]"; by default
 # the current defaults ("new") and the talker before the lip work ("base": log-mel only,
 # photometric lips: --no-frontend --lip-target 0). At most 4 variants (what comes back).
+# A variant trains on another packed clip with "TAG pack=PATH [options]" (a synthetic
+# regression beside the real clip: both packs travel in one call).
 # PACK is a benchmarks/clip_pack.py output (pack --video) of a `dgtalker preprocess`
 # dataset; wheels the machine lacks go in .whl/. Writes to $OUT (or ./out): NAME_TAG.safetensors
 # (float16) per variant, the GPU test log and NAME_logs.tar (training logs and histories).
 # Evaluate the talkers on the original dataset with `dgtalker eval` (benchmarks/README.md).
 set -uo pipefail
+shopt -s extglob
 PACK=$1; MINUTES=$2; shift 2
 OUT_DIR=${OUT:-out}; mkdir -p "$OUT_DIR"
 name=$(basename "$PACK")
 VARIANTS=${VARIANTS:-$'new\nbase --no-frontend --lip-target 0'}
 source benchmarks/gpu_setup.sh
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader | tee "$OUT_DIR/gpu_tests.log"
-python3 benchmarks/clip_pack.py unpack "$PACK" "/tmp/$name" | tail -1
+packs=("$PACK")
+while read -r _ first _; do
+  [[ ${first:-} == pack=* ]] && packs+=("${first#pack=}")
+done <<< "$VARIANTS"
+for p in $(printf '%s\n' "${packs[@]}" | sort -u); do
+  python3 benchmarks/clip_pack.py unpack "$p" "/tmp/$(basename "$p")" | tail -1 &
+done
+wait
 mkdir -p /tmp/run
 pids=(); tags=()
 while read -r tag opts; do
   [ -z "$tag" ] && continue
+  clip=$name
+  if [[ $opts == pack=* ]]; then
+    clip=$(basename "${opts%% *}"); opts=${opts##pack=*([^ ])}
+  fi
   # shellcheck disable=SC2086  # the options are meant to split into words
-  dgtalker train "/tmp/$name" --out "/tmp/run/${name}_$tag.safetensors" --minutes "$MINUTES" --half --quiet \
+  dgtalker train "/tmp/$clip" --out "/tmp/run/${name}_$tag.safetensors" --minutes "$MINUTES" --half --quiet \
     $opts "$@" > "/tmp/run/${name}_$tag.log" 2>&1 &
   pids+=($!); tags+=("$tag")
 done <<< "$VARIANTS"

@@ -485,6 +485,53 @@ def test_eyelid_layer_moves_only_the_eyes():
     assert R * R > int(texels.max())
 
 
+def test_lip_layer_moves_only_the_mouth_by_the_sign_of_each_pinned_coefficient():
+    from dgtalker.prior import load_prior
+    from dgtalker.talker import mouth_region
+
+    G = load_prior()
+    texels, weight = mouth_region(G)
+    # the region: lips, mouth corners and chin of the template, in front, below the nose
+    pos = G.template_position[torch.isin(G.template_texel_index, texels)]
+    assert 1000 < texels.numel() < 4000 and float(weight.max()) == 1.0 and float(weight.min()) > 0
+    assert float(pos[:, 2].min()) > 0.03 and float(pos[:, 1].max()) < -0.03 and float(pos[:, 1].min()) > -0.1
+    T = Talker(G, TalkerConfig(k_exp=2, k_lip=3), residual_frames=3)
+    assert T.lip_map.shape == (4, G.output_bias.shape[0], texels.numel())
+    c_exp = torch.randn(4, 2)
+    # frames: the clip's mean mouth, wide open, shut tighter than the mean, and only the third
+    # (unpinned) coefficient moved
+    c_lip = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.5]])
+    with torch.no_grad():
+        before = T.gaussians(c_exp, c_lip)
+        torch.manual_seed(0)
+        T.lip_map.normal_()
+        after = T.gaussians(c_exp, c_lip)
+        T.lip_map[2:].zero_()  # the negative parts' maps off: a narrower mouth than the mean moves nothing
+        no_negative = T.gaussians(c_exp, c_lip)
+    Gp = G.config.gaussians_per_texel
+    in_mouth = torch.isin(G.template_texel_index, texels).repeat_interleave(Gp)
+
+    def moved(a, b, f):
+        return (a[0][f] - b[0][f]).abs().sum(-1) + (a[4][f] - b[4][f]).abs().sum(-1)
+
+    for f in (0, 3):  # coefficients at the mean, or only unpinned ones: the layer adds nothing
+        assert float(moved(after, before, f).max()) == 0.0
+    for f in (1, 2):
+        m = moved(after, before, f)
+        assert float(m[~in_mouth].max()) == 0.0 and float(m[in_mouth].mean()) > 1e-3
+    assert float(moved(no_negative, before, 2).max()) == 0.0 and float(moved(no_negative, after, 1).max()) == 0.0
+
+
+def test_lip_layer_learns_in_training_and_a_rate_of_zero_keeps_it_off(tmp_path):
+    out = tmp_path / "t.safetensors"
+    identity.train_identity(SAMPLE, out, tiny_config(steps=3), prior=tiny_generator(), device="cpu", progress=False)
+    T = load_talker(out)
+    assert T.lip_map.shape[0] == 4 and float(T.lip_map.abs().max()) > 0
+    identity.train_identity(SAMPLE, tmp_path / "u.safetensors", tiny_config(steps=3, lr_lip_layer=0.0),
+                            prior=tiny_generator(), device="cpu", progress=False)
+    assert float(load_talker(tmp_path / "u.safetensors").lip_map.abs().max()) == 0.0
+
+
 def test_blink_amounts_from_eyelid_distance():
     open_ = np.full(40, 10.0)
     open_[::7] = 9.0       # landmark jitter: 10% closed stays open

@@ -23,6 +23,10 @@ A talker is the prior's generator tuned to one person plus what drives it:
   small for the latent blendshapes to learn; here each training frame's ``b`` is
   measured from the clip's eyelid landmarks (``blink_track [T]``), and the map learns
   what a closed eye looks like from those frames;
+- the lip layer: ``lip_map [4, 14 G, M_mouth]``, learned raw-map offsets on the mouth
+  texels, added per frame in proportion to the positive and negative parts of the two
+  pinned lip coefficients (the tracked opening and width), beside ``B_lip``'s latent
+  path, whose rendered opening saturates;
 - the torso: template Gaussians of the shoulders follow a fixed *body camera*
   (the clip's mean camera), those of the head follow the head's camera, and the
   neck blends between the two by height (linear blend skinning), so a turning head
@@ -122,22 +126,45 @@ def neck_skin_weights(generator) -> Tensor:
 # the template's eye region (head frame, metres): the corpus puts the eye centres at
 # |x| 2.9-3.4 cm, y 1.4-2.2 cm (radius 1.2 cm) and the brows from y 3.8 cm
 EYE_X, EYE_Y, EYE_FRONT_Z, EYE_RAMP = (0.007, 0.056), (-0.002, 0.036), 0.03, 0.004
+# the mouth region: the corpus' mouth corners at |x| 2.5 cm, y -5.2 cm, the nose base near
+# -3.5 cm; down to the chin, which drops with the jaw
+MOUTH_X, MOUTH_Y, MOUTH_FRONT_Z, MOUTH_RAMP = (-0.001, 0.048), (-0.100, -0.030), 0.03, 0.006
+# the lip layer reads the pinned lip coefficients (tracked opening and width)
+LIP_LAYER_INPUTS = 2
+
+
+def template_region(generator, abs_x, y_range, front_z, ramp) -> tuple[Tensor, Tensor]:
+    """``(texels [M], weight [M])``: flat UV indices of the template texels in a box of the
+    head frame (``|x|`` within ``abs_x``, ``y`` within ``y_range``, ``z > front_z``) and a
+    window weight that is 1 inside it and falls smoothly to 0 over its last ``ramp``
+    metres, so a layer on those texels leaves no seam."""
+    x, y, z = generator.template_position.unbind(-1)
+
+    def inside(v, lo, hi):  # 0 outside [lo, hi], rising to 1 over `ramp` inside it
+        t = torch.minimum(v - lo, hi - v).div(ramp).clamp(0, 1)
+        return t * t * (3 - 2 * t)
+
+    w = inside(x.abs(), *abs_x) * inside(y, *y_range) * (z > front_z)
+    keep = w > 0
+    return generator.template_texel_index[keep].clone(), w[keep].float()
 
 
 def eye_region(generator) -> tuple[Tensor, Tensor]:
-    """``(texels [M_eye], weight [M_eye])``: flat UV indices of the template texels around
-    the eyes and a window weight that is 1 inside the region and falls smoothly to 0
-    over its last ``EYE_RAMP`` metres, so the eyelid layer leaves no seam."""
-    x, y, z = generator.template_position.unbind(-1)
-    ax = x.abs()
+    """The texels of the eyelid layer (``template_region``): around both eye sockets."""
+    return template_region(generator, EYE_X, EYE_Y, EYE_FRONT_Z, EYE_RAMP)
 
-    def inside(v, lo, hi):  # 0 outside [lo, hi], rising to 1 over EYE_RAMP inside it
-        t = torch.minimum(v - lo, hi - v).div(EYE_RAMP).clamp(0, 1)
-        return t * t * (3 - 2 * t)
 
-    w = inside(ax, *EYE_X) * inside(y, *EYE_Y) * (z > EYE_FRONT_Z)
-    keep = w > 0
-    return generator.template_texel_index[keep].clone(), w[keep].float()
+def mouth_region(generator) -> tuple[Tensor, Tensor]:
+    """The texels of the lip layer (``template_region``): lips, mouth corners and chin."""
+    return template_region(generator, MOUTH_X, MOUTH_Y, MOUTH_FRONT_Z, MOUTH_RAMP)
+
+
+def lip_layer_inputs(c_lip: Tensor) -> Tensor:
+    """``[F, 2 k]`` of lip coefficients ``[F, Kl]``: the positive and negative parts of
+    the first ``k`` (the pinned opening and width), so wider and narrower than the
+    clip's mean mouth each get their own map."""
+    c = c_lip[:, :LIP_LAYER_INPUTS].float()
+    return torch.cat([c.clamp_min(0), (-c).clamp_min(0)], 1)
 
 
 def _quat_mul(a: Tensor, b: Tensor) -> Tensor:
@@ -221,6 +248,11 @@ class Talker(nn.Module):
         self.register_buffer("eye_texels", texels, persistent=False)
         self.register_buffer("eye_weight", weight, persistent=False)
         self.blink_map = nn.Parameter(torch.zeros(generator.output_bias.shape[0], texels.numel()))
+        texels, weight = mouth_region(generator)
+        self.register_buffer("mouth_texels", texels, persistent=False)
+        self.register_buffer("mouth_weight", weight, persistent=False)
+        self.lip_map = nn.Parameter(torch.zeros(2 * min(LIP_LAYER_INPUTS, cfg.k_lip), generator.output_bias.shape[0],
+                                                texels.numel()))
         # the training clip's blink amount per frame, from its eyelid landmarks (zeros without them)
         self.register_buffer("blink_track", torch.zeros(max(1, int(residual_frames))))
         # which clip frames the talker was trained on (1) and which it never saw (0: held-out
@@ -390,7 +422,19 @@ class Talker(nn.Module):
         raw = raw.float()
         if blink is not None:
             raw = raw + blink.to(raw)[:, None, None, None] * self.eyelid_offset()
+        raw = self.with_lip_layer(raw, c_lip)
         return self.generator.decode(raw.contiguous())
+
+    def with_lip_layer(self, raw: Tensor, c_lip: Tensor) -> Tensor:
+        """Raw maps ``[F, 14 G, R, R]`` plus the lip layer of lip coefficients ``c_lip
+        [F, Kl]``: on the mouth texels, a learned map per sign of each pinned coefficient,
+        times that part (``lip_layer_inputs``). The latent path renders a wide-open mouth
+        no wider than a half-open one (the opening per unit falls fivefold over the clip's
+        range, benchmarks.md runs H); raw-map offsets are decoded linearly in position."""
+        F, C, R, _ = raw.shape
+        h = lip_layer_inputs(c_lip).to(raw)
+        offset = torch.einsum("fk,kcm->fcm", h, self.lip_map * self.mouth_weight)
+        return raw.reshape(F, C, R * R).index_add(2, self.mouth_texels, offset).view(F, C, R, R)
 
     def eyelid_offset(self) -> Tensor:
         """The eyelid layer as raw maps ``[14 G, R, R]``: what a fully closed eye adds."""
@@ -524,7 +568,7 @@ class Talker(nn.Module):
                 # the front end is not in any group: it stays as shipped
                 "blendshapes": list(self.blendshapes.parameters()), "encoder": list(self.encoder.parameters()),
                 "causal_encoder": list(self.causal_encoder.parameters()), "residual": [self.residual_track],
-                "eyelid": [self.blink_map], "mouth": [] if self.mouth is None else list(self.mouth.parameters())}
+                "eyelid": [self.blink_map], "lip_layer": [self.lip_map], "mouth": [] if self.mouth is None else list(self.mouth.parameters())}
 
 
 def blendshape_sheet(talker: Talker, path, *, size: int = 160, sigma: float = 2.0, mean=None, std=None):
@@ -570,7 +614,7 @@ class TalkerCheckpointError(CheckpointError):
     The message names the file and the problem."""
 
 
-_OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "blink_track", "train_mask",
+_OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "lip_map", "blink_track", "train_mask",
                      *(f"{e}.lip_{b}" for e in ("encoder", "causal_encoder") for b in ("centre", "gain", "low", "high")))
 _RETIRED = ("blink_direction",)  # a residual direction that never closed the eyes; the eyelid layer replaced it
 _KEEP_FLOAT32 = ("w_can", "blendshapes.", "body_w2c", "default_w2c", "default_K", "encoder.mel_", "causal_encoder.mel_",

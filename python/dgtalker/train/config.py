@@ -21,6 +21,7 @@ class IdentityTrainConfig:
     lr_encoder: float = 5e-4
     lr_residual: float = 5e-2          # per-frame codes: each is drawn only every few hundred steps
     lr_eyelid: float = 1e-2           # the eyelid layer (raw-map offsets on the eye texels)
+    lr_lip_layer: float = 1e-2        # the lip layer (raw-map offsets on the mouth texels; 0: off)
     lr_mouth: float = 1e-2            # the mouth interior's colours, opacities, shift and jaw
     mouth_interior: bool = False      # teeth, tongue and cavity on a jaw that follows the tracked opening
     open_share: float = 0.0           # share of lip frames drawn among the clip's wide-open-mouth frames

@@ -91,6 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-residual", type=float, default=d.lr_residual,
                    help=f"learning rate of the per-frame expression residual codes; each code is only updated "
                         f"when its frame is drawn, so it needs a large one (default {d.lr_residual})")
+    p.add_argument("--lr-lip-layer", type=float, default=d.lr_lip_layer,
+                   help=f"learning rate of the lip layer, raw-map offsets on the mouth that follow the tracked "
+                        f"opening and width (0: off, lips from the latent blendshapes alone; default {d.lr_lip_layer})")
     p.add_argument("--focus", type=float, default=d.focus,
                    help="share (0-1) of expression frames drawn in proportion to their last upper-face error, so "
                         f"rare events such as blinks are seen often (default {d.focus}: uniform)")
@@ -137,7 +140,7 @@ def run(args) -> int:
                               half=args.half, preview_every=args.preview_every,
                               checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                               locality=args.locality, lr_output_bias=args.lr_output_bias,
-                              aniso_reg=args.aniso, lr_residual=args.lr_residual,
+                              aniso_reg=args.aniso, lr_residual=args.lr_residual, lr_lip_layer=args.lr_lip_layer,
                               focus=args.focus, leak_weight=args.leak,
                               random_background=args.random_background, blink_share=args.blink_share,
                               side_silhouette=args.side_silhouette, lip_target=args.lip_target, lip_batch=args.lip_batch,
