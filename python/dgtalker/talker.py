@@ -415,6 +415,11 @@ class Talker(nn.Module):
         """Gaussians ``(means, quats, scales, opacities, colors)`` ``[F, N, ...]`` of the
         head at rest on its torso (use ``pose_torso`` for a moving head); ``blink [F]``
         closes the eyes by that amount (the eyelid layer; None: open)."""
+        return self.generator.decode(self.raw_maps(c_exp, c_lip, blink=blink, amp=amp).contiguous())
+
+    def raw_maps(self, c_exp: Tensor, c_lip: Tensor, *, blink: Tensor | None = None, amp: bool = False) -> Tensor:
+        """The raw maps ``[F, 14 G, R, R]`` the decode kernel turns into ``gaussians``:
+        the synthesis network's output, plus the eyelid and lip layers; float32."""
         _, styles = self.latents(c_exp, c_lip)
         use_amp = amp and styles.is_cuda
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
@@ -422,8 +427,7 @@ class Talker(nn.Module):
         raw = raw.float()
         if blink is not None:
             raw = raw + blink.to(raw)[:, None, None, None] * self.eyelid_offset()
-        raw = self.with_lip_layer(raw, c_lip)
-        return self.generator.decode(raw.contiguous())
+        return self.with_lip_layer(raw, c_lip)
 
     def with_lip_layer(self, raw: Tensor, c_lip: Tensor) -> Tensor:
         """Raw maps ``[F, 14 G, R, R]`` plus the lip layer of lip coefficients ``c_lip

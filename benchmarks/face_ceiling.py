@@ -1,0 +1,215 @@
+"""Where a real talker's blur comes from: the same frames fitted with more and more
+freedom, scored per region (head, face, lower / upper face, rest of the head, torso,
+background, whole frame; PSNR and SSIM), on training and held-out frames.
+
+    python benchmarks/face_ceiling.py DATA TALKER --json ceiling.json [--frames 40] [--steps 1500]
+
+From least to most freedom, all with the talker's own cameras, torso pose and plate:
+
+- ``audio``: the talker from each frame's audio alone (what a user gets);
+- ``residual``: training frames with their learned expression residual and blink (what
+  training fitted through the talker's per-frame paths);
+- ``paths``: the talker's per-frame paths fitted to each frame, training or held-out
+  (its speech-driven and residual coefficients ``c_exp``, ``c_lip`` and the blink amount
+  free per frame, the network fixed): what those paths can express at all;
+- ``static``: ONE set of raw UV maps (no generator) fitted to all the training frames
+  scored: the ceiling of a head that does not change from frame to frame;
+- ``one``: the raw maps fitted to a single training frame, for ``--single`` frames each:
+  what the representation can hold.
+
+``static`` below ``residual`` or ``paths`` says the per-frame paths help; ``paths`` far
+below ``one`` says they cannot express what changes between frames (brows, lids, lips,
+hair, light); ``audio`` below ``paths`` on held-out frames is what speech does not
+predict. Needs a GPU for the defaults (a few minutes on an H100); keep the output out
+of the repository when DATA is footage the project may not ship.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from dgtalker.eval import metrics as M
+from dgtalker.eval.evaluate import _GroundTruth, clip_coefficients, view_cameras
+from dgtalker.metrics import photometric_loss
+
+FITS = ("audio", "residual", "paths", "static", "one")
+
+
+def spread(frames: np.ndarray, n: int) -> np.ndarray:
+    """``n`` frames spread evenly over ``frames`` (all of them if there are fewer)."""
+    if len(frames) <= n:
+        return np.asarray(frames)
+    return np.asarray(frames)[np.linspace(0, len(frames) - 1, n).round().astype(int)]
+
+
+def scores(img: torch.Tensor, gt: torch.Tensor, masks: torch.Tensor) -> list[dict]:
+    rows = []
+    for r, g, m in zip(img.clamp(0, 1), gt, masks):
+        row = {"whole_psnr": M.psnr(r, g), "whole_ssim": M.ssim(r, g), "head_psnr": M.psnr(r, g, m[..., 0])}
+        for name, sc in M.region_scores(r, g, m).items():
+            row[f"{name}_psnr"], row[f"{name}_ssim"] = sc["psnr"], sc["ssim"]
+        rows.append(row)
+    return rows
+
+
+def mean_rows(rows: list[dict]) -> dict:
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+
+class Frames:
+    """Ground truth, cameras and the talker's coefficients of some frames, on the device."""
+
+    def __init__(self, talker, dataset, idx, size, coefficients, device):
+        self.idx = np.asarray(idx)
+        self.gt, self.masks = _GroundTruth(dataset, size, device)(self.idx)
+        self.w2c, self.K = view_cameras(dataset, self.idx, size, dataset.width, dataset.height, device)
+        ce, cl = coefficients
+        self.ce, self.cl = ce[self.idx].to(device), cl[self.idx].to(device)
+        i = torch.from_numpy(self.idx).to(device)
+        self.residual = talker.residual_track.detach()[i]
+        self.blink = talker.blink_track.detach()[i]
+
+    def __len__(self):
+        return len(self.idx)
+
+
+def render_raw(talker, raw, w2c, K, size):
+    g = talker.pose_clip(talker.generator.decode(raw.contiguous()), w2c)
+    return talker.rasterize(g, w2c, K, size, size, checked=True if raw.is_cuda else None)[0]
+
+
+def render_talker(talker, fr: Frames, size, batch, *, residual: bool):
+    rows = []
+    with torch.no_grad():
+        for s in range(0, len(fr), batch):
+            k = slice(s, s + batch)
+            ce = fr.ce[k] + (fr.residual[k] if residual else 0)
+            img, _ = talker.clip_frames(ce, fr.cl[k], fr.w2c[k], fr.K[k], size, size,
+                                        blink=fr.blink[k] if residual else None, checked=True)
+            rows += scores(img, fr.gt[k], fr.masks[k])
+    return mean_rows(rows)
+
+
+def fit_paths(talker, fr: Frames, size, batch, steps, lr=0.05):
+    """Per-frame ``c_exp``, ``c_lip`` and blink fitted to each frame, the talker fixed."""
+    rows = []
+    for s in range(0, len(fr), batch):
+        k = slice(s, s + batch)
+        ce = (fr.ce[k] + fr.residual[k]).clone().requires_grad_(True)
+        cl = fr.cl[k].clone().requires_grad_(True)
+        b = torch.full((ce.shape[0],), -2.0, device=ce.device, requires_grad=True)  # sigmoid: 0.12
+        opt = torch.optim.Adam([ce, cl, b], lr=lr)
+        for _ in range(steps):
+            img, _ = talker.clip_frames(ce, cl, fr.w2c[k], fr.K[k], size, size, blink=torch.sigmoid(b),
+                                        checked=True if ce.is_cuda else None)
+            loss = photometric_loss(img, fr.gt[k])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            img, _ = talker.clip_frames(ce, cl, fr.w2c[k], fr.K[k], size, size, blink=torch.sigmoid(b),
+                                        checked=True)
+            rows += scores(img, fr.gt[k], fr.masks[k])
+    return mean_rows(rows)
+
+
+def fit_raw(talker, fr: Frames, which: np.ndarray, size, batch, steps, lr=5e-3):
+    """One set of raw maps (starting from the talker's at the frames' mean coefficients)
+    fitted to frames ``which`` of ``fr`` (cycled ``batch`` at a time)."""
+    with torch.no_grad():
+        raw0 = talker.raw_maps(fr.ce[which].mean(0, keepdim=True), fr.cl[which].mean(0, keepdim=True))
+    raw = raw0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([raw], lr=lr)
+    order = torch.as_tensor(which)
+    for step in range(steps):
+        k = order[torch.arange(step * batch, (step + 1) * batch) % len(order)]
+        img = render_raw(talker, raw.expand(len(k), -1, -1, -1), fr.w2c[k], fr.K[k], size)
+        loss = photometric_loss(img, fr.gt[k])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return raw.detach()
+
+
+def score_raw(talker, raw, fr: Frames, which, size, batch):
+    rows = []
+    with torch.no_grad():
+        for s in range(0, len(which), batch):
+            k = torch.as_tensor(which[s:s + batch])
+            img = render_raw(talker, raw.expand(len(k), -1, -1, -1), fr.w2c[k], fr.K[k], size)
+            rows += scores(img, fr.gt[k], fr.masks[k])
+    return mean_rows(rows)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", help="the talker's training clip (a dgtalker dataset)")
+    ap.add_argument("talker")
+    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--frames", type=int, default=40, help="training and held-out frames scored, each (default 40)")
+    ap.add_argument("--single", type=int, default=3, help="frames fitted one at a time (default 3)")
+    ap.add_argument("--steps", type=int, default=1500, help="steps of each raw-map fit (default 1500)")
+    ap.add_argument("--path-steps", type=int, default=100, help="steps of each per-frame path fit (default 100)")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--fits", default=",".join(FITS), help=f"which fits, comma-separated (default {','.join(FITS)})")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = ap.parse_args(argv)
+    from dgtalker.data import load
+    from dgtalker.talker import load_talker
+
+    fits = [f for f in a.fits.split(",") if f]
+    if unknown := set(fits) - set(FITS):
+        ap.error(f"--fits: unknown {sorted(unknown)}; choose from {FITS}")
+    dataset = load(a.data)
+    talker = load_talker(a.talker, device=a.device)
+    mask = talker.train_mask.cpu().numpy().astype(bool)
+    if len(mask) != len(dataset):  # the residual codes and blinks are per frame of the training clip
+        raise SystemExit(f"{a.talker} was trained on a clip of {len(mask)} frames, {a.data} has {len(dataset)}: "
+                         "the ceilings compare a talker with its own clip (or a copy of it)")
+    coefficients = clip_coefficients(talker, dataset)
+    sets = {"train": spread(np.nonzero(mask)[0], a.frames), "heldout": spread(dataset.splits["heldout"], a.frames)}
+    out = {"data": str(a.data), "talker": str(a.talker), "size": a.size, "steps": a.steps,
+           "path_steps": a.path_steps, "frames": {k: [int(i) for i in v] for k, v in sets.items()}, "fits": {}}
+    for name, idx in sets.items():
+        fr = Frames(talker, dataset, idx, a.size, coefficients, a.device)
+        res = out["fits"].setdefault(name, {})
+        every = np.arange(len(fr))
+        t0 = time.time()
+        if "audio" in fits:
+            res["audio"] = render_talker(talker, fr, a.size, a.batch, residual=False)
+        if "residual" in fits and name == "train":
+            res["residual"] = render_talker(talker, fr, a.size, a.batch, residual=True)
+        if "paths" in fits:
+            with torch.enable_grad():
+                res["paths"] = fit_paths(talker, fr, a.size, a.batch, a.path_steps)
+        if "static" in fits:
+            if name == "train":
+                static = fit_raw(talker, fr, every, a.size, a.batch, a.steps)
+            res["static"] = score_raw(talker, static, fr, every, a.size, a.batch)
+        if "one" in fits and name == "train":
+            rows = []
+            for k in spread(every, a.single):
+                raw = fit_raw(talker, fr, np.array([k]), a.size, 1, a.steps)
+                rows.append(score_raw(talker, raw, fr, np.array([k]), a.size, 1))
+            res["one"] = mean_rows(rows)
+        print(f"{name}: {len(fr)} frames, {time.time() - t0:.0f} s", flush=True)
+    cols = ("head_psnr", "face_psnr", "lower_face_psnr", "upper_face_psnr", "head_rest_psnr", "torso_psnr",
+            "background_psnr", "whole_psnr", "whole_ssim")
+    print("| frames | fit | " + " | ".join(c.replace("_psnr", "").replace("_", " ") for c in cols) + " |")
+    for name, res in out["fits"].items():
+        for fit, row in res.items():
+            print(f"| {name} | {fit} | " + " | ".join(f"{row[c]:.3f}" if c.endswith("ssim") else f"{row[c]:.2f}"
+                                                      for c in cols) + " |")
+    if a.json:
+        from dgtalker.io import atomic_write_json
+
+        atomic_write_json(a.json, out)
+
+
+if __name__ == "__main__":
+    main()
