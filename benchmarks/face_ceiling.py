@@ -160,6 +160,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
     from dgtalker.data import load
+    from dgtalker.io import atomic_write_json
     from dgtalker.talker import load_talker
 
     fits = [f for f in a.fits.split(",") if f]
@@ -198,17 +199,21 @@ def main(argv=None):
                 rows.append(score_raw(talker, raw, fr, np.array([k]), a.size, 1))
             res["one"] = mean_rows(rows)
         print(f"{name}: {len(fr)} frames, {time.time() - t0:.0f} s", flush=True)
+        if a.json:  # after each set, so a run cut short keeps what it measured
+            atomic_write_json(a.json, out)
+    print(table(out))
+
+
+def table(out: dict) -> str:
     cols = ("head_psnr", "face_psnr", "lower_face_psnr", "upper_face_psnr", "head_rest_psnr", "torso_psnr",
             "background_psnr", "whole_psnr", "whole_ssim")
-    print("| frames | fit | " + " | ".join(c.replace("_psnr", "").replace("_", " ") for c in cols) + " |")
+    lines = ["| frames | fit | " + " | ".join(c.replace("_psnr", "").replace("_", " ") for c in cols) + " |",
+             "|---" * (len(cols) + 2) + "|"]
     for name, res in out["fits"].items():
         for fit, row in res.items():
-            print(f"| {name} | {fit} | " + " | ".join(f"{row[c]:.3f}" if c.endswith("ssim") else f"{row[c]:.2f}"
-                                                      for c in cols) + " |")
-    if a.json:
-        from dgtalker.io import atomic_write_json
-
-        atomic_write_json(a.json, out)
+            lines.append(f"| {name} | {fit} | " + " | ".join(f"{row[c]:.3f}" if c.endswith("ssim") else f"{row[c]:.2f}"
+                                                            for c in cols) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@
 # the current defaults ("new") and the talker before the lip work ("base": log-mel only,
 # photometric lips: --no-frontend --lip-target 0). At most 4 variants (what comes back).
 # A variant trains on another packed clip with "TAG pack=PATH [options]" (a synthetic
-# regression beside the real clip: both packs travel in one call).
+# regression beside the real clip: both packs travel in one call). CEILING=TAG then runs
+# benchmarks/face_ceiling.py on that variant's talker and clip (CEILING_OPTS, CEILING_S:
+# its time bound, default 150 s), into $OUT/ceiling_TAG.json.
 # PACK is a benchmarks/clip_pack.py output (pack --video) of a `dgtalker preprocess`
 # dataset; wheels the machine lacks go in .whl/. Writes to $OUT (or ./out): NAME_TAG.safetensors
 # (float16) per variant, the GPU test log and NAME_logs.tar (training logs and histories).
@@ -53,5 +55,14 @@ last = h[-1]
 print(sys.argv[1], "steps", last["step"], "minutes", last["minutes"], {k: v for k, v in last.items() if k not in ("step", "minutes")})
 PY
 done
+if [ -n "${CEILING:-}" ]; then
+  clip=$name
+  while read -r tag first _; do
+    [[ $tag == "$CEILING" && ${first:-} == pack=* ]] && clip=$(basename "${first#pack=}")
+  done <<< "$VARIANTS"
+  # shellcheck disable=SC2086
+  timeout "${CEILING_S:-150}" python3 benchmarks/face_ceiling.py "/tmp/$clip" "/tmp/run/${name}_$CEILING.safetensors" \
+    --json "$OUT_DIR/ceiling_$CEILING.json" ${CEILING_OPTS:-} 2>&1 | tail -14
+fi
 (cd /tmp/run && tar cf "$OUT_DIR/${name}_logs.tar" ./*.log ./*.history.json 2>/dev/null)
 ls -la "$OUT_DIR"
