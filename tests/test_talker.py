@@ -559,3 +559,22 @@ def test_blink_frames_are_drawn_for_the_eyelid_layer(tmp_path):
     T = load_talker(out)
     assert float(T.blink_map.abs().max()) > 0
     assert float(T.blink_track[44]) == 1.0 and float(T.blink_track[:40].max()) == 0.0
+
+
+def test_novel_views_preset_sets_the_rates_an_explicit_option_overrides():
+    import argparse
+
+    from dgtalker.train import identity_cli
+    from dgtalker.train.config import NOVEL_VIEWS
+
+    p = argparse.ArgumentParser()
+    identity_cli.add_arguments(p)
+    d = IdentityTrainConfig()
+    cfg = identity_cli.train_config(p.parse_args(["data", "--out", "t"]))
+    assert (cfg.lr_output_bias, cfg.random_background) == (d.lr_output_bias, d.random_background)
+    cfg = identity_cli.train_config(p.parse_args(["data", "--out", "t", "--novel-views"]))
+    assert (cfg.lr_output_bias, cfg.random_background) == (NOVEL_VIEWS["lr_output_bias"],
+                                                           NOVEL_VIEWS["random_background"])
+    assert NOVEL_VIEWS["lr_output_bias"] != d.lr_output_bias and NOVEL_VIEWS["random_background"] != d.random_background
+    cfg = identity_cli.train_config(p.parse_args(["data", "--out", "t", "--novel-views", "--random-background", "0"]))
+    assert (cfg.lr_output_bias, cfg.random_background) == (NOVEL_VIEWS["lr_output_bias"], 0.0)
