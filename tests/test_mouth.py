@@ -70,7 +70,7 @@ def test_closed_lips_hide_the_interior_and_parted_lips_show_it():
 def test_talker_with_a_mouth_round_trips_and_renders_it(tmp_path):
     T = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=2, width=64, height=64, mouth_interior=True))
     with torch.no_grad():
-        T.mouth.shift.add_(0.001)
+        T.mouth.shift_unit.add_(0.1)
         T.mouth.colour_logit.add_(0.3)
     g_head = T.pose_torso(T.gaussians(torch.zeros(1, 2), torch.zeros(1, 2)), None)
     g_all = T.with_mouth(g_head, torch.zeros(1, 2))
@@ -104,3 +104,15 @@ def test_training_with_a_mouth_learns_it_and_resumes_exactly(tmp_path):
     for k, v in ta.state_dict().items():
         assert torch.equal(v, tb.state_dict()[k]), k
     np.testing.assert_array_equal(ta.mouth.rest.numpy(), fresh.rest.numpy())
+
+
+def test_the_interior_stays_at_the_mouth_however_far_its_shift_is_trained():
+    from dgtalker.models.mouth import MAX_SHIFT, MouthInterior
+
+    m = MouthInterior(tiny_generator().template_position.detach().float())
+    rest = m(torch.zeros(1))[0]
+    with torch.no_grad():
+        m.shift_unit.copy_(torch.tensor([-3.0, 40.0, -300.0]))  # an optimiser that ran away
+    moved = m(torch.zeros(1))[0] - rest
+    assert float(moved.abs().max()) <= MAX_SHIFT + 1e-7
+    assert torch.allclose(moved[0, 0], MAX_SHIFT * torch.tanh(torch.tensor([-3.0, 40.0, -300.0])))

@@ -13,8 +13,8 @@ like the synthetic corpus' mouth (``dgtalker.data.synthetic.head``):
 
 Closed lips hide it (they are in front); as the lips part it shows and turns with the
 head. What is learned per talker: each Gaussian's colour and opacity, one shift of the
-whole interior (the person's mouth is not exactly the template's), and the jaw's gain
-and rest opening.
+whole interior within ``MAX_SHIFT`` (the person's mouth is not exactly the template's),
+and the jaw's gain and rest opening.
 """
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ PARTS = ("upper_teeth", "lower_teeth", "tongue", "cavity")
 COLOURS = {"upper_teeth": (0.85, 0.82, 0.74), "lower_teeth": (0.82, 0.78, 0.70), "tongue": (0.55, 0.25, 0.26),
            "cavity": (0.06, 0.03, 0.03)}
 SIZES = {"upper_teeth": 0.0022, "lower_teeth": 0.0022, "tongue": 0.003, "cavity": 0.004}
+# how far the interior may move from the template's mouth (metres, per axis). Unbounded, a
+# shift trained at the interior's rate drifted 28 cm into the head on a real clip, and no
+# tooth showed
+MAX_SHIFT = 0.01
 
 
 def mouth_front_z(template_position: Tensor, y: float = MOUTH_Y) -> float:
@@ -97,7 +101,7 @@ class MouthInterior(nn.Module):
         colour = torch.tensor([COLOURS[PARTS[k]] for k in part.tolist()])
         self.colour_logit = nn.Parameter(torch.logit(colour))
         self.opacity_logit = nn.Parameter(torch.full((len(rest),), _logit(0.95)))
-        self.shift = nn.Parameter(torch.zeros(3))
+        self.shift_unit = nn.Parameter(torch.zeros(3))  # the shift is MAX_SHIFT * tanh(shift_unit)
         # jaw angle = softplus(gain) * softplus(opening - rest_opening): about 0.04 rad for a
         # shut mouth (standardised opening -1) and 0.18 rad (10 degrees) for a wide one (+2)
         self.jaw_gain = nn.Parameter(torch.tensor(math.log(math.expm1(0.06))))
@@ -105,6 +109,10 @@ class MouthInterior(nn.Module):
 
     def __len__(self) -> int:
         return len(self.rest)
+
+    def shift(self) -> Tensor:
+        """The interior's shift from the template's mouth ``[3]`` (metres, within ``MAX_SHIFT``)."""
+        return MAX_SHIFT * torch.tanh(self.shift_unit)
 
     def jaw_angle(self, opening: Tensor) -> Tensor:
         return Fn.softplus(self.jaw_gain) * Fn.softplus(opening.float() - self.rest_opening)
@@ -116,7 +124,7 @@ class MouthInterior(nn.Module):
         turned = torch.einsum("fij,nj->fni", R, self.rest - hinge) + hinge    # [F, n, 3]
         on_jaw = (self.part == PARTS.index("lower_teeth")) | (self.part == PARTS.index("tongue"))
         w = on_jaw.to(self.rest)[None, :, None]
-        means = self.rest[None] + w * (turned - self.rest[None]) + self.shift
+        means = self.rest[None] + w * (turned - self.rest[None]) + self.shift()
         n = len(self.rest)
         quats = self.rest.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(F, n, 4)
         scales = self.log_size.exp()[None, :, None].expand(F, n, 3)
