@@ -8,9 +8,9 @@ frames as WebP (quality 85, ~41 dB PSNR to the original; or, with ``--video``, a
 h264 mp4 at CRF 17, much smaller for real footage, decoded with OpenCV on unpacking,
 with the masks as a second mp4 at half resolution and the audio as FLAC: a real and a
 synthetic pack then travel together) and masks quantized to 16 levels (lossless PNG), and
-drops the novel views and previews (evaluation runs on the original dataset). ``unpack`` turns it back into a dataset directory
-(PNG frames and masks) that ``dgtalker.data.load`` reads. For training runs only:
-evaluate against the original frames.
+drops the novel views and previews (evaluation runs on the original dataset). ``unpack``
+turns it back into a dataset directory (PNG frames and masks) that ``dgtalker.data.load``
+reads. For training runs only: evaluate against the original frames.
 """
 from __future__ import annotations
 

@@ -572,7 +572,8 @@ class Talker(nn.Module):
                 # the front end is not in any group: it stays as shipped
                 "blendshapes": list(self.blendshapes.parameters()), "encoder": list(self.encoder.parameters()),
                 "causal_encoder": list(self.causal_encoder.parameters()), "residual": [self.residual_track],
-                "eyelid": [self.blink_map], "lip_layer": [self.lip_map], "mouth": [] if self.mouth is None else list(self.mouth.parameters())}
+                "eyelid": [self.blink_map], "lip_layer": [self.lip_map],
+                "mouth": [] if self.mouth is None else list(self.mouth.parameters())}
 
 
 def blendshape_sheet(talker: Talker, path, *, size: int = 160, sigma: float = 2.0, mean=None, std=None):

@@ -6,8 +6,8 @@ from dataclasses import dataclass, fields
 
 
 # `dgtalker train --novel-views`: the rates that favour cameras the clip never shows over
-# the clip's own (chosen on the synthetic clip's novel views; real clips scored 0.8 dB
-# lower at their own cameras with them, docs/benchmarks.md runs I)
+# the clip's own (chosen on the synthetic clip's novel views; a real clip scored 1.2 dB
+# lower on the head at its own cameras with them, docs/benchmarks.md runs I)
 NOVEL_VIEWS = {"lr_output_bias": 2e-4, "random_background": 0.5}
 
 

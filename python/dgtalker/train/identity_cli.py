@@ -88,7 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--novel-views", action="store_true",
                    help="favour cameras the clip never shows over its own: a slower output bias and more random "
                         f"backgrounds ({', '.join(f'{k} {v}' for k, v in NOVEL_VIEWS.items())}); on the synthetic "
-                        "clip +0.3 dB at 30 degrees and +0.9 at 45, on a real clip 0.8 dB less at its own cameras")
+                        "clip +0.3 dB at 30 degrees and +0.9 at 45, on a real clip 1.2 dB less of head at its own "
+                        "cameras")
     p.add_argument("--lr-output-bias", type=float, default=None,
                    help=f"learning rate of the per-texel output bias, the person's free detail layer "
                         f"(default {d.lr_output_bias}; {NOVEL_VIEWS['lr_output_bias']} with --novel-views)")
@@ -146,7 +147,8 @@ def train_config(args) -> IdentityTrainConfig:
                                aniso_reg=args.aniso, lr_residual=args.lr_residual, lr_lip_layer=args.lr_lip_layer,
                                focus=args.focus, leak_weight=args.leak,
                                random_background=rates["random_background"], blink_share=args.blink_share,
-                               side_silhouette=args.side_silhouette, lip_target=args.lip_target, lip_batch=args.lip_batch,
+                               side_silhouette=args.side_silhouette, lip_target=args.lip_target,
+                               lip_batch=args.lip_batch,
                                lip_concordance=args.lip_concordance, lip_holdback=args.lip_holdback,
                                adapt_frontend=args.adapt_frontend, open_share=args.open_share,
                                mouth_weight=args.mouth_weight,
