@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from dgtalker.eval import metrics as M
-from dgtalker.eval.evaluate import _GroundTruth, clip_coefficients, view_cameras
+from dgtalker.eval.evaluate import GroundTruth, clip_coefficients, view_cameras
 from dgtalker.metrics import photometric_loss
 
 FITS = ("audio", "residual", "paths", "static", "one")
@@ -65,7 +65,7 @@ class Frames:
 
     def __init__(self, talker, dataset, idx, size, coefficients, device):
         self.idx = np.asarray(idx)
-        self.gt, self.masks = _GroundTruth(dataset, size, device)(self.idx)
+        self.gt, self.masks = GroundTruth(dataset, size, device)(self.idx)
         self.w2c, self.K = view_cameras(dataset, self.idx, size, dataset.width, dataset.height, device)
         ce, cl = coefficients
         self.ce, self.cl = ce[self.idx].to(device), cl[self.idx].to(device)

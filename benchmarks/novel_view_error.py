@@ -67,7 +67,7 @@ def main() -> None:
 
     from dgtalker.camera import orbit_angles
     from dgtalker.data import load
-    from dgtalker.eval.evaluate import _GroundTruth, clip_coefficients, novel_view_cameras
+    from dgtalker.eval.evaluate import GroundTruth, clip_coefficients, novel_view_cameras
     from dgtalker.prior import load_prior
     from dgtalker.talker import load_talker
 
@@ -82,7 +82,7 @@ def main() -> None:
     train = np.asarray(data.splits["train"])[:: a.every]
     seen = (visibility(T, data, train, ce, cl, a.size) > a.seen).float()
     grey = torch.full((3,), 0.5)
-    truth = _GroundTruth(nv, a.size, "cpu")
+    truth = GroundTruth(nv, a.size, "cpu")
     signed_yaw, pitch = np.asarray(nv.extra["yaw_deg"]), np.asarray(nv.extra.get("pitch_deg", np.zeros(len(nv))))
     yaw = np.abs(signed_yaw)
     rows: dict = {}

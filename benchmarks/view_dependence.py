@@ -32,7 +32,7 @@ def main() -> None:
     from dgtalker.data.synthetic.generate import intrinsics, studio_lighting
     from dgtalker.data.synthetic.head import STATE_KEYS, HeadModel, draw_identity
     from dgtalker.data.synthetic.raster import MeshRenderer
-    from dgtalker.eval.evaluate import _GroundTruth, clip_coefficients, novel_view_cameras
+    from dgtalker.eval.evaluate import GroundTruth, clip_coefficients, novel_view_cameras
     from dgtalker.eval.metrics import psnr
     from dgtalker.talker import load_talker
 
@@ -49,7 +49,7 @@ def main() -> None:
     talker = load_talker(a.talker, device="cpu") if a.talker else None
     if talker is not None:
         ce, cl = clip_coefficients(talker, data)
-    truth = _GroundTruth(nv, size, "cpu")
+    truth = GroundTruth(nv, size, "cpu")
     grey = torch.full((3,), 0.5)
     yaw = np.abs(np.asarray(nv.extra["yaw_deg"]))
     rows: dict = {}

@@ -54,7 +54,10 @@ def clip_coefficients(talker, dataset, *, causal: bool = False):
     return ce.cpu(), cl.cpu()
 
 
-class _GroundTruth:
+class GroundTruth:
+    """``truth(idx) -> (images [n, size, size, 3], masks [n, size, size, 4])`` of a view set's
+    views ``idx`` (a dataset's frames or its novel views), resized and on ``device``."""
+
     def __init__(self, viewset, size: int, device):
         self.v, self.size, self.device = viewset, size, device
 
@@ -242,7 +245,7 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
         raise ValueError(f"frames must be a non-empty list of frame indices in [0, {len(dataset)}), got "
                          f"{frames.size} of them")
     ce_all, cl_all = coefficients if coefficients is not None else clip_coefficients(talker, dataset)
-    gt_of = _GroundTruth(dataset, size, device)
+    gt_of = GroundTruth(dataset, size, device)
     use_landmarks = L.available() if landmarks is None else bool(landmarks)
     detector = L.FaceLandmarks() if use_landmarks else None
     scale = dataset.width / size
@@ -368,7 +371,7 @@ def evaluate_novel(talker, dataset, ce_all, cl_all, size, batch, device, progres
     nv = dataset.novel
     yaw = np.asarray(nv.extra.get("yaw_deg", np.zeros(len(nv))), np.float64)
     grey = torch.full((3,), 0.5, device=device)
-    gt_of = _GroundTruth(nv, size, device)
+    gt_of = GroundTruth(nv, size, device)
     per = []
     for s in tqdm(range(0, len(nv), batch), desc="novel views", disable=not progress, unit="batch"):
         idx = np.arange(s, min(s + batch, len(nv)))
@@ -402,7 +405,7 @@ def disentanglement(talker, dataset, *, frame: int = 0, size: int = 256, sigma: 
     mean_e, mean_l = ce_all.mean(0), cl_all.mean(0)
     std_e, std_l = ce_all.std(0), cl_all.std(0)
     w2c, K = view_cameras(dataset, np.array([frame]), size, dataset.width, dataset.height, device)
-    _, masks = _GroundTruth(dataset, size, device)([frame])
+    _, masks = GroundTruth(dataset, size, device)([frame])
     lower, upper = masks[..., 1:2], masks[..., 2:3]
     Ke, Kl = len(mean_e), len(mean_l)
     ce = mean_e.repeat(1 + 2 * (Ke + Kl), 1)

@@ -58,10 +58,10 @@ def render_speed(talker, dataset, size: int, device, frames: int = 16) -> dict:
 def _truth_and_render(talker, dataset, coefficients, frames, size: int, device):
     """(truth, masks, render clamped to [0, 1]) of clip ``frames`` at ``size`` squared, the
     render from their speech coefficients at their own cameras."""
-    from .evaluate import _GroundTruth, view_cameras
+    from .evaluate import GroundTruth, view_cameras
 
     w2c, K = view_cameras(dataset, frames, size, dataset.width, dataset.height, device)
-    gt, masks = _GroundTruth(dataset, size, device)(frames)
+    gt, masks = GroundTruth(dataset, size, device)(frames)
     ce, cl = coefficients
     with torch.no_grad():
         img, _ = talker.clip_frames(ce[frames].to(device), cl[frames].to(device), w2c, K, size, size, checked=True)
