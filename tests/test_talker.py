@@ -496,6 +496,10 @@ def test_lip_layer_moves_only_the_mouth_by_the_sign_of_each_pinned_coefficient()
     pos = G.template_position[torch.isin(G.template_texel_index, texels)]
     assert 1000 < texels.numel() < 4000 and float(weight.max()) == 1.0 and float(weight.min()) > 0
     assert float(pos[:, 2].min()) > 0.03 and float(pos[:, 1].max()) < -0.03 and float(pos[:, 1].min()) > -0.1
+    # full weight across the midline, where the lips part most; the window falls only at its edges
+    assert torch.equal(G.template_texel_index[torch.isin(G.template_texel_index, texels)], texels)  # pos[i] is texel i's
+    x, y = pos[:, 0], pos[:, 1]
+    assert float(weight[(x.abs() < 0.005) & (y > -0.09) & (y < -0.04)].min()) == 1.0
     T = Talker(G, TalkerConfig(k_exp=2, k_lip=3), residual_frames=3)
     assert T.lip_map.shape == (4, G.output_bias.shape[0], texels.numel())
     c_exp = torch.randn(4, 2)

@@ -127,8 +127,9 @@ def neck_skin_weights(generator) -> Tensor:
 # |x| 2.9-3.4 cm, y 1.4-2.2 cm (radius 1.2 cm) and the brows from y 3.8 cm
 EYE_X, EYE_Y, EYE_FRONT_Z, EYE_RAMP = (0.007, 0.056), (-0.002, 0.036), 0.03, 0.004
 # the mouth region: the corpus' mouth corners at |x| 2.5 cm, y -5.2 cm, the nose base near
-# -3.5 cm; down to the chin, which drops with the jaw
-MOUTH_X, MOUTH_Y, MOUTH_FRONT_Z, MOUTH_RAMP = (-0.001, 0.048), (-0.100, -0.030), 0.03, 0.006
+# -3.5 cm; down to the chin, which drops with the jaw. Its |x| range starts a ramp below 0,
+# so the window is 1 across the midline, where the lips part most
+MOUTH_X, MOUTH_Y, MOUTH_FRONT_Z, MOUTH_RAMP = (-0.01, 0.048), (-0.100, -0.030), 0.03, 0.006
 # the lip layer reads the pinned lip coefficients (tracked opening and width)
 LIP_LAYER_INPUTS = 2
 
