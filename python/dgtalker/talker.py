@@ -160,6 +160,14 @@ def mouth_region(generator) -> tuple[Tensor, Tensor]:
     return template_region(generator, MOUTH_X, MOUTH_Y, MOUTH_FRONT_Z, MOUTH_RAMP)
 
 
+def add_on_texels(raw: Tensor, texels: Tensor, offset: Tensor) -> Tensor:
+    """Raw maps ``[F, C, R, R]`` plus ``offset [F, C, M]`` on the flat UV ``texels [M]`` of a
+    region (the eyelid and lip layers): only those texels are touched, no full-size map
+    of zeros is built."""
+    F, C, R, _ = raw.shape
+    return raw.reshape(F, C, R * R).index_add(2, texels, offset).view(F, C, R, R)
+
+
 def lip_layer_inputs(c_lip: Tensor) -> Tensor:
     """``[F, 2 k]`` of lip coefficients ``[F, Kl]``: the positive and negative parts of
     the first ``k`` (the pinned opening and width), so wider and narrower than the
@@ -427,8 +435,14 @@ class Talker(nn.Module):
             raw = self.generator.synthesize(styles, network=self._fast_synthesis if use_amp else None)
         raw = raw.float()
         if blink is not None:
-            raw = raw + blink.to(raw)[:, None, None, None] * self.eyelid_offset()
+            raw = self.eyelid_layer(raw, blink)
         return self.with_lip_layer(raw, c_lip)
+
+    def eyelid_layer(self, raw: Tensor, blink: Tensor) -> Tensor:
+        """Raw maps ``[F, 14 G, R, R]`` plus the eyelid layer, ``blink [F]`` times the map of a
+        fully closed eye on the eye texels."""
+        offset = blink.to(raw)[:, None, None] * (self.blink_map * self.eye_weight)
+        return add_on_texels(raw, self.eye_texels, offset)
 
     def with_lip_layer(self, raw: Tensor, c_lip: Tensor) -> Tensor:
         """Raw maps ``[F, 14 G, R, R]`` plus the lip layer of lip coefficients ``c_lip
@@ -436,17 +450,9 @@ class Talker(nn.Module):
         times that part (``lip_layer_inputs``). The latent path renders a wide-open mouth
         no wider than a half-open one (the opening per unit falls fivefold over the clip's
         range, benchmarks.md runs H); raw-map offsets are decoded linearly in position."""
-        F, C, R, _ = raw.shape
         h = lip_layer_inputs(c_lip).to(raw)
         offset = torch.einsum("fk,kcm->fcm", h, self.lip_map * self.mouth_weight)
-        return raw.reshape(F, C, R * R).index_add(2, self.mouth_texels, offset).view(F, C, R, R)
-
-    def eyelid_offset(self) -> Tensor:
-        """The eyelid layer as raw maps ``[14 G, R, R]``: what a fully closed eye adds."""
-        R = self.generator.config.resolution
-        C = self.blink_map.shape[0]
-        flat = self.blink_map.new_zeros(C, R * R).index_copy(1, self.eye_texels, self.blink_map * self.eye_weight)
-        return flat.view(C, R, R)
+        return add_on_texels(raw, self.mouth_texels, offset)
 
     def clip_gaussians(self, c_exp: Tensor, c_lip: Tensor, w2c: Tensor, *, blink: Tensor | None = None,
                        amp: bool = False):

@@ -77,8 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"0 = the shipped, speaker-independent front end (default {d.adapt_frontend})")
     p.add_argument("--mouth-interior", action="store_true",
                    help="add teeth, tongue and a dark cavity behind the lips, on a jaw that opens with the tracked "
-                        "mouth opening (needs --lip-target > 0; on a real clip it cost lip sync at 2,200 steps: off "
-                        "by default)")
+                        "mouth opening (needs --lip-target > 0; no teeth shown on a real clip yet: off by default)")
     p.add_argument("--lips-from-picture", action="store_true",
                    help="let the photometric losses train the pinned lip coefficients too (by default only the "
                         "tracked mouth does, which generalises better to unheard audio)")
