@@ -404,3 +404,22 @@ def test_frontend_adaptation_keeps_the_trunk_and_stops_where_held_back_frames_sa
     identity.train_identity(sample, tmp_path / "u.safetensors", tiny_config(steps=2), prior=tiny_generator(),
                             device="cpu", progress=False)
     assert "frontend_adaptation" not in load_talker(tmp_path / "u.safetensors").source
+
+
+def test_open_and_closed_lower_face_split_by_the_truths_opening():
+    from dgtalker.eval.evaluate import open_and_closed
+
+    opening = np.linspace(0.0, 0.3, 30)
+    rows = [{"opening_truth": o, "psnr_lower_face": 30.0 - 10 * o} for o in opening]
+    rows[0]["opening_truth"] = np.nan  # a frame without landmarks does not count
+    out = open_and_closed(rows)
+    valid = opening[1:]
+    lo, hi = np.quantile(valid, [1 / 3, 2 / 3])
+    assert out["open_frames"] == int((valid >= hi).sum()) and out["closed_frames"] == int((valid <= lo).sum())
+    assert out["psnr_lower_face_open"] == pytest.approx(30 - 10 * valid[valid >= hi].mean())
+    assert out["psnr_lower_face_closed"] == pytest.approx(30 - 10 * valid[valid <= lo].mean())
+    # without landmarks the dark fraction of the lower face decides
+    dark = [{"mouth_truth": o, "psnr_lower_face": 20.0 + (o > 0.15)} for o in opening]
+    assert open_and_closed(dark)["psnr_lower_face_open"] == 21.0
+    assert open_and_closed(dark)["psnr_lower_face_closed"] == 20.0
+    assert open_and_closed(rows[:4]) == {}

@@ -128,6 +128,24 @@ def lip_sync(render_opening, truth_opening, max_lag: int = 5) -> dict:
             "opening_std_truth": st}
 
 
+def open_and_closed(rows: list[dict]) -> dict:
+    """Lower-face PSNR on the open-mouth frames (the truth's opening in its top third)
+    and on the closed ones (bottom third): where a mouth interior is missing, the open
+    frames score far below the closed ones. The opening is the face mesh's (inner-lip
+    gap over the eye corners) where landmarks were found, else the dark fraction of the
+    lower face. Empty with fewer than 6 frames that have an opening."""
+    key = "opening_truth" if rows and "opening_truth" in rows[0] else "mouth_truth"
+    o = np.array([r.get(key, np.nan) for r in rows], np.float64)
+    lower = np.array([r["psnr_lower_face"] for r in rows], np.float64)
+    ok = np.isfinite(o) & np.isfinite(lower)
+    if ok.sum() < 6:
+        return {}
+    lo, hi = np.quantile(o[ok], [1 / 3, 2 / 3])
+    opened, closed = ok & (o >= hi), ok & (o <= lo)
+    return {"psnr_lower_face_open": float(lower[opened].mean()), "psnr_lower_face_closed": float(lower[closed].mean()),
+            "open_frames": int(opened.sum()), "closed_frames": int(closed.sum())}
+
+
 def _summary(rows: list[dict]) -> dict:
     keys = ("psnr", "psnr_head", "psnr_torso", "psnr_lower_face", "psnr_upper_face", "ssim")
     out = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
@@ -151,6 +169,7 @@ def _summary(rows: list[dict]) -> dict:
         gt_gap, r_gap = [r["lip_gap_truth"] for r in rows], [r["lip_gap_render"] for r in rows]
         out["mouth_corr_landmarks"] = M.pearson(gt_gap, r_gap)
         out.update(lip_sync(np.array([r["opening_render"] for r in rows]), np.array([r["opening_truth"] for r in rows])))
+    out.update(open_and_closed(rows))
     out["frames"] = len(rows)
     return out
 

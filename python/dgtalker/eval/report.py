@@ -181,6 +181,11 @@ def markdown(rep: dict) -> str:
     for name, m in [("talker", rep["frames"])] + [(k, v) for k, v in rep["baselines"].items()]:
         lines.append(f"| {name} | {f(m['psnr'])} | {f(m['psnr_head'])} | {f(m['psnr_lower_face'])} | "
                      f"{f(m['ssim'], 4)} | {f(m.get('lmd_px'))} | {f(m['mouth_corr'], 3)} | {m['mouth_lag_frames']} |")
+    if fr.get("psnr_lower_face_open") is not None:
+        lines += ["", f"Lower face on open-mouth frames {f(fr['psnr_lower_face_open'])} dB "
+                      f"({fr['open_frames']} frames, the truth's opening in its top third), on closed ones "
+                      f"{f(fr['psnr_lower_face_closed'])} dB ({fr['closed_frames']}, bottom third): "
+                      f"{f(fr['psnr_lower_face_closed'] - fr['psnr_lower_face_open'])} dB apart."]
     if rep.get("novel_views"):
         lines += ["", "| novel views, abs(yaw) | PSNR | PSNR head | SSIM | views |", "|---|---|---|---|---|"]
         for b, m in rep["novel_views"].items():
