@@ -423,3 +423,40 @@ def test_open_and_closed_lower_face_split_by_the_truths_opening():
     assert open_and_closed(dark)["psnr_lower_face_open"] == 21.0
     assert open_and_closed(dark)["psnr_lower_face_closed"] == 20.0
     assert open_and_closed(rows[:4]) == {}
+
+
+def test_the_encoders_learn_nothing_from_the_held_back_frames_audio():
+    """The lip calibration measures the encoder's shrinkage on the held-back frames, so no
+    loss may train either encoder on their audio: with every frame held back, one step
+    leaves both encoders without a gradient, while the maps still learn from the picture;
+    with none held back the same step trains them."""
+    from pathlib import Path
+
+    import torch
+    from test_talker import tiny_config, tiny_generator
+
+    from dgtalker.data import load
+    from dgtalker.talker import Talker, TalkerConfig
+    from dgtalker.train import clip, identity, state
+    from dgtalker.train.config import IdentityTrainConfig
+
+    ds = load(Path(__file__).parent / "data" / "sample")
+    cfg = IdentityTrainConfig(**{**tiny_config().__dict__, "lip_target": 0.0, "distill_weight": 1.0})
+
+    def grads(all_unheard: bool):
+        torch.manual_seed(0)
+        data = clip.ClipFrames(ds, ds.splits["train"], 64, progress=False)
+        talker = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96),
+                        residual_frames=data.num_frames)
+        data.set_windows(talker, normalise_encoders=True)
+        data.unheard[:] = all_unheard
+        identity.train_step(talker, None, state.make_optimizer(talker, cfg), data, 0, cfg)
+
+        def total(module):
+            return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+        return total(talker.encoder), total(talker.causal_encoder), total(talker.generator)
+
+    enc, causal, gen = grads(True)
+    assert enc == 0 and causal == 0 and gen > 0
+    enc, causal, gen = grads(False)
+    assert enc > 0 and causal > 0 and gen > 0

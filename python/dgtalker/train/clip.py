@@ -76,10 +76,10 @@ class ClipFrames:
         boxes = mouth_boxes(dataset, R)
         self.mouth_box = None if boxes is None else torch.from_numpy(boxes).to(device)  # [N, 4] training pixels
         self.upper_error = torch.ones(len(idx))  # last upper-face error per frame (the sampler's state)
+        self.device = torch.device(device)
         self.hold_back_lips(np.zeros(0, np.int64))
         self.split_blink = None if self.blink is None else self.blink[self.indices.to(self.blink.device)].cpu()
         self.split_opening = None if mouth is None else torch.from_numpy(mouth[idx, 0])  # the sampler's, per position
-        self.device = torch.device(device)
 
     def set_windows(self, talker, *, normalise_encoders: bool = False) -> None:
         """The encoders' windows of every clip frame from ``talker``'s features (with its
@@ -99,11 +99,15 @@ class ClipFrames:
 
     def hold_back_lips(self, positions) -> None:
         """Positions (into the split) whose tracked mouth the lip target leaves out
-        (``sampler.lip_holdback``): ``lip_heldback``, and the rest, ``lip_pool``."""
+        (``sampler.lip_holdback``): ``lip_heldback``, and the rest, ``lip_pool``;
+        ``unheard [num_frames]`` marks their clip frames, whose audio the encoders never
+        learn from (``identity.train_step``)."""
         held = torch.as_tensor(np.asarray(positions, np.int64))
         keep = torch.ones(len(self.indices), dtype=torch.bool)
         keep[held] = False
         self.lip_heldback, self.lip_pool = held, torch.nonzero(keep)[:, 0]
+        self.unheard = torch.zeros(self.num_frames, dtype=torch.bool, device=self.device)
+        self.unheard[self.indices[held].to(self.device)] = True
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -87,6 +87,11 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     nxt = lambda f: (f + 1).clamp(max=N - 1)  # noqa: E731
     frames = torch.cat([fi, fj, nxt(fi), nxt(fj)])
     ce, cl = speech_coefficients(talker.encoder, data.windows, frames, N)
+    # the lip calibration measures the encoder's shrinkage on the held-back frames: their audio
+    # must stay unheard, so the picture there trains the maps but not the encoder (through the
+    # expression and unpinned lip coefficients it had fitted them; docs/benchmarks.md, runs J)
+    unheard = data.unheard[frames][:, None]
+    ce, cl = torch.where(unheard, ce.detach(), ce), torch.where(unheard, cl.detach(), cl)
     pinned = pinned_lips(cl.shape[1], data, cfg)
     if pinned and not cfg.lips_from_picture:
         # the pinned lip coefficients learn from the tracked mouth alone; the picture teaches
@@ -171,7 +176,9 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     loss = loss + cfg.coef_reg * c_all.pow(2).sum(-1).mean()
     if cfg.distill_weight > 0:
         cce, ccl = speech_coefficients(talker.causal_encoder, data.causal_windows, frames[:2 * P], N)
-        distill = (cce - ce[:2 * P].detach()).pow(2).mean() + (ccl - cl[:2 * P].detach()).pow(2).mean()
+        heard = (~unheard[:2 * P]).float()  # the causal encoder too learns nothing of the held-back audio
+        err = (cce - ce[:2 * P].detach()).pow(2).mean(1, keepdim=True) + (ccl - cl[:2 * P].detach()).pow(2).mean(1, keepdim=True)
+        distill = (err * heard).sum() / heard.sum().clamp_min(1.0)
         loss = loss + cfg.distill_weight * distill
         out["distill"] = float(distill.detach())
     if reference is not None and cfg.locality > 0 and step % cfg.locality_every == 0:
