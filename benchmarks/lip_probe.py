@@ -68,6 +68,36 @@ def adapt_frontend(fe, mel, N, fps, target, train, held, steps, lr):
     return out
 
 
+def augmented_coefficients(enc, windows, frames, N, a, g):
+    """``speech_coefficients`` of a training batch with its input windows augmented
+    (a masked band of channels, a masked stretch of time, noise; the mask sets the
+    normalised input to 0, the mean) and its frame embeddings dropped out."""
+    nb = enc.neighbours(frames, N)
+    uniq, inv = torch.unique(nb, return_inverse=True)
+    x = windows[uniq].clone()  # [U, 2h+1, C]
+    U, L, C = x.shape
+    mean, std = enc.mel_mean.reshape(1, 1, -1), enc.mel_std.reshape(1, 1, -1)
+    keep = torch.ones_like(x, dtype=torch.bool)
+    if a.mask_bands:
+        w = torch.randint(0, a.mask_bands + 1, (U, 1, 1), generator=g)
+        lo = (torch.rand(U, 1, 1, generator=g) * (C - w + 1)).long()
+        c = torch.arange(C).reshape(1, 1, C)
+        keep &= ~((c >= lo) & (c < lo + w))
+    if a.mask_time:
+        w = torch.randint(0, a.mask_time + 1, (U, 1, 1), generator=g)
+        lo = (torch.rand(U, 1, 1, generator=g) * (L - w + 1)).long()
+        t = torch.arange(L).reshape(1, L, 1)
+        keep &= ~((t >= lo) & (t < lo + w))
+    x = torch.where(keep, x, mean.expand_as(x))
+    if a.noise > 0:
+        x = x + a.noise * std * torch.randn(x.shape, generator=g)
+    emb = enc.frame_embedding(x)
+    if a.embed_dropout > 0:
+        emb = torch.nn.functional.dropout(emb, a.embed_dropout, training=True)
+    picked = torch.index_select(emb, 0, inv.flatten()).reshape(*inv.shape, emb.shape[-1])
+    return enc.from_embeddings(picked)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", help="a talking-clip dataset with tracked mouths (dgtalker preprocess)")
@@ -89,6 +119,14 @@ def main(argv=None):
     ap.add_argument("--adapt-frontend", type=int, default=0, metavar="STEPS",
                     help="the 'frontend' encoder reads a front end adapted to the person as training's "
                          "--adapt-frontend does (stop on the held-back blocks; needs --holdback)")
+    ap.add_argument("--mask-bands", type=int, default=0, metavar="W",
+                    help="augment: per training window, one random band of up to W input channels set to its mean")
+    ap.add_argument("--mask-time", type=int, default=0, metavar="W",
+                    help="augment: per training window, one random stretch of up to W mel frames set to the mean")
+    ap.add_argument("--noise", type=float, default=0.0,
+                    help="augment: Gaussian noise of this many standard deviations on the normalised input")
+    ap.add_argument("--embed-dropout", type=float, default=0.0, help="dropout on the frame embeddings while training")
+    ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0: Adam)")
     ap.add_argument("--out", help="JSON to write")
     a = ap.parse_args(argv)
     torch.manual_seed(a.seed)
@@ -120,7 +158,9 @@ def main(argv=None):
     res = {"data": str(ds.root), "frames": N, "train": int(len(train)), "heldout": int(len(held)),
            "steps": a.steps, "batch": a.batch, "seed": a.seed, "fps": float(ds.fps),
            "frontend_sha256": sha256_file(fe.path), "encoder": a.encoder, "concordance": a.concordance,
-           "holdback_frames": int((~keep).sum())}
+           "holdback_frames": int((~keep).sum()),
+           "augment": {"mask_bands": a.mask_bands, "mask_time": a.mask_time, "noise": a.noise,
+                       "embed_dropout": a.embed_dropout, "weight_decay": a.weight_decay}}
     # the front end's own opening, untrained on the person
     raw = fe(mel, float(ds.fps), N)["opening"]
     tracked = target[:, 0].numpy()
@@ -148,16 +188,21 @@ def main(argv=None):
         T.encoder.set_normalization(torch.from_numpy(feats[-start:len(feats) + start] if start else feats))
         win = T.clip_windows(mel, N, float(ds.fps))
         enc = T.encoder
-        opt = torch.optim.Adam(enc.parameters(), lr=5e-4)
+        opt = (torch.optim.AdamW(enc.parameters(), lr=5e-4, weight_decay=a.weight_decay) if a.weight_decay > 0
+               else torch.optim.Adam(enc.parameters(), lr=5e-4))
         ok = torch.isfinite(target).all(1)
         pool = torch.from_numpy(train[keep])[ok[torch.from_numpy(train[keep])]]
         g = torch.Generator().manual_seed(a.seed)
         t0 = time.perf_counter()
         enc.train()
         curve = []
+        augmenting = a.mask_bands or a.mask_time or a.noise > 0 or a.embed_dropout > 0
         for step in range(a.steps):
             f = pool[torch.randint(0, len(pool), (a.batch,), generator=g)]
-            _, cl = speech_coefficients(enc, win, f, N)
+            if augmenting:
+                _, cl = augmented_coefficients(enc, win, f, N, a, g)
+            else:
+                _, cl = speech_coefficients(enc, win, f, N)
             loss = (cl[:, :2] - target[f]).pow(2).mean()
             if a.concordance > 0:
                 loss = loss + a.concordance * (1 - concordance(cl[:, :2], target[f], ok[f])).mean()

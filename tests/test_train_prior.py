@@ -176,6 +176,7 @@ def _ddp_worker(rank, world, port, corpus, out):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         pretrain_prior(corpus, out, config(steps=3, checkpoint_every=3), device=CPU, progress=False)
+        dist.barrier()  # neither rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 
