@@ -42,6 +42,7 @@ class IdentityTrainConfig:
     lip_batch: int = 64               # training frames per step of that target (the encoder alone, no rendering)
     lips_from_picture: bool = False   # the pinned lip coefficients also learn from the photometric losses
     lip_concordance: float = 0.0      # weight of 1 - concordance (Lin's CCC) of that batch: counters shrinkage
+    encoder_noise: float = 0.0        # Gaussian noise on the audio encoder's normalised input while it trains (std)
     adapt_frontend: int = 0           # steps fitting the front end's output layers to the tracked mouth (0: as shipped)
     lip_holdback: float = 0.1         # share of training frames (2 s blocks) the lip target leaves out, to measure
                                       # and undo the encoder's shrinkage on unheard audio (0: no lip calibration)

@@ -86,7 +86,11 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     N = data.num_frames
     nxt = lambda f: (f + 1).clamp(max=N - 1)  # noqa: E731
     frames = torch.cat([fi, fj, nxt(fi), nxt(fj)])
-    ce, cl = speech_coefficients(talker.encoder, data.windows, frames, N)
+    noisy = {}
+    if cfg.encoder_noise > 0:  # drawn per step, so a resumed run draws the same noise
+        noisy = {"noise": cfg.encoder_noise,
+                 "generator": torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + step)}
+    ce, cl = speech_coefficients(talker.encoder, data.windows, frames, N, **noisy)
     # the lip calibration measures the encoder's shrinkage on the held-back frames: their audio
     # must stay unheard, so the picture there trains the maps but not the encoder (through the
     # expression and unpinned lip coefficients it had fitted them; docs/benchmarks.md, runs J)
@@ -153,7 +157,7 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
         # a direct signal where the photometric one is weak. It runs on its own batch of
         # training frames through the encoder alone (no rendering, so many frames are cheap)
         lf = lip_target_frames(step, data, cfg)
-        _, cl_t = speech_coefficients(talker.encoder, data.windows, lf, N)
+        _, cl_t = speech_coefficients(talker.encoder, data.windows, lf, N, **noisy)
         tgt = data.mouth[lf, :pinned]
         ok = torch.isfinite(tgt).all(1).float()
         err = (cl_t[:, :pinned] - torch.nan_to_num(tgt)).pow(2).mean(1)

@@ -97,12 +97,19 @@ def compose_cross_batch(c_exp_i, c_lip_i, c_exp_j, c_lip_j):
     return torch.cat([c_exp_i, c_exp_j, c_exp_j]), torch.cat([c_lip_i, c_lip_j, c_lip_i])
 
 
-def speech_coefficients(encoder, windows: torch.Tensor, frames: torch.Tensor, num_frames: int):
+def speech_coefficients(encoder, windows: torch.Tensor, frames: torch.Tensor, num_frames: int, *,
+                        noise: float = 0.0, generator: torch.Generator | None = None):
     """(c_exp, c_lip) of clip frames ``frames [B]`` (global indices), computing each
-    needed window's embedding once."""
+    needed window's embedding once; ``noise`` > 0 adds Gaussian noise of that many
+    standard deviations of the encoder's normalised input to each window (training's
+    ``encoder_noise``, drawn from ``generator``)."""
     nb = encoder.neighbours(frames, num_frames)
     uniq, inv = torch.unique(nb, return_inverse=True)
-    emb = encoder.frame_embedding(windows[uniq])
+    win = windows[uniq]
+    if noise > 0:
+        win = win + noise * encoder.mel_std * torch.randn(win.shape, generator=generator, device=win.device,
+                                                          dtype=win.dtype)
+    emb = encoder.frame_embedding(win)
     # index_select, not emb[inv]: the latter's backward accumulates in a thread-dependent
     # order on the CPU, and training must resume bit-exactly
     picked = torch.index_select(emb, 0, inv.flatten()).reshape(*inv.shape, emb.shape[-1])
