@@ -65,9 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"towards the mean (default {d.lip_concordance})")
     p.add_argument("--encoder-noise", type=float, default=d.encoder_noise, metavar="STD",
                    help="Gaussian noise, in standard deviations of each input channel, added to the audio encoder's "
-                        "input while it trains, so it leans less on the training clip's exact sound (0.3 raised "
-                        "held-out r of the opening from 0.765 to 0.791 and 0.706 to 0.720 on two real clips in "
-                        f"benchmarks/lip_probe.py; not yet measured in a trained talker; default {d.encoder_noise})")
+                        "input while it trains, so it leans less on the training clip's exact sound (in "
+                        "benchmarks/lip_probe.py on two real clips its effect on held-out lips was within the "
+                        "spread of seeds; not yet measured in a trained talker: docs/benchmarks.md, runs J; "
+                        f"default {d.encoder_noise})")
     p.add_argument("--lip-holdback", type=float, default=d.lip_holdback, metavar="SHARE",
                    help="share of the training frames (in 2 s blocks) whose tracked mouth the lip target leaves out: "
                         "the encoder's spread there, on audio it never learned, sets the gain that widens the "
