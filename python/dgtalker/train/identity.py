@@ -180,9 +180,9 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     loss = loss + cfg.coef_reg * c_all.pow(2).sum(-1).mean()
     if cfg.distill_weight > 0:
         cce, ccl = speech_coefficients(talker.causal_encoder, data.causal_windows, frames[:2 * P], N)
-        heard = (~unheard[:2 * P]).float()  # the causal encoder too learns nothing of the held-back audio
-        err = (cce - ce[:2 * P].detach()).pow(2).mean(1, keepdim=True) + (ccl - cl[:2 * P].detach()).pow(2).mean(1, keepdim=True)
-        distill = (err * heard).sum() / heard.sum().clamp_min(1.0)
+        heard = (~unheard[:2 * P, 0]).float()  # the causal encoder too learns nothing of the held-back audio
+        gap = (cce - ce[:2 * P].detach()).pow(2).mean(1) + (ccl - cl[:2 * P].detach()).pow(2).mean(1)
+        distill = (gap * heard).sum() / heard.sum().clamp_min(1.0)
         loss = loss + cfg.distill_weight * distill
         out["distill"] = float(distill.detach())
     if reference is not None and cfg.locality > 0 and step % cfg.locality_every == 0:
