@@ -7,7 +7,9 @@ standardised: ``train.clip.mouth_targets``, what ``--lip-target`` pins) on the c
 training frames, and scored on its held-out frames. Three inputs are compared:
 
 - ``logmel``: the log-mel windows alone (talkers before the speech front end);
-- ``frontend``: the log-mel plus the shipped speech front end's channels (the default);
+- ``frontend``: the log-mel plus the shipped speech front end's channels;
+- ``frontend_norm``: the same with the log-mel normalised as the front end reads it (each
+  band's speech mean removed: ``TalkerConfig.normalised_mel``);
 - ``frontend_raw``: the front end's own mouth opening, untrained on the person;
 - ``frontend_adapted`` (``--adapt-steps N``): that opening after fitting the front end's
   output layers (its last norm, embedding and head) to the person's standardised
@@ -17,6 +19,12 @@ training frames, and scored on its held-out frames. Three inputs are compared:
 Reported per input: Pearson correlation of the predicted and tracked opening on the
 training and held-out frames (fit or generalisation?), the best lag within +-5 frames,
 and the motion ratio (spread of the prediction over the truth's, in the standardised unit).
+With ``--voices``, each trained encoder also reads voices it never heard (audio files, or
+``tts:LANG:TEXT`` for espeak-ng) at every curve point and at the end: the spread of its
+opening there over the tracked opening's on the training frames (1: moves as much as the
+person does), its mean there minus the truth's training mean (in the truth's spread), and
+its correlation with ``dgtalker.lipsync``'s opening of the same speech. This is where an
+encoder that specialises to the one voice shows it: the clip's own held-out frames do not.
 
     python benchmarks/lip_probe.py data/me --steps 1500 --out lip_probe_me.json
 
@@ -98,6 +106,51 @@ def augmented_coefficients(enc, windows, frames, N, a, g):
     return enc.from_embeddings(picked)
 
 
+def load_voices(specs, fps):
+    """{voice: (log-mel [M, 80], lipsync opening [T] at fps)} of audio files or tts:LANG:TEXT."""
+    import subprocess
+    import tempfile
+
+    import dgtalker
+    from dgtalker import audio as A
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in specs:
+            path = spec
+            if spec.startswith("tts:"):
+                _, lang, text = spec.split(":", 2)
+                path = str(Path(tmp) / f"tts_{lang}.wav")
+                subprocess.run(["espeak-ng", "-v", lang, "-w", path, text], check=True)
+            x, _ = A.load(path)
+            name = f"tts_{spec.split(':')[1]}" if spec.startswith("tts:") else Path(spec).stem
+            out[name] = (A.log_mel(x), dgtalker.lipsync((x, A.SAMPLE_RATE), fps=fps).opening)
+    return out
+
+
+@torch.no_grad()
+def read_voices(enc, voice_windows, tracked_train):
+    """The encoder's opening on each unseen voice: spread and mean shift against the
+    tracked training opening, correlation with lipsync's opening (module docstring)."""
+    out = {}
+    sd, mu = float(np.nanstd(tracked_train)), float(np.nanmean(tracked_train))
+    was = enc.training
+    enc.eval()
+    for v, (win, op) in voice_windows.items():
+        _, cl = speech_coefficients_all(enc, win)
+        p = cl[:, 0].numpy()
+        out[f"voice_{v}"] = {"motion_ratio": round(float(p.std() / sd), 4), "mean_shift": round(float((p.mean() - mu) / sd), 4),
+                             "corr_lipsync": round(float(pearson(p, op)), 4)}
+    enc.train(was)
+    return out
+
+
+def speech_coefficients_all(enc, win):
+    from dgtalker.train.sampler import speech_coefficients
+
+    return speech_coefficients(enc, win, torch.arange(len(win)), len(win))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", help="a talking-clip dataset with tracked mouths (dgtalker preprocess)")
@@ -127,6 +180,8 @@ def main(argv=None):
                     help="augment: Gaussian noise of this many standard deviations on the normalised input")
     ap.add_argument("--embed-dropout", type=float, default=0.0, help="dropout on the frame embeddings while training")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0: Adam)")
+    ap.add_argument("--voices", nargs="*", default=[], metavar="VOICE",
+                    help="unseen voices to read at every curve point: audio files or tts:LANG:TEXT (espeak-ng)")
     ap.add_argument("--out", help="JSON to write")
     a = ap.parse_args(argv)
     torch.manual_seed(a.seed)
@@ -172,11 +227,12 @@ def main(argv=None):
                                                  a.adapt_lr)
         print("frontend_adapted", json.dumps(res["frontend_adapted"]), flush=True)
         fe = load_frontend()  # the encoders below read the shipped front end
-    for name, use_fe in (("logmel", False), ("frontend", True)):
+    voices = load_voices(a.voices, float(ds.fps))
+    for name, use_fe, normed in (("logmel", False, False), ("frontend", True, False), ("frontend_norm", True, True)):
         if name not in a.inputs.split(","):
             continue
         cfg = TalkerConfig(k_exp=2, k_lip=2, fps=float(ds.fps), frontend=asdict(fe.config) if use_fe else None,
-                           encoder=json.loads(a.encoder) if a.encoder else None)
+                           encoder=json.loads(a.encoder) if a.encoder else None, normalised_mel=normed)
         T = Talker(G, cfg, seed=a.seed, residual_frames=N)
         if use_fe:
             T.frontend.load_state_dict(fe.model.state_dict())
@@ -187,6 +243,7 @@ def main(argv=None):
         feats, start = T.speech_features(mel)
         T.encoder.set_normalization(torch.from_numpy(feats[-start:len(feats) + start] if start else feats))
         win = T.clip_windows(mel, N, float(ds.fps))
+        voice_windows = {v: (T.clip_windows(vm, len(op), float(ds.fps)), op) for v, (vm, op) in voices.items()}
         enc = T.encoder
         opt = (torch.optim.AdamW(enc.parameters(), lr=5e-4, weight_decay=a.weight_decay) if a.weight_decay > 0
                else torch.optim.Adam(enc.parameters(), lr=5e-4))
@@ -214,7 +271,8 @@ def main(argv=None):
                     _, cl = speech_coefficients(enc, win, torch.from_numpy(held), N)
                 p = cl[:, 0].numpy()
                 curve.append({"step": step + 1, "heldout_corr": pearson(p, tracked[held]),
-                              "heldout_motion_ratio": float(np.nanstd(p) / np.nanstd(tracked[held]))})
+                              "heldout_motion_ratio": float(np.nanstd(p) / np.nanstd(tracked[held])),
+                              **read_voices(enc, voice_windows, tracked[train])})
                 print(name, json.dumps(curve[-1]), flush=True)
         enc.eval()
         with torch.no_grad():
@@ -224,6 +282,7 @@ def main(argv=None):
                      "heldout_best_lag": best_lag(tracked[held], p[held]),
                      "heldout_motion_ratio": float(np.nanstd(p[held]) / np.nanstd(tracked[held])),
                      "final_loss": float(loss.detach()), "seconds": round(time.perf_counter() - t0, 1),
+                     **read_voices(enc, voice_windows, tracked[train]),
                      **({"curve": curve} if curve else {})}
         print(name, json.dumps(res[name]), flush=True)
     print(json.dumps(res, indent=1))

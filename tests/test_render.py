@@ -524,16 +524,17 @@ def test_camera_turn_orbits_the_framing():
     assert torch.allclose((centre(dgtalker.camera.turn(far, 30)) - target).norm(), d0, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def fe_talker():
-    """A tiny talker whose encoders read the shipped speech front end's channels."""
+def frontend_talker(normalised_mel: bool):
+    """A tiny talker whose encoders read the shipped speech front end's channels beside
+    the log-mel (as it is, or normalised as the front end reads it)."""
     from dataclasses import asdict
 
     from dgtalker.audio.frontend import load_frontend
 
     fe = load_frontend()
     T = Talker(Generator(GeneratorConfig(**TINY), seed=0),
-               TalkerConfig(k_exp=2, k_lip=2, width=32, height=32, frontend=asdict(fe.config)), residual_frames=50)
+               TalkerConfig(k_exp=2, k_lip=2, width=32, height=32, frontend=asdict(fe.config),
+                            normalised_mel=normalised_mel), residual_frames=50)
     T.frontend.load_state_dict(fe.model.state_dict())
     vm, K = dgtalker.camera.orbit(0, 0, width=32, height=32)
     with torch.no_grad():
@@ -543,6 +544,37 @@ def fe_talker():
         for enc in (T.encoder, T.causal_encoder):  # coefficients that react to the front end's channels
             enc.convs[0].weight.mul_(3.0)
     return T.eval()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["raw_mel", "normalised_mel"])
+def fe_talker(request):
+    return frontend_talker(request.param)
+
+
+def test_a_normalised_mel_talker_ignores_the_recording_level():
+    """The encoders of a normalised-mel talker read each band relative to the speech's own
+    mean, as the front end does: the same speech recorded 12 dB quieter gives the same
+    coefficients (the raw-mel talker's move, which this test would not tell apart if the
+    level reached neither)."""
+    from dgtalker.inference import speech_coefficients
+
+    rng = np.random.default_rng(0)
+    x = speech_like(1.5) + (0.05 * rng.standard_normal(int(1.5 * RATE))).astype(np.float32)  # every band above the floor
+    T = dgtalker.audio.num_video_frames(len(x), RATE, 25.0)
+    moved = {}
+    for normalised in (False, True):
+        talker = frontend_talker(normalised)
+        for causal in (False, True):
+            loud = torch.cat(speech_coefficients(talker, x, T, 25.0, causal=causal), 1)
+            quiet = torch.cat(speech_coefficients(talker, x / 4, T, 25.0, causal=causal), 1)
+            moved[normalised, causal] = float((loud - quiet).abs().max() / loud.abs().max())
+    assert moved[True, False] < 1e-4 and moved[True, True] < 1e-4, moved
+    assert moved[False, False] > 1e-2 and moved[False, True] > 1e-2, moved
+
+
+def test_normalised_mel_needs_a_front_end():
+    with pytest.raises(ValueError, match="normalised_mel needs a speech front end"):
+        TalkerConfig(normalised_mel=True)
 
 
 def test_frontend_talker_stream_equals_offline_and_keeps_its_lookahead(fe_talker):

@@ -132,6 +132,9 @@ def test_resume_refuses_other_options_and_another_dataset(tmp_path):
         train_identity(moved, out, tiny_config(steps=3), **kw)
     with pytest.raises(ValueError, match="k_exp 2 -> 3"):  # never, not even forced
         train_identity(clip, out, tiny_config(steps=3, k_exp=3), force_resume=True, **kw)
+    context = tiny_config().encoder_context  # the talker's layout, fixed when it was made
+    with pytest.raises(ValueError, match=f"another talker layout \\(encoder_context {context} -> {context + 1}\\)"):
+        train_identity(clip, out, tiny_config(steps=3, encoder_context=context + 1), force_resume=True, **kw)
     train_identity(clip, out, tiny_config(steps=3, leak_weight=0.5), force_resume=True, **kw)
     src = load_talker(out).source
     assert src["trained_steps"] == 3 and src["train_config"]["leak_weight"] == 0.5

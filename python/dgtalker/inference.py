@@ -355,19 +355,20 @@ class _MelFeatures:
 
 class _FrontEndFeatures:
     """A stream's encoder features with the talker's speech front end, equal to
-    ``Talker.speech_features(mel, causal=True)`` of the whole audio: log-mel padded with
-    silence, normalised causally with running statistics, and the front end's network run
+    ``Talker.speech_features(mel, causal=True)`` of the whole audio: log-mel normalised
+    causally with running statistics, padded with silence, and the front end's network run
     over each new stretch with its receptive field of history (memory stays flat)."""
 
     def __init__(self, talker):
         from .audio.frontend import RunningNormaliser
+        from .talker import padding_silence
 
         self.talker = talker
         self.cfg = talker.config.frontend_config()
         self.pad = talker.encoder.config.half_window
+        self.silence = padding_silence(self.pad)
         self.mel = A.MelStream()
         self.start = -self.pad                     # absolute mel index of rows[0] (padding first)
-        silence = np.full((self.pad, A.N_MELS), A.SILENCE_VALUE, np.float32)
         self.raw = np.zeros((0, A.N_MELS), np.float32)      # padded log-mel from `normed_start` on ...
         self.normed = np.zeros((0, A.N_MELS), np.float32)   # ... and the same frames normalised
         self.normed_start = -self.pad
@@ -375,18 +376,18 @@ class _FrontEndFeatures:
         self.rows = np.zeros((0, A.N_MELS + self.cfg.embed + 2), np.float32)
         self.known = -self.pad                     # feature rows [start, known) are final
         self.limit = None
-        self._take(silence)
+        self._take(*self.silence)
 
     @property
     def num_samples(self):
         return self.mel.num_samples
 
-    def _take(self, mel_rows, final: bool = False):
-        """Normalises new padded-mel rows with the running statistics, then runs the network
-        on every frame whose look-ahead is now known (all of them when ``final``)."""
-        if len(mel_rows):
-            self.normed = np.concatenate([self.normed, self.normalise(mel_rows)])
-            self.raw = np.concatenate([self.raw, mel_rows.astype(np.float32)])
+    def _take(self, raw_rows, normed_rows, final: bool = False):
+        """Appends new padded-mel rows and the same normalised, then runs the network on
+        every frame whose look-ahead is now known (all of them when ``final``)."""
+        if len(raw_rows):
+            self.normed = np.concatenate([self.normed, normed_rows])
+            self.raw = np.concatenate([self.raw, raw_rows.astype(np.float32)])
         end = self.normed_start + len(self.normed)              # frames normalised so far
         upto = end if final else end - self.cfg.lookahead_frames  # frames whose outputs are final
         if upto <= self.known:
@@ -394,7 +395,8 @@ class _FrontEndFeatures:
         hist = self.cfg.history_frames
         a = max(self.normed_start, self.known - hist)
         y = self.talker.frontend_channels(self.normed[a - self.normed_start:])
-        rows = np.concatenate([self.raw[self.known - self.normed_start:upto - self.normed_start],
+        mel = self.normed if self.talker.config.normalised_mel else self.raw
+        rows = np.concatenate([mel[self.known - self.normed_start:upto - self.normed_start],
                                y[self.known - a:upto - a]], 1)
         self.rows = np.concatenate([self.rows, rows]) if len(self.rows) else rows
         self.known = upto
@@ -405,18 +407,20 @@ class _FrontEndFeatures:
             self.raw = self.raw[keep - self.normed_start:]
             self.normed_start = keep
 
+    def _speech(self, mel_rows, final: bool = False):
+        self._take(mel_rows, self.normalise(mel_rows) if len(mel_rows) else mel_rows, final)
+
     def push(self, samples):
         before = self.mel.total
         self.mel.push(samples)
-        self._take(self.mel.mel[before - self.mel.start:self.mel.total - self.mel.start])
+        self._speech(self.mel.mel[before - self.mel.start:self.mel.total - self.mel.start])
         self.mel.drop_before(self.mel.total)
 
     def flush(self):
         before = self.mel.total
         self.mel.flush()
-        tail = self.mel.mel[before - self.mel.start:self.mel.total - self.mel.start]
-        silence = np.full((self.pad, A.N_MELS), A.SILENCE_VALUE, np.float32)
-        self._take(np.concatenate([tail, silence]), final=True)
+        self._speech(self.mel.mel[before - self.mel.start:self.mel.total - self.mel.start])
+        self._take(*self.silence, final=True)
         self.limit = self.known
 
     def drop_before(self, j):

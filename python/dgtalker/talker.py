@@ -67,6 +67,8 @@ class TalkerConfig:
     frontend: dict | None = None     # the speech front end's config (dgtalker.audio.frontend) if the encoder reads it
     max_lookahead_s: float = 0.2     # the causal encoder's bound
     mouth_interior: bool = False     # teeth, tongue and cavity on a jaw driven by c_lip[0] (dgtalker.models.mouth)
+    normalised_mel: bool = False     # the encoders read the log-mel as the front end does (per-band speech mean
+                                     # removed, audio.frontend.normalise): no microphone or level offset
 
     def __post_init__(self):
         for name in ("k_exp", "k_lip", "width", "height"):
@@ -84,6 +86,9 @@ class TalkerConfig:
             raise ValueError(f"TalkerConfig.max_lookahead_s must be in (0, 1], got {self.max_lookahead_s!r}")
         if self.mouth_interior and self.k_lip < 1:
             raise ValueError("TalkerConfig.mouth_interior needs k_lip >= 1: its jaw follows the first lip coefficient")
+        if self.normalised_mel and self.frontend is None:
+            raise ValueError("TalkerConfig.normalised_mel needs a speech front end (frontend): its normalisation "
+                             "is the front end's")
 
     def frontend_config(self):
         if self.frontend is None:
@@ -107,6 +112,29 @@ class TalkerConfig:
         if not isinstance(d, dict) or set(d) - known:
             raise ValueError(f"talker config must be an object with keys from {sorted(known)}")
         return cls(**d)
+
+
+def normalise_speech(mel, causal: bool):
+    """Log-mel frames ``[M, 80]`` (numpy) as the speech front end reads them
+    (``audio.frontend.normalise``)."""
+    import numpy as np
+
+    from .audio.frontend import normalise
+
+    return normalise(torch.as_tensor(np.ascontiguousarray(np.asarray(mel, np.float32).T))[None], causal)[0].T.numpy()
+
+
+def padding_silence(pad: int):
+    """``(raw, normalised)`` rows ``[pad, 80]`` of the silence a clip is padded with. The
+    speech is normalised before it is padded, so the padding never counts as speech in
+    the running statistics of a causal normalisation (it would, at a stream's start)."""
+    import numpy as np
+
+    from . import audio as A
+    from .audio.frontend import CLIP_BELOW, INPUT_SCALE
+
+    return (np.full((pad, A.N_MELS), A.SILENCE_VALUE, np.float32),
+            np.full((pad, A.N_MELS), CLIP_BELOW / INPUT_SCALE, np.float32))
 
 
 def neck_skin_weights(generator) -> Tensor:
@@ -317,8 +345,10 @@ class Talker(nn.Module):
         """``(features [pad + M + pad, C], start)``: log-mel frames ``[M, 80]`` padded with
         silence by the encoder's half window at both ends (``start = -pad``: the absolute
         index of the first row), beside the speech front end's per-frame outputs on them
-        (its embedding, mouth opening and width; causal: each frame normalised by what came
-        before, as a stream has it). Without a front end: the log-mel itself, ``start = 0``."""
+        (its embedding, mouth opening and width). The front end reads the log-mel with each
+        band's speech mean removed (causal: by what came before, as a stream has it); so do
+        the encoders where ``config.normalised_mel``, else they read it as it is. Without a
+        front end: the log-mel itself, ``start = 0``."""
         import numpy as np
 
         from . import audio as A
@@ -327,19 +357,11 @@ class Talker(nn.Module):
         if self.frontend is None:
             return mel, 0
         pad = self.encoder.config.half_window
-        silence = np.full((pad, A.N_MELS), A.SILENCE_VALUE, np.float32)
-        padded = np.concatenate([silence, mel, silence])
-        return np.concatenate([padded, self.frontend_outputs(padded, causal=causal)], 1), -pad
-
-    @torch.no_grad()
-    def frontend_outputs(self, mel, *, causal: bool = False):
-        """The front end's channels ``[M, embed + 2]`` of log-mel frames ``[M, 80]``."""
-        import numpy as np
-
-        from .audio.frontend import normalise
-
-        x = torch.as_tensor(np.ascontiguousarray(np.asarray(mel, np.float32).T))[None]
-        return self.frontend_channels(normalise(x, causal)[0].T.numpy())
+        raw_silence, normed_silence = padding_silence(pad)
+        normed = normalise_speech(mel, causal)
+        normed = np.concatenate([normed_silence, normed, normed_silence])
+        padded = normed if self.config.normalised_mel else np.concatenate([raw_silence, mel, raw_silence])
+        return np.concatenate([padded, self.frontend_channels(normed)], 1), -pad
 
     @torch.no_grad()
     def frontend_channels(self, normed):

@@ -236,7 +236,7 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
     tcfg = TalkerConfig(k_exp=cfg.k_exp, k_lip=cfg.k_lip, width=data.width, height=data.height, fps=data.fps,
                         encoder={"past": cfg.encoder_context, "future": cfg.encoder_context},
                         frontend=None if frontend is None else _asdict(frontend.config),
-                        mouth_interior=cfg.mouth_interior)
+                        mouth_interior=cfg.mouth_interior, normalised_mel=cfg.normalised_mel)
     talker = Talker(generator, tcfg, seed=cfg.seed, residual_frames=data.num_frames)
     if frontend is not None:
         talker.frontend.load_state_dict(frontend.model.state_dict())

@@ -84,7 +84,8 @@ def restore_optimizer(opt, tensors: dict, meta: dict) -> None:
 # what a resume must find unchanged (beyond the budget: steps and minutes)
 BUDGET_OPTIONS = ("steps", "minutes")
 # what even a forced resume cannot change: the saved tensors' shapes depend on them
-SHAPE_OPTIONS = ("k_exp", "k_lip", "mouth_interior")
+# options fixed when the talker is made (its TalkerConfig and tensor shapes): no resume can change them
+LAYOUT_OPTIONS = ("k_exp", "k_lip", "mouth_interior", "frontend", "encoder_context", "normalised_mel")
 
 
 def dataset_provenance(dataset) -> dict:
@@ -106,11 +107,13 @@ def resume_changes(meta: dict, cfg: IdentityTrainConfig, provenance: dict) -> li
     change no resume can take (blendshape counts, frame count)."""
     saved = json.loads(meta["config"])
     now = asdict(cfg)
-    shape = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in SHAPE_OPTIONS if k in saved and saved[k] != now[k]]
+    # a state saved before an option existed ran with that option's old behaviour: False
+    shape = [f"{k} {saved.get(k, False)!r} -> {now[k]!r}" for k in LAYOUT_OPTIONS
+             if (k in saved or k == "normalised_mel") and saved.get(k, False) != now[k]]
     if int(meta["residual_frames"]) != provenance["num_frames"]:
         shape.append(f"frame count {meta['residual_frames']} -> {provenance['num_frames']}")
     if shape:
-        raise ValueError(f"cannot resume the saved run with other tensor shapes ({'; '.join(shape)}); "
+        raise ValueError(f"cannot resume the saved run with another talker layout ({'; '.join(shape)}); "
                          "choose another --out")
     changes = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items()
                if k not in BUDGET_OPTIONS and saved.get(k) != v]
