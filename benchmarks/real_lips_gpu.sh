@@ -10,6 +10,8 @@
 # regression beside the real clip: both packs travel in one call). CEILING=TAG then runs
 # benchmarks/face_ceiling.py on that variant's talker and clip (CEILING_OPTS, CEILING_S:
 # its time bound, default 150 s), into $OUT/ceiling_TAG.json.
+# SNAPSHOT=STEP also keeps each variant's talker as saved at its first checkpoint at or after
+# STEP (NAME_TAG_stepN.safetensors): how a shorter run of the same options ends, from one run.
 # PACK is a benchmarks/clip_pack.py output (pack --video) of a `dgtalker preprocess`
 # dataset; wheels the machine lacks go in .whl/. Writes to $OUT (or ./out): NAME_TAG.safetensors
 # (float16) per variant, the GPU test log and NAME_logs.tar (training logs and histories).
@@ -43,6 +45,16 @@ while read -r tag opts; do
     $opts "$@" > "/tmp/run/${name}_$tag.log" 2>&1 &
   pids+=($!); tags+=("$tag")
 done <<< "$VARIANTS"
+if [ -n "${SNAPSHOT:-}" ]; then
+  for tag in "${tags[@]}"; do
+    (f="/tmp/run/${name}_$tag.safetensors"
+     while kill -0 "${pids[@]}" 2>/dev/null; do  # the history is written after the talker it describes
+       s=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[-1]['step'])" "$f.history.json" 2>/dev/null)
+       if [ -n "$s" ] && [ "$s" -ge "$SNAPSHOT" ]; then cp "$f" "$OUT_DIR/${name}_${tag}_step$s.safetensors"; break; fi
+       sleep 5
+     done) &
+  done
+fi
 (cd /tmp && timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu "$OLDPWD/tests/test_render.py" \
   "$OLDPWD/tests/test_eval.py" 2>&1) | tail -6 >> "$OUT_DIR/gpu_tests.log"
 wait "${pids[@]}"

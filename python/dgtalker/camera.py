@@ -76,7 +76,7 @@ def turn(viewmat, yaw: float, pitch: float = 0.0, *, target=None):
     if isinstance(viewmat, Camera):
         c = viewmat
         return Camera(turn(c.viewmats, yaw, pitch, target=target), c.Ks, c.width, c.height, fps=c.fps, times=c.times,
-                      extend=c.extend, torso=c.torso)
+                      extend=c.extend, torso=c.torso, torso_offsets=c.torso_offsets)
     p = torch.tensor(DEFAULT_TARGET if target is None else target, dtype=torch.float64)
     a, b = math.radians(-yaw), math.radians(pitch)
     Ry = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]], dtype=torch.float64)
@@ -124,13 +124,14 @@ class Camera:
 
     A camera track shorter than the speech is refused, unless ``extend`` is ``"hold"``
     (its last camera) or ``"loop"``. ``torso="clip"`` (dataset cameras) poses the torso
-    where that clip had it, following the head's motion; ``"rest"`` keeps it at the
-    talker's body pose. ``vm, K = camera`` unpacks the matrices (one camera: [4, 4] and
+    where that clip had it, following the head's motion and, with ``torso_offsets [N, 2]``
+    (the clip's tracked torso shift over the focal length, ``dataset_torso_offsets``), its
+    own; ``"rest"`` keeps it at the talker's body pose. ``vm, K = camera`` unpacks the matrices (one camera: [4, 4] and
     [3, 3]). Every ``dgtalker.camera`` helper returns a Camera.
     """
 
     def __init__(self, viewmats, Ks, width: int, height: int, *, fps: float | None = None, times=None,
-                 extend: str = "refuse", torso: str = "rest"):
+                 extend: str = "refuse", torso: str = "rest", torso_offsets=None):
         import torch
 
         self.width, self.height = check_size(width, height, "Camera ")
@@ -161,20 +162,30 @@ class Camera:
             raise CameraError(f"Camera extend must be one of {EXTEND_MODES}, got {extend!r}")
         if torso not in ("rest", "clip"):
             raise CameraError(f"Camera torso must be 'rest' or 'clip', got {torso!r}")
+        if torso_offsets is not None:
+            torso_offsets = torch.as_tensor(np.asarray(torso_offsets) if not isinstance(torso_offsets, torch.Tensor)
+                                            else torso_offsets, dtype=torch.float32).cpu().contiguous()
+            if torso_offsets.shape != (len(self), 2) or not bool(torch.isfinite(torso_offsets).all()):
+                raise CameraError(f"Camera torso_offsets must be [{len(self)}, 2] finite numbers, got "
+                                  f"{list(torso_offsets.shape)}")
+            if torso != "clip":
+                raise CameraError("Camera torso_offsets need torso='clip'")
         self.fps, self.times, self.extend, self.torso = fps, times, extend, torso
+        self.torso_offsets = torso_offsets
 
     @classmethod
     def from_dataset(cls, dataset, frames=None, *, extend: str = "refuse") -> "Camera":
         """A dataset's tracked cameras (``frames``: which ones, default all) at their own
         times (frame i of the selection at ``(frames[i] - frames[0]) / dataset.fps``), the
-        torso following the clip's head motion."""
+        torso following the clip's head motion and its own tracked motion, where the clip has it."""
         n = len(dataset.w2c)
         idx = np.arange(n) if frames is None else np.asarray(frames, np.int64).reshape(-1)
         if idx.size == 0 or idx.min() < 0 or idx.max() >= n:
             raise CameraError(f"frames must select among the dataset's {n} frames, got {idx.size} indices"
                               + (f" in [{idx.min()}, {idx.max()}]" if idx.size else ""))
         return cls(dataset.w2c[idx], dataset.K[idx], int(dataset.width), int(dataset.height),
-                   times=(idx - idx[0]) / float(dataset.fps) if len(idx) > 1 else None, extend=extend, torso="clip")
+                   times=(idx - idx[0]) / float(dataset.fps) if len(idx) > 1 else None, extend=extend, torso="clip",
+                   torso_offsets=dataset_torso_offsets(dataset, idx))
 
     def __len__(self) -> int:
         return int(self.viewmats.shape[0])
@@ -191,7 +202,8 @@ class Camera:
 
     def with_options(self, **kw) -> "Camera":
         """A copy with other ``fps``, ``times``, ``extend`` or ``torso``."""
-        opts = {"fps": self.fps, "times": self.times, "extend": self.extend, "torso": self.torso, **kw}
+        opts = {"fps": self.fps, "times": self.times, "extend": self.extend, "torso": self.torso,
+                "torso_offsets": self.torso_offsets if kw.get("torso", self.torso) == "clip" else None, **kw}
         if "fps" in kw and kw["fps"] is not None:
             opts["times"] = None
         if "times" in kw and kw["times"] is not None:
@@ -205,7 +217,7 @@ class Camera:
             return self
         Ks = resize_intrinsics(self.Ks, self.width, self.height, width, height)
         return Camera(self.viewmats, Ks, width, height, fps=self.fps, times=self.times, extend=self.extend,
-                      torso=self.torso)
+                      torso=self.torso, torso_offsets=self.torso_offsets)  # offsets over the focal: any size
 
     def duration(self) -> float | None:
         """Seconds of motion the track covers (None: fixed or one per frame)."""
@@ -250,6 +262,20 @@ class Camera:
                               "camera.with_options(extend='hold') (keep its last camera) or extend='loop'")
         # the latest camera at or before the frame's time (as a video shows its last frame)
         return (np.searchsorted(times, t + 1e-6, side="right") - 1).clip(0, n - 1).astype(np.int64)
+
+
+def dataset_torso_offsets(dataset, idx) -> np.ndarray | None:
+    """``[n, 2]`` float32 offsets of the torso in frames ``idx`` of a clip: its tracked image
+    shift (``gt.npz`` ``torso_shift``, pixels; ``preprocess.torso``) over the focal length,
+    so that any image size and any talker's depth turn them into a move (None: the clip
+    has no such track)."""
+    gt = getattr(dataset, "gt", None)
+    if not gt or "torso_shift" not in gt:
+        return None
+    idx = np.asarray(idx, np.int64).reshape(-1)
+    K = np.asarray(dataset.K)[idx]
+    shift = np.asarray(gt["torso_shift"], np.float64)[idx]
+    return (shift / np.stack([K[:, 0, 0], K[:, 1, 1]], 1)).astype(np.float32)
 
 
 def view_tensors(w2c, K, width: int, height: int, size, device=None):

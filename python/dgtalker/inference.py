@@ -296,12 +296,14 @@ def as_camera(camera, talker, width: int, height: int) -> Camera:
 
 
 def frame_cameras(cam: Camera, num_frames: int, fps: float):
-    """``(viewmats [T, 4, 4], Ks [T, 3, 3])`` of output frames at ``fps``, by time."""
+    """``(viewmats [T, 4, 4], Ks [T, 3, 3], torso offsets [T, 2] or None)`` of output frames
+    at ``fps``, by time."""
     try:
         idx = torch.from_numpy(cam.indices(num_frames, fps))
     except CameraError as exc:
         raise RenderError(f"camera: {exc}") from None
-    return cam.viewmats[idx].contiguous(), cam.Ks[idx].contiguous()
+    torso = None if cam.torso_offsets is None else cam.torso_offsets[idx].contiguous()
+    return cam.viewmats[idx].contiguous(), cam.Ks[idx].contiguous(), torso
 
 
 # ----------------------------------------------------------------------------------
@@ -472,7 +474,7 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
         raise RenderError(f"audio is {1000 * len(samples) / rate:.0f} ms long, shorter than one video frame "
                           f"({1000 / fps:.0f} ms at {fps:g} fps)")
     T = A.num_video_frames(len(samples), rate, fps)
-    vm, K = frame_cameras(cam, T, fps)
+    vm, K, torso = frame_cameras(cam, T, fps)
     if isinstance(blink, torch.Tensor) and blink.dim() == 1 and blink.shape != (T,):
         raise RenderError(f"blink must be a number or [{T}] per-frame amounts (0 open, 1 closed), got "
                           f"{list(blink.shape)}")
@@ -509,7 +511,10 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
         back = bg.at(range(e.start, e.stop), dev) if isinstance(bg, BackgroundVideo) else bg
         kw = dict(blink=None if blinks is None else blinks[e], background=back, checked=checked)
         with torch.no_grad():
-            img, a = talker.clip_frames(*args, **kw) if cam.torso == "clip" else talker.frames(*args, **kw)
+            if cam.torso == "clip":
+                img, a = talker.clip_frames(*args, **kw, torso=None if torso is None else torso[e].to(dev))
+            else:
+                img, a = talker.frames(*args, **kw)
         frames[e] = (img.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         alphas[e] = a.cpu()
     return Video(frames, alphas, fps, (samples, rate))
@@ -562,7 +567,8 @@ def _stream(talker, chunks, cam: Camera, fps, rate, W, H, dev, blink, seed, bg):
             i = cam.index_at(t, fps)
         except CameraError as exc:
             raise RenderError(f"camera: {exc}") from None
-        return cam.viewmats[i:i + 1].to(dev), cam.Ks[i:i + 1].to(dev)
+        torso = None if cam.torso_offsets is None else cam.torso_offsets[i:i + 1].to(dev)
+        return cam.viewmats[i:i + 1].to(dev), cam.Ks[i:i + 1].to(dev), torso
 
     def ready(t: int) -> bool:
         """Frame t's coefficients are final: every mel frame its windows read is known and
@@ -574,11 +580,11 @@ def _stream(talker, chunks, cam: Camera, fps, rate, W, H, dev, blink, seed, bg):
     def frame(t: int, t_last: float | None):
         c_exp, c_lip = enc.coefficients_at(feats.rows, np.array([t / fps]), t_last, mel_start=feats.start,
                                            mel_limit=feats.limit if feats.limit is not None else feats.known)
-        v, k = camera_at(t)
+        v, k, torso = camera_at(t)
         args = (c_exp, c_lip, v, k, W, H)
         back = bg.at([t], dev) if isinstance(bg, BackgroundVideo) else (None if bg is None else bg.to(dev))
         kw = dict(blink=blink_at(t), background=back, checked=checked)
-        img, _ = talker.clip_frames(*args, **kw) if cam.torso == "clip" else talker.frames(*args, **kw)
+        img, _ = talker.clip_frames(*args, **kw, torso=torso) if cam.torso == "clip" else talker.frames(*args, **kw)
         # the earliest mel frame any later frame's windows can read
         first = int(A.mel_index(enc.neighbour_times(np.array([(t + 1) / fps]), t_last)).min()) - cfg.half_window
         feats.drop_before(first)

@@ -236,7 +236,8 @@ def skin(means: Tensor, quats: Tensor, weight: Tensor, body: Tensor | None) -> t
 
 def body_transforms(w2c: Tensor, body_w2c: Tensor) -> Tensor:
     """``inv(w2c_f) @ body_w2c`` for cameras ``[F, 4, 4]``: where the torso sits in the head
-    frame when the head is seen by w2c_f and the body by the (fixed) body camera."""
+    frame when the head is seen by w2c_f and the body by the body camera (``[4, 4]``, or one
+    per frame)."""
     return torch.linalg.inv(w2c.double()).float() @ body_w2c.to(w2c)
 
 
@@ -477,24 +478,40 @@ class Talker(nn.Module):
         return add_on_texels(raw, self.mouth_texels, offset)
 
     def clip_gaussians(self, c_exp: Tensor, c_lip: Tensor, w2c: Tensor, *, blink: Tensor | None = None,
-                       amp: bool = False):
+                       amp: bool = False, torso: Tensor | None = None):
         """Gaussians ``[F, N, ...]`` of clip frames seen by their own head cameras ``w2c
         [F, 4, 4]``: the torso posed where that clip has it (``body_transforms`` against
-        the body camera). The one place that renders dataset frames with their torso."""
-        return self.with_mouth(self.pose_clip(self.gaussians(c_exp, c_lip, blink=blink, amp=amp), w2c), c_lip)
+        the body camera, moved by the clip's tracked ``torso`` offsets ``[F, 2]`` if given:
+        ``body_cameras``). The one place that renders dataset frames with their torso."""
+        g = self.gaussians(c_exp, c_lip, blink=blink, amp=amp)
+        return self.with_mouth(self.pose_clip(g, w2c, torso=torso), c_lip)
 
-    def pose_clip(self, gaussians, w2c: Tensor):
+    def pose_clip(self, gaussians, w2c: Tensor, *, torso: Tensor | None = None):
         """Gaussians ``[F, N, ...]`` already made, with the torso posed where the clip has
-        it for head cameras ``w2c [F, 4, 4]`` (a training step that shows one latent at two
-        cameras poses it once per camera)."""
-        return self.pose_torso(gaussians, body_transforms(w2c, self.body_w2c.to(w2c.device)))
+        it for head cameras ``w2c [F, 4, 4]`` and torso offsets ``torso [F, 2]`` (a training
+        step that shows one latent at two cameras poses it once per camera)."""
+        return self.pose_torso(gaussians, body_transforms(w2c, self.body_cameras(torso, w2c.device)))
+
+    def body_cameras(self, torso: Tensor | None, device=None) -> Tensor:
+        """The body camera ``[4, 4]``, or per frame ``[F, 4, 4]`` moved by torso offsets
+        ``[F, 2]`` (a tracked image shift over the focal length,
+        ``camera.dataset_torso_offsets``): the shoulders slide parallel to the image at the
+        head's depth, so they land that many pixels away in any image of the clip's framing."""
+        body = self.body_w2c.to(device if device is not None else self.body_w2c.device)
+        if torso is None:
+            return body
+        torso = torso.to(body)
+        move = torch.eye(4, dtype=body.dtype, device=body.device).repeat(torso.shape[0], 1, 1)
+        move[:, :2, 3] = torso * body[2, 3]
+        return move @ body
 
     def clip_frames(self, c_exp: Tensor, c_lip: Tensor, w2c: Tensor, Ks: Tensor, width: int, height: int, *,
                     blink: Tensor | None = None, background: Tensor | None = None, amp: bool = False,
-                    checked: bool | None = None) -> tuple[Tensor, Tensor]:
+                    checked: bool | None = None, torso: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``frames`` of clip frames at their own cameras, the torso following the clip's
-        head motion (``clip_gaussians``); images ``[F, H, W, 3]`` and alphas ``[F, H, W]``."""
-        g = self.clip_gaussians(c_exp, c_lip, w2c, blink=blink, amp=amp)
+        head motion and its tracked ``torso`` offsets (``clip_gaussians``); images ``[F, H,
+        W, 3]`` and alphas ``[F, H, W]``."""
+        g = self.clip_gaussians(c_exp, c_lip, w2c, blink=blink, amp=amp, torso=torso)
         return self.rasterize(g, w2c, Ks, width, height, background=background, checked=checked)
 
     def with_mouth(self, gaussians, c_lip: Tensor):

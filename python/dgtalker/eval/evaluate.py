@@ -79,6 +79,15 @@ def view_cameras(viewset, idx, size: int, width: int, height: int, device):
     return view_tensors(viewset.w2c[idx], viewset.K[idx], width, height, size, device)
 
 
+def clip_torso(dataset, idx, device) -> torch.Tensor | None:
+    """The tracked torso offsets ``[n, 2]`` of a clip's frames ``idx`` on ``device``, as the
+    talker poses the shoulders with them (None: the clip has no torso track)."""
+    from ..camera import dataset_torso_offsets
+
+    off = dataset_torso_offsets(dataset, idx)
+    return None if off is None else torch.from_numpy(off).to(device)
+
+
 def _frame_metrics(render, gt, masks, detector=None, px_scale: float = 1.0) -> list[dict]:
     """Per-frame metrics; with a landmark ``detector`` also LMD (pixels at the dataset's
     size: ``px_scale`` = dataset width / evaluated width) and the inner-lip gaps."""
@@ -174,14 +183,15 @@ def _summary(rows: list[dict]) -> dict:
     return out
 
 
-def fit_upper_face(talker, c_exp, c_lip, w2c, K, gt, upper, size: int, steps: int = 40, lr: float = 0.05):
+def fit_upper_face(talker, c_exp, c_lip, w2c, K, gt, upper, size: int, steps: int = 40, lr: float = 0.05,
+                   torso: torch.Tensor | None = None):
     """Test-time fit of ``c_exp`` alone to frames on their upper-face masks (lips fixed)."""
     from ..metrics import masked_l1
 
     c = c_exp.clone().requires_grad_(True)
     opt = torch.optim.Adam([c], lr=lr)
     for _ in range(steps):
-        img, _ = talker.clip_frames(c, c_lip, w2c, K, size, size, checked=True)
+        img, _ = talker.clip_frames(c, c_lip, w2c, K, size, size, checked=True, torso=torso)
         loss = masked_l1(img, gt, upper)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -272,14 +282,15 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
     for s in tqdm(range(0, len(frames), batch), desc="evaluating", disable=not progress, unit="batch"):
         idx = frames[s:s + batch]
         w2c, K = view_cameras(dataset, idx, size, dataset.width, dataset.height, device)
+        torso = clip_torso(dataset, idx, device)
         gt, masks = gt_of(idx)
         ce, cl = ce_all[idx].to(device), cl_all[idx].to(device)
         with torch.no_grad():
-            img, _ = talker.clip_frames(ce, cl, w2c, K, size, size, checked=True)
+            img, _ = talker.clip_frames(ce, cl, w2c, K, size, size, checked=True, torso=torso)
             rows += _frame_metrics(img.clamp(0, 1), gt, masks, detector, scale)
             if baselines:
                 img0, _ = talker.clip_frames(torch.zeros_like(ce), torch.zeros_like(cl), w2c, K, size, size,
-                                             checked=True)
+                                             checked=True, torso=torso)
                 static_rows += _frame_metrics(img0.clamp(0, 1), gt, masks, detector, scale)
                 # the torso carried rigidly by the head camera (no skinning), for comparison
                 img1, _ = talker.frames(ce, cl, w2c, K, size, size, body=None, checked=True)
@@ -288,10 +299,11 @@ def evaluate(talker, dataset, *, frames=None, size: int | None = None, novel: bo
             keep = (np.arange(s, s + len(idx)) % fit_every) == 0
             if keep.any():
                 k = torch.from_numpy(np.nonzero(keep)[0]).to(device)
+                tk = None if torso is None else torso[k]
                 c_fit = fit_upper_face(talker, ce[k], cl[k], w2c[k], K[k], gt[k], masks[k][..., 2], size,
-                                       steps=fit_upper_steps)
+                                       steps=fit_upper_steps, torso=tk)
                 with torch.no_grad():
-                    img, _ = talker.clip_frames(c_fit, cl[k], w2c[k], K[k], size, size, checked=True)
+                    img, _ = talker.clip_frames(c_fit, cl[k], w2c[k], K[k], size, size, checked=True, torso=tk)
                 fit_rows += _frame_metrics(img.clamp(0, 1), gt[k], masks[k])
     if detector is not None:
         detector.close()
@@ -398,7 +410,8 @@ def evaluate_novel(talker, dataset, ce_all, cl_all, size, batch, device, progres
         gt, masks = gt_of(idx)
         gt = gt * masks[..., 3:4] + grey * (1 - masks[..., 3:4])
         with torch.no_grad():
-            g = talker.clip_gaussians(ce_all[fi].to(device), cl_all[fi].to(device), frame_w2c)
+            g = talker.clip_gaussians(ce_all[fi].to(device), cl_all[fi].to(device), frame_w2c,
+                                      torso=clip_torso(dataset, fi, device))
             img, _ = talker.rasterize(g, w2c, K, size, size, background=grey, checked=True)
         for k, r in enumerate(_frame_metrics(img.clamp(0, 1), gt, masks)):
             r["yaw"] = float(yaw[idx[k]])

@@ -34,15 +34,17 @@ def clean(obj):
 
 def render_speed(talker, dataset, size: int, device, frames: int = 16) -> dict:
     """Frames per second of audio -> frames (features, encoder, frame path) for a batch."""
-    from .evaluate import clip_coefficients, view_cameras
+    from .evaluate import clip_coefficients, clip_torso, view_cameras
 
     idx = np.arange(min(frames, len(dataset)))
     w2c, K = view_cameras(dataset, idx, size, dataset.width, dataset.height, device)
+    torso = clip_torso(dataset, idx, device)
 
     def once():
         ce, cl = clip_coefficients(talker, dataset)
         with torch.no_grad():
-            img, _ = talker.clip_frames(ce[idx].to(device), cl[idx].to(device), w2c, K, size, size, checked=True)
+            img, _ = talker.clip_frames(ce[idx].to(device), cl[idx].to(device), w2c, K, size, size, checked=True,
+                                        torso=torso)
         if img.is_cuda:
             torch.cuda.synchronize()
 
@@ -58,13 +60,14 @@ def render_speed(talker, dataset, size: int, device, frames: int = 16) -> dict:
 def _truth_and_render(talker, dataset, coefficients, frames, size: int, device):
     """(truth, masks, render clamped to [0, 1]) of clip ``frames`` at ``size`` squared, the
     render from their speech coefficients at their own cameras."""
-    from .evaluate import GroundTruth, view_cameras
+    from .evaluate import GroundTruth, clip_torso, view_cameras
 
     w2c, K = view_cameras(dataset, frames, size, dataset.width, dataset.height, device)
     gt, masks = GroundTruth(dataset, size, device)(frames)
     ce, cl = coefficients
     with torch.no_grad():
-        img, _ = talker.clip_frames(ce[frames].to(device), cl[frames].to(device), w2c, K, size, size, checked=True)
+        img, _ = talker.clip_frames(ce[frames].to(device), cl[frames].to(device), w2c, K, size, size, checked=True,
+                                    torso=clip_torso(dataset, frames, device))
     return gt, masks, img.clamp(0, 1)
 
 

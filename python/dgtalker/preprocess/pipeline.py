@@ -162,6 +162,7 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
     with a message that names the problem."""
     from ..data.format import DatasetWriter, tail_splits
     from ..data.synthetic.head import LANDMARK_NAMES
+    from .torso import add_torso_track
 
     t_start = time.perf_counter()
     if not (np.isfinite(fps) and 1 <= fps <= 120):
@@ -326,5 +327,8 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
     except BaseException:
         writer.abort()
         raise
+    # the shoulders' own motion, measured on the written frames and masks (gt.npz torso_shift)
+    add_torso_track(out, progress=not quiet)
+    summary.timings_s["torso"] = round(time.perf_counter() - t_start - sum(timings.values()), 2)
     summary.elapsed_s = round(time.perf_counter() - t_start, 2)
     return summary

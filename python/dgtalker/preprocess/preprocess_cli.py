@@ -15,8 +15,13 @@ def add_arguments(p) -> None:
         'Needs pip install ".[preprocess]" (mediapipe 0.10.14: Python 3.9-3.12).')
     p.epilog = ("example: dgtalker preprocess talk.mp4 --out data/me && dgtalker train data/me --out me.safetensors\n"
                 "Film 1-5 minutes, face the camera, keep the head in the picture and the background still.")
-    p.add_argument("video", metavar="VIDEO", help="the clip: any container and codec ffmpeg reads (mp4, mov, mkv, webm, ...)")
-    p.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write")
+    p.add_argument("video", metavar="VIDEO", help="the clip: any container and codec ffmpeg reads (mp4, mov, mkv, webm, "
+                                                  "...); with --update-torso, a dataset directory")
+    p.add_argument("--out", metavar="DIR", help="dataset directory to write (required unless --update-torso)")
+    p.add_argument("--update-torso", action="store_true",
+                   help="measure the torso's own motion (gt.npz torso_shift: the shoulders' image shift per frame, "
+                        "which training and eval pose the torso with) in the existing dataset VIDEO, in place: for "
+                        "datasets written before preprocess measured it")
     p.add_argument("--fps", type=float, default=25.0,
                    help="frame rate of the dataset; the video is resampled by its timestamps (default 25)")
     p.add_argument("--size", type=positive_int, default=512, help="width = height of the cropped frames in pixels (default 512)")
@@ -40,6 +45,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    if args.update_torso:
+        return update_torso(args)
+    if not args.out:
+        print("dgtalker preprocess: --out DIR is required (the dataset directory to write)", file=sys.stderr)
+        return 2
     try:
         from . import PreprocessError, VideoError, preprocess
     except ImportError as exc:
@@ -54,4 +64,30 @@ def run(args) -> int:
         print(f"dgtalker preprocess: {exc}", file=sys.stderr)
         return 2
     print(summary.text())
+    return 0
+
+
+def update_torso(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..data import DatasetError
+    from .torso import add_torso_track
+
+    if args.out:
+        print("dgtalker preprocess: --update-torso rewrites the dataset VIDEO in place; it takes no --out",
+              file=sys.stderr)
+        return 2
+    if not Path(args.video).is_dir():
+        print(f"dgtalker preprocess: --update-torso needs a dataset directory, got {args.video}", file=sys.stderr)
+        return 2
+    try:
+        shift = add_torso_track(args.video, progress=not args.quiet)
+    except (DatasetError, ValueError) as exc:
+        print(f"dgtalker preprocess: {exc}", file=sys.stderr)
+        return 2
+    spread = np.percentile(shift, [5, 95], axis=0)
+    print(f"{args.video}: torso track of {len(shift)} frames; 90% of the shifts within x {spread[0, 0]:+.1f}.."
+          f"{spread[1, 0]:+.1f} px, y {spread[0, 1]:+.1f}..{spread[1, 1]:+.1f} px of the clip's median torso")
     return 0

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..camera import view_tensors
+from ..camera import dataset_torso_offsets, view_tensors
 from .plate import background_plate
 
 
@@ -52,6 +52,8 @@ class ClipFrames:
         self.rgb, self.masks = rgb.to(device), masks.to(device)
         self.w2c, self.K = view_tensors(dataset.w2c[idx], dataset.K[idx], dataset.width, dataset.height, R, device)
         self.mean_K = torch.as_tensor(dataset.K[idx], dtype=torch.float32).mean(0)  # at the clip's own size
+        torso = dataset_torso_offsets(dataset, idx)  # the shoulders' own motion, where the clip tracked it
+        self.torso = None if torso is None else torch.from_numpy(torso).to(device)
         if share is not None:
             self.mel, self.windows, self.plate = share.mel, share.windows.to(device), share.plate
         else:
@@ -116,7 +118,8 @@ class ClipFrames:
         k = k.to(self.rgb.device)
         m = self.masks[k].float() / 255
         return {"rgb": self.rgb[k].float() / 255, "head": m[..., 0], "lower": m[..., 1], "upper": m[..., 2],
-                "fg": m[..., 3], "K": self.K[k], "w2c": self.w2c[k]}
+                "fg": m[..., 3], "K": self.K[k], "w2c": self.w2c[k],
+                "torso": None if self.torso is None else self.torso[k]}
 
     def mouth_masks(self, k: torch.Tensor) -> torch.Tensor | None:
         """``[B, R, R]`` masks of the squares around the tracked lips of positions ``k``

@@ -38,7 +38,8 @@ class IdentityTrainConfig:
     cross_weight: float = 1.0
     encoder_context: int = 6          # video frames before and after a frame the audio encoder mixes
     frontend: bool = True             # the encoders read the shipped speech front end's channels beside the log-mel
-    normalised_mel: bool = False      # ... and that log-mel normalised as the front end reads it (TalkerConfig.normalised_mel)
+    normalised_mel: bool = True       # ... and that log-mel normalised as the front end reads it
+                                      # (TalkerConfig.normalised_mel; without the front end: no effect)
     lip_target: float = 0.5           # the first two lip coefficients against the tracked mouth opening and width
     lip_batch: int = 64               # training frames per step of that target (the encoder alone, no rendering)
     lips_from_picture: bool = False   # the pinned lip coefficients also learn from the photometric losses
@@ -94,8 +95,6 @@ class IdentityTrainConfig:
         if self.mouth_interior and self.lip_target <= 0:
             raise ValueError("mouth_interior needs lip_target > 0: its jaw follows the first lip coefficient, "
                              "which the tracked mouth opening pins")
-        if self.normalised_mel and not self.frontend:
-            raise ValueError("normalised_mel needs the speech front end (frontend): its normalisation is the front end's")
         if self.lip_holdback > 0.5:
             raise ValueError(f"lip_holdback is a share of the training frames, in [0, 0.5]; got {self.lip_holdback!r}")
         for name in ("focus", "random_background", "blink_share", "open_share"):

@@ -122,7 +122,8 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     lat = torch.cat(lat).to(dev)
     w2c = torch.cat([v["w2c"] for v in views])
     Ks = torch.cat([v["K"] for v in views])
-    g = talker.with_mouth(talker.pose_clip(gather(gauss, lat), w2c), c_lip[lat])
+    torso = None if bi["torso"] is None else torch.cat([v["torso"] for v in views])
+    g = talker.with_mouth(talker.pose_clip(gather(gauss, lat), w2c, torso=torso), c_lip[lat])
     checked = True if dev.type == "cuda" else None
     image, alpha = talker.rasterize(g, w2c, Ks, R, R, checked=checked, background=background)
     own_img, own_a = image[:2 * P], alpha[:2 * P]
@@ -189,7 +190,7 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
         loss = loss + cfg.locality * locality_loss(talker.generator, reference, step, cfg)
     if reference is not None and cfg.side_silhouette > 0:
         side = side_silhouette_loss(talker, reference, gather(gauss, torch.arange(P, device=dev)),
-                                    c_exp[:P], c_lip[:P], bi["w2c"], bi["K"], step, cfg)
+                                    c_exp[:P], c_lip[:P], bi["w2c"], bi["K"], step, cfg, torso=bi["torso"])
         loss = loss + cfg.side_silhouette * side
         out["side_silhouette"] = float(side.detach())
     opt.zero_grad(set_to_none=True)
@@ -210,7 +211,7 @@ def validate_heldout(talker, val: ClipFrames, cfg: IdentityTrainConfig) -> dict:
     f = val.indices.to(talker.device)
     ce, cl = speech_coefficients(talker.encoder, val.windows, f, val.num_frames)
     img, _ = talker.clip_frames(ce, cl, b["w2c"], b["K"], cfg.resolution, cfg.resolution, amp=cfg.amp,
-                                checked=True if b["w2c"].is_cuda else None)
+                                checked=True if b["w2c"].is_cuda else None, torso=b["torso"])
     img = img.clamp(0, 1)
     return {"val_psnr": float(psnr(img, b["rgb"])), "val_psnr_lower": float(psnr(img, b["rgb"], mask=b["lower"]))}
 
@@ -236,7 +237,8 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
     tcfg = TalkerConfig(k_exp=cfg.k_exp, k_lip=cfg.k_lip, width=data.width, height=data.height, fps=data.fps,
                         encoder={"past": cfg.encoder_context, "future": cfg.encoder_context},
                         frontend=None if frontend is None else _asdict(frontend.config),
-                        mouth_interior=cfg.mouth_interior, normalised_mel=cfg.normalised_mel)
+                        mouth_interior=cfg.mouth_interior,
+                        normalised_mel=cfg.normalised_mel and frontend is not None)
     talker = Talker(generator, tcfg, seed=cfg.seed, residual_frames=data.num_frames)
     if frontend is not None:
         talker.frontend.load_state_dict(frontend.model.state_dict())

@@ -48,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-frontend", action="store_true",
                    help="the audio encoders read the log-mel alone, not the shipped speech front end "
                         "(dgtalker.lipsync's network, speaker-independent) beside it")
+    p.add_argument("--raw-mel", action="store_true",
+                   help="the audio encoders read the log-mel as recorded; by default they read it with each band's "
+                        "speech mean removed, as the front end does, so a voice recorded louder, quieter or through "
+                        "another microphone than the clip reaches them as the clip's did (docs/talker.md)")
     p.add_argument("--encoder-context", type=int, default=d.encoder_context, metavar="N",
                    help="video frames before and after each frame whose audio the encoder mixes (coarticulation; "
                         f"the streaming encoder keeps its look-ahead bound; default {d.encoder_context})")
@@ -160,7 +164,7 @@ def train_config(args) -> IdentityTrainConfig:
                                mouth_weight=args.mouth_weight,
                                encoder_context=args.encoder_context,
                                lips_from_picture=args.lips_from_picture, mouth_interior=args.mouth_interior,
-                               frontend=not args.no_frontend)
+                               frontend=not args.no_frontend, normalised_mel=not (args.raw_mel or args.no_frontend))
 
 
 def run(args) -> int:

@@ -108,7 +108,7 @@ def side_cameras(w2c: torch.Tensor, step: int, cfg: IdentityTrainConfig) -> torc
 
 
 def side_silhouette_loss(talker, reference, gaussians, c_exp, c_lip, w2c, K, step: int,
-                         cfg: IdentityTrainConfig) -> torch.Tensor:
+                         cfg: IdentityTrainConfig, torso: torch.Tensor | None = None) -> torch.Tensor:
     """Mean |alpha| difference between the tuned head (``gaussians``, the latents of
     ``c_exp, c_lip``) and the prior's head at the same latents, seen from side cameras
     (``side_cameras`` of ``w2c``) at ``side_resolution``. Only outlines are compared: the
@@ -123,9 +123,9 @@ def side_silhouette_loss(talker, reference, gaussians, c_exp, c_lip, w2c, K, ste
         w, _ = talker.latents(c_exp, c_lip)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.amp and w.is_cuda):
             raw = reference.synthesize(reference.styles(w))
-        prior_g = talker.pose_clip(reference.decode(raw.float().contiguous()), w2c)  # torso where frame i has it
+        prior_g = talker.pose_clip(reference.decode(raw.float().contiguous()), w2c, torso=torso)  # where frame i has it
         _, target = talker.rasterize(prior_g, views, Ks, S, S, background=black, checked=checked)
-    _, alpha = talker.rasterize(talker.pose_clip(gaussians, w2c), views, Ks, S, S, background=black,
+    _, alpha = talker.rasterize(talker.pose_clip(gaussians, w2c, torso=torso), views, Ks, S, S, background=black,
                                 checked=checked)
     return (alpha - target).abs().mean()
 

@@ -25,8 +25,9 @@ def save_preview(path: Path, talker, data: ClipFrames, cfg: IdentityTrainConfig)
         c_lip = torch.cat([cl, cl])
         blink = None if data.blink is None else torch.cat([data.blink[f], data.blink[f][perm]])
         w2c, Ks = torch.cat([b["w2c"]] * 2), torch.cat([b["K"]] * 2)
+        torso = None if b["torso"] is None else torch.cat([b["torso"]] * 2)
         img, _ = talker.clip_frames(c_exp, c_lip, w2c, Ks, cfg.resolution, cfg.resolution, blink=blink,
-                                    amp=cfg.amp, checked=True if w2c.is_cuda else None)
+                                    amp=cfg.amp, checked=True if w2c.is_cuda else None, torso=torso)
     rows = [torch.cat(list(b["rgb"]), 1), torch.cat(list(img[:4].clamp(0, 1)), 1), torch.cat(list(img[4:].clamp(0, 1)), 1)]
     grid = torch.cat(rows, 0)
     atomic_write_bytes(path, encode_image((grid * 255).round().to(torch.uint8).cpu().numpy(), "png"))

@@ -107,14 +107,16 @@ def resume_changes(meta: dict, cfg: IdentityTrainConfig, provenance: dict) -> li
     change no resume can take (blendshape counts, frame count)."""
     saved = json.loads(meta["config"])
     now = asdict(cfg)
-    # a state saved before an option existed ran with that option's old behaviour: False
-    shape = [f"{k} {saved.get(k, False)!r} -> {now[k]!r}" for k in LAYOUT_OPTIONS
-             if (k in saved or k == "normalised_mel") and saved.get(k, False) != now[k]]
+    # the normalised mel is what the saved talker has (a talker saved before the option had none)
+    made = json.loads(meta.get("talker_config", "{}")).get("normalised_mel", False)
+    layout = {"normalised_mel": (made, bool(cfg.normalised_mel and cfg.frontend))}
+    layout |= {k: (saved[k], now[k]) for k in LAYOUT_OPTIONS if k in saved and k not in layout}
+    shape = [f"{k} {a!r} -> {b!r}" for k, (a, b) in layout.items() if a != b]
     if int(meta["residual_frames"]) != provenance["num_frames"]:
         shape.append(f"frame count {meta['residual_frames']} -> {provenance['num_frames']}")
     if shape:
         raise ValueError(f"cannot resume the saved run with another talker layout ({'; '.join(shape)}); "
-                         "choose another --out")
+                         "run it with the options it was trained with, or choose another --out")
     changes = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items()
                if k not in BUDGET_OPTIONS and saved.get(k) != v]
     source = json.loads(meta.get("source", "{}"))
