@@ -489,3 +489,37 @@ def test_encoder_noise_perturbs_training_inputs_reproducibly():
     assert (noisy(1.0, 5) - clean).abs().mean() > (a - clean).abs().mean() > 0
     with pytest.raises(ValueError, match="encoder_noise"):
         IdentityTrainConfig(encoder_noise=-0.1).validate()
+
+
+@pytest.mark.parametrize("encoder_steps", [0, 1])
+def test_encoder_steps_freeze_the_encoders_and_only_them(tmp_path, encoder_steps):
+    """With --encoder-steps 1, steps after the first leave both audio encoders as they were
+    while the rest of the talker goes on learning; with 0 the encoders keep learning."""
+    from pathlib import Path
+
+    import torch
+    from test_talker import tiny_config, tiny_generator
+
+    from dgtalker.train import identity
+    from dgtalker.train.state import STATE_SUFFIX, load_training_state
+
+    sample = Path(__file__).parent / "data" / "sample"
+    out = tmp_path / "t.safetensors"
+    kw = dict(prior=tiny_generator(), device="cpu", progress=False)
+    states = []
+    for steps in (1, 3):
+        identity.train_identity(sample, out, tiny_config(steps=steps, encoder_steps=encoder_steps,
+                                                         distill_weight=1.0), **kw)
+        tensors, _ = load_training_state(out)
+        states.append({k: v.clone() for k, v in tensors.items() if k.startswith("talker.")})
+    assert (tmp_path / ("t.safetensors" + STATE_SUFFIX)).exists()
+    enc = [k for k in states[0] if k.startswith(("talker.encoder.", "talker.causal_encoder."))
+           and states[0][k].is_floating_point() and "calib" not in k and "lip_" not in k and "mel_" not in k]
+    moved = {k for k in enc if not torch.equal(states[0][k], states[1][k])}
+    assert enc and any(k.startswith("talker.causal_encoder.") for k in enc)
+    if encoder_steps:
+        assert not moved, sorted(moved)[:5]
+    else:
+        assert any(k.startswith("talker.encoder.") for k in moved) and any(k.startswith("talker.causal_encoder.")
+                                                                          for k in moved)
+    assert not torch.equal(states[0]["talker.w_can"], states[1]["talker.w_can"])  # the rest learns on

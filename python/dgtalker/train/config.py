@@ -45,6 +45,7 @@ class IdentityTrainConfig:
     lips_from_picture: bool = False   # the pinned lip coefficients also learn from the photometric losses
     lip_concordance: float = 0.0      # weight of 1 - concordance (Lin's CCC) of that batch: counters shrinkage
     encoder_noise: float = 0.0        # Gaussian noise on the audio encoder's normalised input while it trains (std)
+    encoder_steps: int = 0            # steps the audio encoders train (then frozen while the rest trains on; 0: all)
     adapt_frontend: int = 0           # steps fitting the front end's output layers to the tracked mouth (0: as shipped)
     lip_holdback: float = 0.1         # share of training frames (2 s blocks) the lip target leaves out, to measure
                                       # and undo the encoder's shrinkage on unheard audio (0: no lip calibration)
@@ -82,7 +83,7 @@ class IdentityTrainConfig:
                 or not 0 <= self.encoder_context <= 16:
             raise ValueError(f"encoder_context must be an int in [0, 16], got {self.encoder_context!r}")
         for name in ("k_exp", "k_lip", "invert_steps", "invert_views", "validate_every", "validate_frames",
-                     "adapt_frontend"):
+                     "adapt_frontend", "encoder_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")

@@ -90,7 +90,11 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     if cfg.encoder_noise > 0:  # drawn per step, so a resumed run draws the same noise
         noisy = {"noise": cfg.encoder_noise,
                  "generator": torch.Generator(device=dev).manual_seed(cfg.seed * 1_000_003 + step)}
-    ce, cl = speech_coefficients(talker.encoder, data.windows, frames, N, **noisy)
+    # after encoder_steps the encoders stop learning (they specialise to the one voice as they
+    # train on: docs/benchmarks.md, runs K) while the maps go on fitting the picture
+    frozen = 0 < cfg.encoder_steps <= step
+    with torch.set_grad_enabled(not frozen):
+        ce, cl = speech_coefficients(talker.encoder, data.windows, frames, N, **noisy)
     # the lip calibration measures the encoder's shrinkage on the held-back frames: their audio
     # must stay unheard, so the picture there trains the maps but not the encoder (through the
     # expression and unpinned lip coefficients it had fitted them; docs/benchmarks.md, runs J)
@@ -153,7 +157,7 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
             leak = leak_loss(gauss, P, lower, upper)
             loss = loss + cfg.leak_weight * leak
             out["leak"] = float(leak.detach())
-    if pinned:
+    if pinned and not frozen:
         # the tracked mouth (standardised opening and width) pins the first lip coefficients:
         # a direct signal where the photometric one is weak. It runs on its own batch of
         # training frames through the encoder alone (no rendering, so many frames are cheap)
@@ -179,7 +183,7 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     c_all = torch.cat([ce, cl], 1)
     loss = loss + cfg.coef_smooth * (c_all[:2 * P] - c_all[2 * P:]).pow(2).sum(-1).mean()
     loss = loss + cfg.coef_reg * c_all.pow(2).sum(-1).mean()
-    if cfg.distill_weight > 0:
+    if cfg.distill_weight > 0 and not frozen:
         cce, ccl = speech_coefficients(talker.causal_encoder, data.causal_windows, frames[:2 * P], N)
         heard = (~unheard[:2 * P, 0]).float()  # the causal encoder too learns nothing of the held-back audio
         gap = (cce - ce[:2 * P].detach()).pow(2).mean(1) + (ccl - cl[:2 * P].detach()).pow(2).mean(1)

@@ -73,6 +73,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "benchmarks/lip_probe.py on two real clips its effect on held-out lips was within the "
                         "spread of seeds; not yet measured in a trained talker: docs/benchmarks.md, runs J; "
                         f"default {d.encoder_noise})")
+    p.add_argument("--encoder-steps", type=int, default=d.encoder_steps, metavar="N",
+                   help="train the audio encoders for the first N steps only, then keep them while the rest trains "
+                        "on: they specialise to the clip's one voice as they train (docs/benchmarks.md, runs K; "
+                        f"0 = all steps; default {d.encoder_steps})")
     p.add_argument("--lip-holdback", type=float, default=d.lip_holdback, metavar="SHARE",
                    help="share of the training frames (in 2 s blocks) whose tracked mouth the lip target leaves out: "
                         "the encoder's spread there, on audio it never learned, sets the gain that widens the "
@@ -159,7 +163,7 @@ def train_config(args) -> IdentityTrainConfig:
                                side_silhouette=args.side_silhouette, lip_target=args.lip_target,
                                lip_batch=args.lip_batch,
                                lip_concordance=args.lip_concordance, lip_holdback=args.lip_holdback,
-                               encoder_noise=args.encoder_noise,
+                               encoder_noise=args.encoder_noise, encoder_steps=args.encoder_steps,
                                adapt_frontend=args.adapt_frontend, open_share=args.open_share,
                                mouth_weight=args.mouth_weight,
                                encoder_context=args.encoder_context,
