@@ -45,7 +45,8 @@ class IdentityTrainConfig:
     lips_from_picture: bool = False   # the pinned lip coefficients also learn from the photometric losses
     lip_concordance: float = 0.0      # weight of 1 - concordance (Lin's CCC) of that batch: counters shrinkage
     encoder_noise: float = 0.0        # Gaussian noise on the audio encoder's normalised input while it trains (std)
-    encoder_steps: int = 0            # steps the audio encoders train (then frozen while the rest trains on; 0: all)
+    encoder_steps: int = 2500         # steps the audio encoders train (then kept while the rest trains on; 0: all):
+                                      # they specialise to the clip's voice as they train (docs/benchmarks.md runs K)
     adapt_frontend: int = 0           # steps fitting the front end's output layers to the tracked mouth (0: as shipped)
     lip_holdback: float = 0.1         # share of training frames (2 s blocks) the lip target leaves out, to measure
                                       # and undo the encoder's shrinkage on unheard audio (0: no lip calibration)
