@@ -17,6 +17,7 @@ import platform
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,6 +54,20 @@ def speech(seconds: float, rate: int = 16000) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * 160 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
 
 
+SOURCE_SUFFIXES = (".py", ".cu", ".cuh", ".cpp", ".h", ".hpp")
+
+
+def source_digest(root: Path) -> str:
+    """SHA-256 over the relative paths and bytes of the source files under python/ and csrc/."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for d in ("python", "csrc") for p in (root / d).rglob("*")
+                    if p.is_file() and p.suffix in SOURCE_SUFFIXES and "__pycache__" not in p.parts):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def main() -> None:
     from dgtalker import audio as A
     from dgtalker.ops.raster import GraphStatus
@@ -77,6 +92,9 @@ def main() -> None:
         res["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         pass
+    # what ran, whatever the copy's git metadata says (a copied tree can carry a stale HEAD):
+    # the same digest of the sources at a commit identifies it
+    res["source_sha256"] = source_digest(Path(__file__).resolve().parents[1])
 
     # audio features (log-mel, and the speech front end if the talker has one): 10 s of speech
     x = speech(10.0)
