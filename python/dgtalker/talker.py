@@ -352,8 +352,6 @@ class Talker(nn.Module):
         front end: the log-mel itself, ``start = 0``."""
         import numpy as np
 
-        from . import audio as A
-
         mel = np.asarray(mel, np.float32)
         if self.frontend is None:
             return mel, 0

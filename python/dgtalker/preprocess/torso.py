@@ -85,25 +85,26 @@ def track_torso(dataset, *, size: int = WORK_SIZE, progress: bool = True, refere
     N = len(dataset)
     reach = max(2, int(round(MAX_SHIFT * size)))
     sigma = size / 64
-    pick = np.linspace(0, N - 1, min(reference_frames, N)).round().astype(int)
-    frames = {int(i): _frame(dataset, int(i), size) for i in pick}
-    shifts = np.zeros((N, 2))
-    # the reference: the median torso, made again once the sample is aligned to it
-    for _ in range(2):
-        grey = np.median([_warp(frames[int(i)][0], shifts[i]) for i in pick], 0)
-        weight = np.median([_warp(frames[int(i)][1], shifts[i]) for i in pick], 0)
-        ref_e, ref_w = _band_pass(grey, sigma), weight
-        for i in pick:
-            g, w = frames[int(i)]
-            s = _shift(ref_e, ref_w, _band_pass(g, sigma), w, reach) if w.mean() >= MIN_TORSO else None
-            shifts[i] = 0 if s is None else s
-        # the next reference sits at the sample's median torso, so the search reaches either side
-        shifts[pick] -= np.median(shifts[pick], 0)
+    pick = [int(i) for i in np.linspace(0, N - 1, min(reference_frames, N)).round()]
+    frames = {i: _frame(dataset, i, size) for i in pick}
+
+    def reference(shifts):  # the median torso of the sample, each frame moved back by its shift
+        grey = np.median([_warp(frames[i][0], s) for i, s in zip(pick, shifts)], 0)
+        weight = np.median([_warp(frames[i][1], s) for i, s in zip(pick, shifts)], 0)
+        return _band_pass(grey, sigma), weight
+
+    def measure(ref, g, w):
+        return _shift(*ref, _band_pass(g, sigma), w, reach) if w.mean() >= MIN_TORSO else None
+
+    # a first reference of the unaligned sample; the sample aligned to it, centred on its
+    # median (so the search reaches either side), makes the reference every frame is measured on
+    first = reference(np.zeros((len(pick), 2)))
+    shifts = np.array([np.zeros(2) if (s := measure(first, *frames[i])) is None else s for i in pick])
+    ref = reference(shifts - np.median(shifts, 0))
     out = np.zeros((N, 2))
     found = np.zeros(N, bool)
     for i in tqdm(range(N), desc="torso", unit="frame", disable=not progress):
-        g, w = frames[i] if i in frames else _frame(dataset, i, size)
-        s = _shift(ref_e, ref_w, _band_pass(g, sigma), w, reach) if w.mean() >= MIN_TORSO else None
+        s = measure(ref, *(frames[i] if i in frames else _frame(dataset, i, size)))
         if s is not None:
             out[i], found[i] = s, True
     if found.any():
