@@ -2,6 +2,7 @@
 targets read from lip (and eye) points only, and eval's lip-sync figures."""
 import numpy as np
 import pytest
+import torch
 
 from dgtalker.data import face_mesh as FM
 
@@ -423,6 +424,45 @@ def test_open_and_closed_lower_face_split_by_the_truths_opening():
     assert open_and_closed(dark)["psnr_lower_face_open"] == 21.0
     assert open_and_closed(dark)["psnr_lower_face_closed"] == 20.0
     assert open_and_closed(rows[:4]) == {}
+
+
+def test_teeth_pixels_count_pale_skin_bright_pixels_inside_the_opening_only():
+    from dgtalker.eval.metrics import polygon_mask, teeth_pixels
+
+    H, W = 40, 60
+    skin = torch.tensor([0.75, 0.55, 0.45])      # chroma 0.30, luminance ~0.6
+    img = skin.expand(H, W, 3).clone()
+    lower = torch.zeros(H, W)
+    lower[10:, :] = 1
+    opening = polygon_mask(np.array([[20, 20], [40, 20], [40, 30], [20, 30]]), H, W)
+    assert opening.shape == (H, W) and 150 <= opening.sum() <= 260 and not opening[:15].any()
+    img[21:30, 21:40] = torch.tensor([0.3, 0.1, 0.1])  # lips and cavity: dark and red
+    assert teeth_pixels(img, opening, lower) == 0
+    img[21:25, 21:40] = torch.tensor([0.80, 0.78, 0.72])  # a row of teeth: pale, skin-bright
+    assert teeth_pixels(img, opening, lower) == 4 * 19
+    img[2:6, 2:6] = torch.tensor([0.80, 0.78, 0.72])    # pale pixels outside the opening do not count
+    assert teeth_pixels(img, opening, lower) == 4 * 19
+    # the skin's own exposure scales the test: the same frame twice as dark counts the same
+    assert teeth_pixels(img * 0.5, opening, lower) == 4 * 19
+    assert teeth_pixels(img, np.zeros((H, W), bool), lower) == 0
+
+
+def test_teeth_on_open_frames_compare_the_render_with_the_truth():
+    from dgtalker.eval.evaluate import open_and_closed
+
+    opening = np.linspace(0.0, 0.3, 30)
+    rows = [{"opening_truth": o, "psnr_lower_face": 30.0, "teeth_truth": 10 * o, "teeth_render": 10 * o * (i % 2)}
+            for i, o in enumerate(opening)]
+    out = open_and_closed(rows)
+    hi = np.quantile(opening, 2 / 3)
+    opened = np.flatnonzero(opening >= hi)
+    assert out["teeth_frames"] == len(opened)
+    assert out["teeth_truth"] == pytest.approx(10 * opening[opened].mean())
+    assert out["teeth_ratio"] == pytest.approx(sum(10 * opening[i] * (i % 2) for i in opened)
+                                               / (10 * opening[opened].sum()))
+    assert out["teeth_visible"] == pytest.approx(np.mean([i % 2 for i in opened]))
+    no_teeth = [dict(r, teeth_truth=0.0) for r in rows]  # nothing to compare with: no teeth figures
+    assert "teeth_ratio" not in open_and_closed(no_teeth)
 
 
 def test_the_encoders_learn_nothing_from_the_held_back_frames_audio():

@@ -18,6 +18,9 @@ MOUTH_CORNERS = (61, 291)
 # every point of the mesh's lip contours (outer and inner, both lips): FACEMESH_LIPS
 LIP_CONTOUR = (0, 13, 14, 17, 37, 39, 40, 61, 78, 80, 81, 82, 84, 87, 88, 91, 95, 146, 178, 181, 185, 191, 267, 269,
                270, 291, 308, 310, 311, 312, 314, 317, 318, 321, 324, 375, 402, 405, 409, 415)
+# the inner lip line as one closed ring (mouth corner 78, upper lip to corner 308, lower lip
+# back): the mouth opening's outline, what shows between the lips lies inside it
+INNER_LIP_RING = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
 
 
 def _dist(points: np.ndarray, a: int, b: int) -> np.ndarray:

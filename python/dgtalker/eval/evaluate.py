@@ -101,7 +101,7 @@ def _frame_metrics(render, gt, masks, detector=None, px_scale: float = 1.0) -> l
         for name, sc in M.region_scores(r, g, m).items():
             out[-1][f"region_{name}_psnr"], out[-1][f"region_{name}_ssim"] = sc["psnr"], sc["ssim"]
         if detector is not None:
-            from ..data.face_mesh import mouth_opening
+            from ..data.face_mesh import INNER_LIP_RING, eye_span, mouth_opening
             from .landmarks import lip_gap
 
             to8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # noqa: E731
@@ -114,7 +114,13 @@ def _frame_metrics(render, gt, masks, detector=None, px_scale: float = 1.0) -> l
                 lip_gap_render=lip_gap(lr) * px_scale if lr is not None else nan,
                 lip_gap_truth=lip_gap(lg) * px_scale if lg is not None else nan,
                 opening_render=float(mouth_opening(lr)) if lr is not None else nan,
-                opening_truth=float(mouth_opening(lg)) if lg is not None else nan)
+                opening_truth=float(mouth_opening(lg)) if lg is not None else nan,
+                teeth_render=nan, teeth_truth=nan)
+            if lg is not None:  # teeth inside the truth's mouth opening, in eye-corner distances squared
+                inside = M.polygon_mask(lg[list(INNER_LIP_RING)], g.shape[0], g.shape[1])
+                unit = max(float(eye_span(lg)), 1.0) ** 2
+                out[-1]["teeth_render"] = M.teeth_pixels(r, inside, m[..., 1]) / unit
+                out[-1]["teeth_truth"] = M.teeth_pixels(g, inside, m[..., 1]) / unit
     return out
 
 
@@ -151,8 +157,29 @@ def open_and_closed(rows: list[dict]) -> dict:
         return {}
     lo, hi = np.quantile(o[ok], [1 / 3, 2 / 3])
     opened, closed = ok & (o >= hi), ok & (o <= lo)
-    return {"psnr_lower_face_open": float(lower[opened].mean()), "psnr_lower_face_closed": float(lower[closed].mean()),
-            "open_frames": int(opened.sum()), "closed_frames": int(closed.sum())}
+    out = {"psnr_lower_face_open": float(lower[opened].mean()), "psnr_lower_face_closed": float(lower[closed].mean()),
+           "open_frames": int(opened.sum()), "closed_frames": int(closed.sum())}
+    out.update(teeth_on_open_frames(rows, opened))
+    return out
+
+
+def teeth_on_open_frames(rows: list[dict], opened: np.ndarray) -> dict:
+    """Teeth on the open-mouth frames (``metrics.teeth_pixels`` inside the truth's inner lip
+    ring, in eye-corner distances squared): the truth's and the render's mean area,
+    ``teeth_ratio`` (render over truth) and ``teeth_visible``, the share of the open frames
+    whose truth shows teeth where the render shows at least half as much. Empty without
+    landmarks or with no teeth in the truth."""
+    if not rows or "teeth_truth" not in rows[0]:
+        return {}
+    t = np.array([r["teeth_truth"] for r in rows], np.float64)
+    r = np.array([r["teeth_render"] for r in rows], np.float64)
+    sel = opened & np.isfinite(t) & np.isfinite(r)
+    shown = sel & (t > 0)
+    if not shown.any():
+        return {}
+    return {"teeth_truth": float(t[sel].mean()), "teeth_render": float(r[sel].mean()),
+            "teeth_ratio": float(r[sel].mean() / t[sel].mean()),
+            "teeth_visible": float((r[shown] >= 0.5 * t[shown]).mean()), "teeth_frames": int(shown.sum())}
 
 
 def _summary(rows: list[dict]) -> dict:

@@ -189,6 +189,10 @@ def markdown(rep: dict) -> str:
                       f"({fr['open_frames']} frames, the truth's opening in its top third), on closed ones "
                       f"{f(fr['psnr_lower_face_closed'])} dB ({fr['closed_frames']}, bottom third): "
                       f"{f(fr['psnr_lower_face_closed'] - fr['psnr_lower_face_open'])} dB apart."]
+    if fr.get("teeth_ratio") is not None:
+        lines += ["", f"Teeth on open-mouth frames (pale, skin-bright pixels inside the truth's inner lip line): "
+                      f"the render shows {f(fr['teeth_ratio'], 2)} of the truth's area; at least half of it on "
+                      f"{100 * fr['teeth_visible']:.0f}% of the {fr['teeth_frames']} frames whose truth shows teeth."]
     if rep.get("novel_views"):
         lines += ["", "| novel views, abs(yaw) | PSNR | PSNR head | SSIM | views |", "|---|---|---|---|---|"]
         for b, m in rep["novel_views"].items():
