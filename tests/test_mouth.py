@@ -30,6 +30,29 @@ def test_lower_teeth_and_tongue_follow_the_jaw_and_the_upper_teeth_stay():
     assert torch.all(m.jaw_angle(torch.tensor([-1.0, 0.0, 2.0])).diff() > 0)
 
 
+def test_the_interior_makes_no_tensor_from_host_data_per_call():
+    """Every constant the forward needs is a buffer: a tensor made from Python data in the
+    forward copies from the host on every call, which a CUDA graph capture of the frame
+    path refuses (bench_render.py's graph replay)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Created(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    m = _mouth()
+    opening = torch.tensor([-1.0, 0.5])
+    with Created() as seen:
+        out = m(opening)
+    assert not [op for op in seen.ops if "lift_fresh" in op or "scalar_tensor" in op], seen.ops
+    assert out[1].shape == (2, len(m), 4) and torch.equal(out[1][0, 0], torch.tensor([1.0, 0.0, 0.0, 0.0]))
+
+
 def _render(gaussians, size=96):
     """Front view of the mouth region (head frame; camera 0.35 m in front of the lips)."""
     w2c = torch.as_tensor(look_at((0.0, MOUTH_Y, 0.45), (0.0, MOUTH_Y, 0.0)), dtype=torch.float32)
@@ -116,3 +139,33 @@ def test_the_interior_stays_at_the_mouth_however_far_its_shift_is_trained():
     moved = m(torch.zeros(1))[0] - rest
     assert float(moved.abs().max()) <= MAX_SHIFT + 1e-7
     assert torch.allclose(moved[0, 0], MAX_SHIFT * torch.tanh(torch.tensor([-3.0, 40.0, -300.0])))
+
+
+@pytest.mark.gpu
+def test_a_talker_with_a_mouth_renders_in_a_cuda_graph():
+    """The frame path with the interior captures into a CUDA graph (as bench_render.py
+    replays it) and a replay with other coefficients equals the eager frames."""
+    from dgtalker.ops.raster import GraphStatus
+
+    T = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=2, width=64, height=64, mouth_interior=True)).cuda()
+    vm, K = (x[None].cuda() for x in T.camera())
+    ce, cl = torch.zeros(2, 2, device="cuda"), torch.zeros(2, 2, device="cuda")
+    vms, Ks = vm.expand(2, -1, -1).contiguous(), K.expand(2, -1, -1).contiguous()
+
+    def step():
+        with torch.no_grad():
+            return T.frames(ce, cl, vms, Ks, 64, 64)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph, status = torch.cuda.CUDAGraph(), GraphStatus()
+    with status, torch.cuda.graph(graph):
+        out = step()
+    cl.copy_(torch.tensor([[2.0, 0.5], [-1.0, 0.0]], device="cuda"))
+    graph.replay()
+    assert not status.check()
+    eager = step()
+    assert torch.allclose(out[0], eager[0], atol=1e-5)

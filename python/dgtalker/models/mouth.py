@@ -98,6 +98,12 @@ class MouthInterior(nn.Module):
         self.register_buffer("part", part, persistent=False)
         self.register_buffer("log_size", torch.log(torch.tensor([SIZES[PARTS[k]] for k in part.tolist()])),
                              persistent=False)
+        # constants the forward needs on the module's device: made there from host data, they
+        # would copy from the host on every call, which a CUDA graph capture refuses
+        self.register_buffer("hinge", torch.tensor(HINGE), persistent=False)
+        self.register_buffer("on_jaw", ((part == PARTS.index("lower_teeth")) | (part == PARTS.index("tongue"))).float(),
+                             persistent=False)
+        self.register_buffer("unit_quat", torch.tensor([1.0, 0.0, 0.0, 0.0]), persistent=False)
         colour = torch.tensor([COLOURS[PARTS[k]] for k in part.tolist()])
         self.colour_logit = nn.Parameter(torch.logit(colour))
         self.opacity_logit = nn.Parameter(torch.full((len(rest),), _logit(0.95)))
@@ -119,14 +125,12 @@ class MouthInterior(nn.Module):
 
     def forward(self, opening: Tensor):
         F = opening.shape[0]
-        hinge = self.rest.new_tensor(HINGE)
-        R = _rot_x(self.jaw_angle(opening))                                   # [F, 3, 3]
-        turned = torch.einsum("fij,nj->fni", R, self.rest - hinge) + hinge    # [F, n, 3]
-        on_jaw = (self.part == PARTS.index("lower_teeth")) | (self.part == PARTS.index("tongue"))
-        w = on_jaw.to(self.rest)[None, :, None]
+        R = _rot_x(self.jaw_angle(opening))                                             # [F, 3, 3]
+        turned = torch.einsum("fij,nj->fni", R, self.rest - self.hinge) + self.hinge    # [F, n, 3]
+        w = self.on_jaw[None, :, None]
         means = self.rest[None] + w * (turned - self.rest[None]) + self.shift()
         n = len(self.rest)
-        quats = self.rest.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(F, n, 4)
+        quats = self.unit_quat.expand(F, n, 4)
         scales = self.log_size.exp()[None, :, None].expand(F, n, 3)
         opac = torch.sigmoid(self.opacity_logit)[None].expand(F, n)
         colors = torch.sigmoid(self.colour_logit)[None].expand(F, n, 3)
