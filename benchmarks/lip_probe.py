@@ -151,6 +151,42 @@ def speech_coefficients_all(enc, win):
     return speech_coefficients(enc, win, torch.arange(len(win)), len(win))
 
 
+def train_lip_encoder(enc, win, pool, target, ok, held, tracked, voice_windows, train, N, a, seed, name):
+    """Trains ``enc`` on the lip target alone (``a.steps`` batches of ``pool`` frames drawn
+    with ``seed``); returns the last loss and the curve (``--curve-every``)."""
+    from dgtalker.train.losses import concordance
+    from dgtalker.train.sampler import speech_coefficients
+
+    opt = (torch.optim.AdamW(enc.parameters(), lr=5e-4, weight_decay=a.weight_decay) if a.weight_decay > 0
+           else torch.optim.Adam(enc.parameters(), lr=5e-4))
+    g = torch.Generator().manual_seed(seed)
+    enc.train()
+    curve = []
+    augmenting = a.mask_bands or a.mask_time or a.noise > 0 or a.embed_dropout > 0
+    for step in range(a.steps):
+        f = pool[torch.randint(0, len(pool), (a.batch,), generator=g)]
+        if augmenting:
+            _, cl = augmented_coefficients(enc, win, f, N, a, g)
+        else:
+            _, cl = speech_coefficients(enc, win, f, N)
+        loss = (cl[:, :2] - target[f]).pow(2).mean()
+        if a.concordance > 0:
+            loss = loss + a.concordance * (1 - concordance(cl[:, :2], target[f], ok[f])).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if a.curve_every and (step + 1) % a.curve_every == 0:
+            with torch.no_grad():
+                _, cl = speech_coefficients(enc, win, torch.from_numpy(held), N)
+            p = cl[:, 0].numpy()
+            curve.append({"step": step + 1, "heldout_corr": pearson(p, tracked[held]),
+                          "heldout_motion_ratio": float(np.nanstd(p) / np.nanstd(tracked[held])),
+                          **read_voices(enc, voice_windows, tracked[train])})
+            print(name, seed, json.dumps(curve[-1]), flush=True)
+    enc.eval()
+    return loss, curve
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", help="a talking-clip dataset with tracked mouths (dgtalker preprocess)")
@@ -182,6 +218,9 @@ def main(argv=None):
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0: Adam)")
     ap.add_argument("--voices", nargs="*", default=[], metavar="VOICE",
                     help="unseen voices to read at every curve point: audio files or tts:LANG:TEXT (espeak-ng)")
+    ap.add_argument("--ensemble", type=int, default=1, metavar="K",
+                    help="train K encoders per input (seeds SEED..SEED+K-1) and score the mean of their openings "
+                         "(each member's held-out figures too)")
     ap.add_argument("--out", help="JSON to write")
     a = ap.parse_args(argv)
     torch.manual_seed(a.seed)
@@ -194,7 +233,6 @@ def main(argv=None):
     from dgtalker.talker import Talker, TalkerConfig
     from dgtalker.train.clip import mouth_targets
     from dgtalker.train.adapt import adapt_frontend as adapt
-    from dgtalker.train.losses import concordance
     from dgtalker.train.sampler import lip_holdback
     from dgtalker.train.sampler import speech_coefficients
 
@@ -211,7 +249,7 @@ def main(argv=None):
     G = load_prior()
     N = len(ds)
     res = {"data": str(ds.root), "frames": N, "train": int(len(train)), "heldout": int(len(held)),
-           "steps": a.steps, "batch": a.batch, "seed": a.seed, "fps": float(ds.fps),
+           "steps": a.steps, "batch": a.batch, "seed": a.seed, "ensemble": a.ensemble, "fps": float(ds.fps),
            "frontend_sha256": sha256_file(fe.path), "encoder": a.encoder, "concordance": a.concordance,
            "holdback_frames": int((~keep).sum()),
            "augment": {"mask_bands": a.mask_bands, "mask_time": a.mask_time, "noise": a.noise,
@@ -241,48 +279,32 @@ def main(argv=None):
                                               torch.from_numpy(train[~keep]), steps=a.adapt_frontend)
                 print("adapt_frontend", json.dumps(res["adapt_frontend"]), flush=True)
         feats, start = T.speech_features(mel)
-        T.encoder.set_normalization(torch.from_numpy(feats[-start:len(feats) + start] if start else feats))
+        speech_feats = torch.from_numpy(feats[-start:len(feats) + start] if start else feats)
+        T.encoder.set_normalization(speech_feats)
         win = T.clip_windows(mel, N, float(ds.fps))
         voice_windows = {v: (T.clip_windows(vm, len(op), float(ds.fps)), op) for v, (vm, op) in voices.items()}
-        enc = T.encoder
-        opt = (torch.optim.AdamW(enc.parameters(), lr=5e-4, weight_decay=a.weight_decay) if a.weight_decay > 0
-               else torch.optim.Adam(enc.parameters(), lr=5e-4))
         ok = torch.isfinite(target).all(1)
         pool = torch.from_numpy(train[keep])[ok[torch.from_numpy(train[keep])]]
-        g = torch.Generator().manual_seed(a.seed)
         t0 = time.perf_counter()
-        enc.train()
-        curve = []
-        augmenting = a.mask_bands or a.mask_time or a.noise > 0 or a.embed_dropout > 0
-        for step in range(a.steps):
-            f = pool[torch.randint(0, len(pool), (a.batch,), generator=g)]
-            if augmenting:
-                _, cl = augmented_coefficients(enc, win, f, N, a, g)
-            else:
-                _, cl = speech_coefficients(enc, win, f, N)
-            loss = (cl[:, :2] - target[f]).pow(2).mean()
-            if a.concordance > 0:
-                loss = loss + a.concordance * (1 - concordance(cl[:, :2], target[f], ok[f])).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if a.curve_every and (step + 1) % a.curve_every == 0:
-                with torch.no_grad():
-                    _, cl = speech_coefficients(enc, win, torch.from_numpy(held), N)
-                p = cl[:, 0].numpy()
-                curve.append({"step": step + 1, "heldout_corr": pearson(p, tracked[held]),
-                              "heldout_motion_ratio": float(np.nanstd(p) / np.nanstd(tracked[held])),
-                              **read_voices(enc, voice_windows, tracked[train])})
-                print(name, json.dumps(curve[-1]), flush=True)
-        enc.eval()
-        with torch.no_grad():
-            _, cl = speech_coefficients(enc, win, torch.arange(N), N)
-        p = cl[:, 0].numpy()
+        members, preds = [], []
+        for k in range(a.ensemble):
+            # member k: the same encoder, its own initialisation and batches (seed + k)
+            enc = T.encoder if k == 0 else Talker(G, cfg, seed=a.seed + k, residual_frames=N).encoder
+            enc.set_normalization(speech_feats)
+            loss, curve = train_lip_encoder(enc, win, pool, target, ok, held, tracked, voice_windows, train, N, a,
+                                            a.seed + k, name)
+            with torch.no_grad():
+                _, cl = speech_coefficients(enc, win, torch.arange(N), N)
+            preds.append(cl[:, 0].numpy())
+            members.append({"seed": a.seed + k, "heldout_corr": pearson(preds[-1][held], tracked[held]),
+                            "heldout_motion_ratio": float(np.nanstd(preds[-1][held]) / np.nanstd(tracked[held]))})
+        p = np.mean(preds, 0)  # the ensemble's opening: its members' mean
         res[name] = {"train_corr": pearson(p[train], tracked[train]), "heldout_corr": pearson(p[held], tracked[held]),
                      "heldout_best_lag": best_lag(tracked[held], p[held]),
                      "heldout_motion_ratio": float(np.nanstd(p[held]) / np.nanstd(tracked[held])),
                      "final_loss": float(loss.detach()), "seconds": round(time.perf_counter() - t0, 1),
-                     **read_voices(enc, voice_windows, tracked[train]),
+                     **(read_voices(enc, voice_windows, tracked[train]) if a.ensemble == 1 else {}),
+                     **({"members": members} if a.ensemble > 1 else {}),
                      **({"curve": curve} if curve else {})}
         print(name, json.dumps(res[name]), flush=True)
     print(json.dumps(res, indent=1))
