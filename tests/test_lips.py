@@ -427,14 +427,15 @@ def test_open_and_closed_lower_face_split_by_the_truths_opening():
 
 
 def test_teeth_pixels_count_pale_skin_bright_pixels_inside_the_opening_only():
-    from dgtalker.eval.metrics import polygon_mask, teeth_pixels
+    from dgtalker.eval.metrics import teeth_pixels
+    from dgtalker.preprocess.masks import polygon
 
     H, W = 40, 60
     skin = torch.tensor([0.75, 0.55, 0.45])      # chroma 0.30, luminance ~0.6
     img = skin.expand(H, W, 3).clone()
     lower = torch.zeros(H, W)
     lower[10:, :] = 1
-    opening = polygon_mask(np.array([[20, 20], [40, 20], [40, 30], [20, 30]]), H, W)
+    opening = polygon(np.array([[20, 20], [40, 20], [40, 30], [20, 30]]), H, W, supersample=1) > 0.5
     assert opening.shape == (H, W) and 150 <= opening.sum() <= 260 and not opening[:15].any()
     img[21:30, 21:40] = torch.tensor([0.3, 0.1, 0.1])  # lips and cavity: dark and red
     assert teeth_pixels(img, opening, lower) == 0

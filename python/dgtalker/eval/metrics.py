@@ -90,15 +90,6 @@ def mouth_opening(img, lower_mask, threshold: float = 0.45) -> float:
     return float((vals < threshold * vals.median()).float().mean())
 
 
-def polygon_mask(points, height: int, width: int) -> np.ndarray:
-    """``bool [height, width]``: the pixels inside a closed polygon of ``points [n, 2]`` (x, y)."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("L", (width, height))
-    ImageDraw.Draw(img).polygon([(float(x), float(y)) for x, y in np.asarray(points, np.float64)[:, :2]], fill=1)
-    return np.asarray(img).astype(bool)
-
-
 def teeth_pixels(img, opening, skin_mask, brightness: float = 0.85, colourfulness: float = 0.8) -> int:
     """How many pixels of ``opening`` (bool ``[H, W]``: the mouth opening's outline, e.g.
     inside the inner lip ring) look like teeth: about as bright as the face's skin
