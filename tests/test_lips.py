@@ -428,7 +428,7 @@ def test_open_and_closed_lower_face_split_by_the_truths_opening():
 
 def test_teeth_pixels_count_pale_skin_bright_pixels_inside_the_opening_only():
     from dgtalker.eval.metrics import teeth_pixels
-    from dgtalker.preprocess.masks import polygon
+    from dgtalker.data.face_mesh import polygon
 
     H, W = 40, 60
     skin = torch.tensor([0.75, 0.55, 0.45])      # chroma 0.30, luminance ~0.6

@@ -6,7 +6,8 @@ the same unit: both are free of the image size, the crop and the camera distance
 clip's tracked mouth, a render's and ``dgtalker.lipsync``'s curves compare directly.
 ``dgtalker preprocess`` stores them per frame (``gt.npz``: ``mouth_opening``,
 ``mouth_width``, and the 40 lip-contour points ``lips_2d``); ``dgtalker eval`` measures
-renders the same way.
+renders the same way. ``polygon`` draws regions outlined by mesh points (preprocess's
+face masks, eval's mouth opening).
 """
 from __future__ import annotations
 
@@ -41,3 +42,18 @@ def mouth_opening(points: np.ndarray) -> np.ndarray:
 def mouth_width(points: np.ndarray) -> np.ndarray:
     """Mouth-corner distance over the outer eye-corner distance, per face ``[...]``."""
     return _dist(points, *MOUTH_CORNERS) / np.maximum(eye_span(points), 1e-9)
+
+
+def polygon(points: np.ndarray, height: int, width: int, supersample: int = 2) -> np.ndarray:
+    """Coverage in [0, 1] (float32 [H, W]) of a polygon given in pixel coordinates
+    (pixel centres at +0.5), anti-aliased by supersampling."""
+    import cv2
+
+    s = supersample
+    im = np.zeros((height * s, width * s), np.uint8)
+    # fixed point with 4 fractional bits; a supersampled pixel's centre is its integer coordinate
+    vertices = np.round((np.asarray(points, np.float64) * s - 0.5) * 16).astype(np.int32)
+    cv2.fillPoly(im, [vertices], 255, lineType=cv2.LINE_8, shift=4)
+    if s > 1:
+        im = cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA)
+    return im.astype(np.float32) * (1.0 / 255.0)

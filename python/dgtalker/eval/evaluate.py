@@ -101,8 +101,7 @@ def _frame_metrics(render, gt, masks, detector=None, px_scale: float = 1.0) -> l
         for name, sc in M.region_scores(r, g, m).items():
             out[-1][f"region_{name}_psnr"], out[-1][f"region_{name}_ssim"] = sc["psnr"], sc["ssim"]
         if detector is not None:
-            from ..data.face_mesh import INNER_LIP_RING, eye_span, mouth_opening
-            from ..preprocess.masks import polygon
+            from ..data.face_mesh import INNER_LIP_RING, eye_span, mouth_opening, polygon
             from .landmarks import lip_gap
 
             to8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # noqa: E731

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.face_mesh import polygon
 from .tracking import FACE_OVAL
 
 SUBNASALE, UPPER_LIP_TOP = 2, 0
@@ -21,21 +22,6 @@ LEFT_EYE_CORNERS, RIGHT_EYE_CORNERS = (362, 263), (33, 133)
 BROW_TOPS = (105, 66, 107, 334, 296, 336)
 LOWER_LIDS = (145, 374)
 JAW = FACE_OVAL[8:29]  # from the subject's left ear (454) down through the chin to the right (234)
-
-
-def polygon(points: np.ndarray, height: int, width: int, supersample: int = 2) -> np.ndarray:
-    """Coverage in [0, 1] (float32 [H, W]) of a polygon given in pixel coordinates
-    (pixel centres at +0.5), anti-aliased by supersampling."""
-    import cv2
-
-    s = supersample
-    im = np.zeros((height * s, width * s), np.uint8)
-    # fixed point with 4 fractional bits; a supersampled pixel's centre is its integer coordinate
-    vertices = np.round((np.asarray(points, np.float64) * s - 0.5) * 16).astype(np.int32)
-    cv2.fillPoly(im, [vertices], 255, lineType=cv2.LINE_8, shift=4)
-    if s > 1:
-        im = cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA)
-    return im.astype(np.float32) * (1.0 / 255.0)
 
 
 def _axes(lm: np.ndarray):
