@@ -56,7 +56,7 @@ if [ -n "${SNAPSHOT:-}" ]; then
   done
 fi
 (cd /tmp && timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu "$OLDPWD/tests/test_render.py" \
-  "$OLDPWD/tests/test_eval.py" 2>&1) | tail -6 >> "$OUT_DIR/gpu_tests.log"
+  "$OLDPWD/tests/test_eval.py" "$OLDPWD/tests/test_mouth.py" 2>&1) | tail -6 >> "$OUT_DIR/gpu_tests.log"
 wait "${pids[@]}"
 for tag in "${tags[@]}"; do
   cp "/tmp/run/${name}_$tag.safetensors" "$OUT_DIR/" 2>/dev/null

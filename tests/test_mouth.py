@@ -126,19 +126,98 @@ def test_training_with_a_mouth_learns_it_and_resumes_exactly(tmp_path):
     assert not torch.equal(ta.mouth.colour_logit, fresh.colour_logit)  # the photometric loss reached it
     for k, v in ta.state_dict().items():
         assert torch.equal(v, tb.state_dict()[k]), k
-    np.testing.assert_array_equal(ta.mouth.rest.numpy(), fresh.rest.numpy())
+    # placed in the clip's mouth (its corpus landmarks), as the talker's source records
+    placed = ta.source["mouth_interior"]["anchor"]
+    fresh.place(placed["mouth_y"], placed["z_front"], placed["half_width"])
+    np.testing.assert_allclose(ta.mouth.rest.numpy(), fresh.rest.numpy(), atol=1e-4)
 
 
-def test_the_interior_stays_at_the_mouth_however_far_its_shift_is_trained():
-    from dgtalker.models.mouth import MAX_SHIFT, MouthInterior
+def test_the_interior_stays_behind_the_lips_however_far_its_shift_is_trained():
+    from dgtalker.models.mouth import SHIFT_HIGH, SHIFT_LOW
 
-    m = MouthInterior(tiny_generator().template_position.detach().float())
+    m = _mouth()
     rest = m(torch.zeros(1))[0]
+    lo, hi = torch.tensor(SHIFT_LOW), torch.tensor(SHIFT_HIGH)
+    for unit in ([-3.0, 40.0, 300.0], [30.0, -40.0, -300.0]):  # an optimiser that ran away
+        with torch.no_grad():
+            m.shift_unit.copy_(torch.tensor(unit))
+        moved = (m(torch.zeros(1))[0] - rest)[0]
+        assert torch.all(moved >= lo - 1e-7) and torch.all(moved <= hi + 1e-7)
+        assert torch.allclose(moved[0], torch.where(torch.tensor(unit) > 0, hi, lo), rtol=0, atol=5e-5)
+    assert SHIFT_HIGH[2] <= 0.001      # forwards, in front of the lips, hardly at all
+
+
+def _project(points, w2c, K):
+    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+    uv = cam @ K.T
+    return uv[:, :2] / uv[:, 2:]
+
+
+def test_the_interior_is_placed_in_the_persons_mouth_from_the_tracked_points():
+    """mouth_anchor finds a mouth 4 mm above the template's and 3 mm wider from its
+    projections in frames of a slightly turning head; place moves the teeth there."""
+    from dgtalker.models.mouth import HALF_WIDTH, mouth_anchor
+
+    tpl = tiny_generator().template_position.detach().float()
+    front = tpl[tpl[:, 2] > 0.03]
+
+    def on_face(x, y):  # the template's front point nearest to (x, y)
+        return front[((front[:, 0] - x) ** 2 + (front[:, 1] - y) ** 2).argmin()]
+
+    true = torch.stack([on_face(-HALF_WIDTH - 0.003, MOUTH_Y + 0.004), on_face(HALF_WIDTH + 0.003, MOUTH_Y + 0.004),
+                        on_face(0.0, MOUTH_Y + 0.006), on_face(0.0, MOUTH_Y + 0.002)])
+    my, hw = float(true[2:, 1].mean()), float((true[1, 0] - true[0, 0]) / 2)
+    assert my > MOUTH_Y + 0.002 and hw > HALF_WIDTH + 0.001     # the mouth to find is not the template's
+    K = torch.as_tensor(intrinsics(512, 512, 20.0), dtype=torch.float32)
+    w2cs, pts = [], []
+    for yaw in np.linspace(-0.15, 0.15, 7):
+        eye = (0.5 * np.sin(yaw), MOUTH_Y, 0.5 * np.cos(yaw))
+        w2c = torch.as_tensor(look_at(eye, (0.0, MOUTH_Y, 0.0)), dtype=torch.float32)
+        w2cs.append(w2c)
+        pts.append(_project(true, w2c, K))
+    pts = torch.stack(pts)
+    pts[0] = float("nan")                                       # a frame without a face
+    y, z, half = mouth_anchor(tpl, pts, torch.stack(w2cs), K.expand(7, 3, 3))
+    assert abs(y - my) < 1e-4 and abs(half - hw) < 1e-4
+    m = _mouth()
+    upper = m.part == PARTS.index("upper_teeth")
+    before = m.rest[upper].clone()
+    m.place(y, z, half)
+    assert torch.allclose(m.anchor, torch.tensor([y, z, half]))
+    assert abs(float((m.rest[upper, 1] - before[:, 1]).mean()) - (y - MOUTH_Y)) < 1e-5
+    assert float(m.rest[upper, 0].abs().max()) > float(before[:, 0].abs().max())   # wider mouth, wider arc
+    with pytest.raises(ValueError, match="no frame has a tracked mouth"):
+        mouth_anchor(tpl, torch.full((2, 4, 2), float("nan")), torch.stack(w2cs[:2]), K.expand(2, 3, 3))
+
+
+def test_an_open_mouth_parts_the_face_at_the_lips_and_a_shut_one_does_not():
+    """The decoded face is one sheet across the mouth: as the first lip coefficient
+    rises, the Gaussians at the lip line turn transparent (so the interior shows); shut,
+    they stay as decoded, and no Gaussian outside the lips ever changes."""
+    from dgtalker.models.mouth import GAP_DEPTH, GAP_FLOOR, HALF_WIDTH, initial_gap
+
+    T = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=2, width=64, height=64, mouth_interior=True))
+    m = T.mouth
+    assert len(m.gap_gaussians) > 0
     with torch.no_grad():
-        m.shift_unit.copy_(torch.tensor([-3.0, 40.0, -300.0]))  # an optimiser that ran away
-    moved = m(torch.zeros(1))[0] - rest
-    assert float(moved.abs().max()) <= MAX_SHIFT + 1e-7
-    assert torch.allclose(moved[0, 0], MAX_SHIFT * torch.tanh(torch.tensor([-3.0, 40.0, -300.0])))
+        m.gap_logit.fill_(2.0)                                       # a gap trained wide
+    g = T.gaussians(torch.zeros(3, 2), torch.zeros(3, 2))
+    opening = torch.tensor([-1.5, 0.0, 2.0])
+    with torch.no_grad():
+        parted = T.with_mouth(g, torch.stack([opening, torch.zeros(3)], 1))[3]
+    N = g[3].shape[1]
+    ratio = parted[:, :N] / g[3].detach()
+    idx = m.gap_gaussians
+    assert float((1 - ratio[0, idx]).max()) < 0.05                  # shut: as decoded
+    assert float((1 - ratio[2, idx]).min()) > 0.7                   # wide open: the gap parts ...
+    assert torch.all(ratio[2, idx] < ratio[1, idx])                 # ... more the wider
+    others = torch.ones(N, dtype=torch.bool)
+    others[idx] = False
+    assert torch.equal(parted[:, :N][:, others], g[3].detach()[:, others])
+    # where it parts at first: the lip line between the corners, hardly elsewhere
+    pts = torch.tensor([[0.0, MOUTH_Y, 0.09], [0.0, MOUTH_Y + 0.012, 0.09], [HALF_WIDTH + 0.005, MOUTH_Y, 0.08]])
+    share = initial_gap(pts, MOUTH_Y, HALF_WIDTH)
+    assert abs(float(share[0]) - GAP_DEPTH) < 1e-6 and torch.allclose(share[1:], torch.tensor(GAP_FLOOR))
 
 
 @pytest.mark.gpu

@@ -66,3 +66,25 @@ def masked_l1(render: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 def photometric_loss(render: Tensor, target: Tensor, *, ssim_weight: float = 0.2) -> Tensor:
     """(1 - w) L1 + w (1 - SSIM): the usual Gaussian-splatting image loss."""
     return (1 - ssim_weight) * (render - target).abs().mean() + ssim_weight * (1 - ssim(render, target))
+
+
+def teeth_mask(img: Tensor, opening: Tensor, skin_mask: Tensor, brightness: float = 0.85,
+               colourfulness: float = 0.8) -> Tensor:
+    """Which pixels of ``opening`` (bool ``[H, W]``: the mouth opening's outline, e.g.
+    inside the inner lip ring) of ``img [H, W, 3]`` look like teeth: about as bright as
+    the face's skin (luminance >= ``brightness`` x the median over ``skin_mask`` > 0.5,
+    the lower face) and less colourful than it (max - min channel <= ``colourfulness`` x
+    the skin's median). Lips are darker and redder, the cavity and tongue darker; on a
+    real clip teeth measure about skin-bright at 0.6-0.8 of its colourfulness. Scaled by
+    the frame's own skin, so exposure and white balance cancel. Bool ``[H, W]``, all
+    False where the skin or the opening is empty."""
+    x = img.float()
+    skin = skin_mask.float() > 0.5
+    inside = opening.bool()
+    if int(skin.sum()) == 0 or int(inside.sum()) == 0:
+        return torch.zeros(inside.shape, dtype=torch.bool, device=inside.device)
+    y = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+    chroma = x.max(-1).values - x.min(-1).values
+    bright = y >= brightness * y[skin].median()
+    pale = chroma <= colourfulness * chroma[skin].median()
+    return bright & pale & inside

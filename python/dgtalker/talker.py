@@ -309,7 +309,8 @@ class Talker(nn.Module):
         if cfg.mouth_interior:
             from .models.mouth import MouthInterior
 
-            self.mouth = MouthInterior(generator.template_position.detach().float().cpu())
+            self.mouth = MouthInterior(generator.template_position.detach().float().cpu(),
+                                       generator.config.gaussians_per_texel)
         else:
             self.mouth = None
         self.source: dict = {}
@@ -514,12 +515,17 @@ class Talker(nn.Module):
 
     def with_mouth(self, gaussians, c_lip: Tensor):
         """Posed Gaussians ``[F, N, ...]`` with the mouth interior of lip coefficients
-        ``c_lip [F, Kl]`` appended (rigid with the head, so after the torso is posed);
-        unchanged for a talker without one."""
+        ``c_lip [F, Kl]`` appended (rigid with the head, so after the torso is posed) and
+        the face parted at the lips to show it (``MouthInterior.part_face``); unchanged for
+        a talker without one."""
         if self.mouth is None:
             return gaussians
-        inner = self.mouth(c_lip[:, 0])
-        return tuple(torch.cat([g, m.to(g)], 1) for g, m in zip(gaussians, inner))
+        means, quats, scales, opac, colors = gaussians
+        opening = c_lip[:, 0]
+        # the face parts at the lips (head Gaussians only: the torso's follow them in the list)
+        opac = self.mouth.part_face(opac, opening)
+        inner = self.mouth(opening)
+        return tuple(torch.cat([g, m.to(g)], 1) for g, m in zip((means, quats, scales, opac, colors), inner))
 
     def pose_torso(self, gaussians, body: Tensor | None):
         means, quats, scales, opac, colors = gaussians
@@ -664,11 +670,13 @@ class TalkerCheckpointError(CheckpointError):
 
 
 _OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "lip_map", "blink_track", "train_mask",
-                     *(f"{e}.lip_{b}" for e in ("encoder", "causal_encoder") for b in ("centre", "gain", "low", "high")))
+                     *(f"{e}.lip_{b}" for e in ("encoder", "causal_encoder") for b in ("centre", "gain", "low", "high")),
+                     # a mouth interior saved before it was placed from the clip: the template's mouth
+                     "mouth.anchor", "mouth.rest", "mouth.hinge", "mouth.gap_logit", "mouth.gap_gain")
 _RETIRED = ("blink_direction",)  # a residual direction that never closed the eyes; the eyelid layer replaced it
 _KEEP_FLOAT32 = ("w_can", "blendshapes.", "body_w2c", "default_w2c", "default_K", "encoder.mel_", "causal_encoder.mel_",
                  "encoder.lip_", "causal_encoder.lip_",
-                 "frontend.")
+                 "frontend.", "mouth.anchor", "mouth.rest", "mouth.hinge")
 
 
 def save_talker(path, talker: Talker, *, half: bool = False) -> Path:
@@ -734,7 +742,7 @@ def load_talker(path=None, *, device=None) -> Talker:
     expected = talker.state_dict()
     rest = {k: v for k, v in tensors.items() if k not in _RETIRED}
     for k in _OPTIONAL_BUFFERS:  # files written before these existed keep their defaults
-        if k not in rest:
+        if k not in rest and k in expected:
             rest[k] = expected[k]
     missing = sorted(set(expected) - set(rest))
     unexpected = sorted(set(rest) - set(expected))

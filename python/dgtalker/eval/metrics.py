@@ -92,23 +92,14 @@ def mouth_opening(img, lower_mask, threshold: float = 0.45) -> float:
 
 def teeth_pixels(img, opening, skin_mask, brightness: float = 0.85, colourfulness: float = 0.8) -> int:
     """How many pixels of ``opening`` (bool ``[H, W]``: the mouth opening's outline, e.g.
-    inside the inner lip ring) look like teeth: about as bright as the face's skin
-    (luminance >= ``brightness`` x the median over ``skin_mask`` > 0.5, the lower face) and
-    less colourful than it (max - min channel <= ``colourfulness`` x the skin's median).
-    Lips are darker and redder, the cavity and tongue darker; on a real clip teeth
-    measure about skin-bright at 0.6-0.8 of its colourfulness. Scaled by the frame's own
-    skin, so exposure and white balance cancel; measured the same way on a render and
-    its truth (inside the truth's outline) it says whether the render shows the teeth."""
-    x = _t(img).float()
-    skin = _t(skin_mask).float() > 0.5
-    inside = torch.as_tensor(np.asarray(opening, bool))
-    if int(skin.sum()) == 0 or int(inside.sum()) == 0:
-        return 0
-    y = luminance(x)
-    chroma = x.max(-1).values - x.min(-1).values
-    bright = y >= brightness * y[skin].median()
-    pale = chroma <= colourfulness * chroma[skin].median()
-    return int((bright & pale & inside).sum())
+    inside the inner lip ring) look like teeth (``dgtalker.metrics.teeth_mask``: skin-bright,
+    less colourful than skin). Measured the same way on a render and its truth (inside the
+    truth's outline) it says whether the render shows the teeth."""
+    from ..metrics import teeth_mask
+
+    x = _t(img)
+    return int(teeth_mask(x, torch.as_tensor(np.asarray(opening, bool), device=x.device), _t(skin_mask).to(x.device),
+                          brightness, colourfulness).sum())
 
 
 def pearson(a, b) -> float:

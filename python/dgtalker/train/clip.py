@@ -226,3 +226,64 @@ def blink_amounts(openness: np.ndarray, open_below: float = 0.15, closed_from: f
     frames whose truth is shut and 0 on every frame whose truth is open."""
     closure = 1 - openness / max(float(np.median(openness)), 1e-6)
     return np.clip((closure - open_below) / (closed_from - open_below), 0, 1).astype(np.float32)
+
+
+def mouth_points(dataset) -> np.ndarray | None:
+    """Per frame ``[N, 4, 2]`` the tracked mouth corners (left, right of the image) and the
+    middles of the upper and lower inner lip (pixels; NaN where no face was tracked): the
+    face mesh's points 61, 291, 13, 14 (``gt.npz`` ``lips_2d``) or the corpus' landmarks.
+    None without either. ``models.mouth.mouth_anchor`` places the mouth interior with them."""
+    from ..data.face_mesh import LIP_CONTOUR, LOWER_INNER_LIP, MOUTH_CORNERS, UPPER_INNER_LIP
+
+    gt = dataset.gt
+    if gt is not None and "lips_2d" in gt:
+        cols = [LIP_CONTOUR.index(i) for i in (*MOUTH_CORNERS, UPPER_INNER_LIP, LOWER_INNER_LIP)]
+        pts = np.asarray(gt["lips_2d"], np.float64)[:, cols]
+        found = np.asarray(gt["face_found"], bool) if "face_found" in gt else np.ones(len(pts), bool)
+    else:
+        names = ("mouth_corner_left", "mouth_corner_right", "upper_lip_mid", "lower_lip_mid")
+        pts = named_landmarks(dataset, names)
+        if pts is None:
+            return None
+        pts = pts.astype(np.float64)
+        cols = [list(dataset.landmark_names).index(n) for n in names]
+        found = (np.asarray(gt["landmarks_visible"])[:, cols].all(1) if "landmarks_visible" in gt
+                 else np.ones(len(pts), bool))
+    pts = pts.copy()
+    pts[~found] = np.nan
+    return pts
+
+
+def clip_teeth_colour(dataset, frames, max_frames: int = 48, min_pixels: int = 200) -> np.ndarray | None:
+    """The colour ``[3]`` of the person's teeth: the median of the pixels that look like
+    teeth (``metrics.teeth_mask``) inside the tracked inner lip ring of the widest-open
+    third of ``frames`` (at most ``max_frames`` of them, spread over it). None without the
+    face mesh's lips (``lips_2d``) or with fewer than ``min_pixels`` such pixels."""
+    from ..data.face_mesh import INNER_LIP_RING, LIP_CONTOUR, polygon
+    from ..metrics import teeth_mask
+
+    gt = dataset.gt
+    if gt is None or "lips_2d" not in gt or "mouth_opening" not in gt:
+        return None
+    frames = np.asarray(frames, np.int64)
+    opening = np.asarray(gt["mouth_opening"], np.float64)[frames]
+    ok = np.isfinite(opening)
+    if "face_found" in gt:
+        ok &= np.asarray(gt["face_found"], bool)[frames]
+    if ok.sum() < 3:
+        return None
+    frames, opening = frames[ok], opening[ok]
+    wide = frames[opening >= np.quantile(opening, 2 / 3)]
+    wide = wide[np.linspace(0, len(wide) - 1, min(max_frames, len(wide))).round().astype(np.int64)]
+    ring = [LIP_CONTOUR.index(i) for i in INNER_LIP_RING]
+    pixels = []
+    for i in np.unique(wide):
+        img = torch.from_numpy(dataset.image(int(i)).astype(np.float32) / 255)
+        skin = torch.from_numpy(dataset.masks(int(i))[..., 1])
+        inside = polygon(np.asarray(gt["lips_2d"][i], np.float64)[ring], img.shape[0], img.shape[1],
+                         supersample=1) > 0.5
+        pixels.append(img[teeth_mask(img, torch.from_numpy(inside), skin)])
+    pixels = torch.cat(pixels)
+    if len(pixels) < min_pixels:
+        return None
+    return pixels.median(0).values.numpy()

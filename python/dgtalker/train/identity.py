@@ -256,8 +256,10 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
         # the frames it trains on: sampled expressions and blinks come from these only
         talker.train_mask.zero_()
         talker.train_mask[data.indices] = True
-    talker.to(device)
     talker.source = {}
+    if talker.mouth is not None:
+        talker.source["mouth_interior"] = place_mouth(talker, dataset, data.indices.numpy())
+    talker.to(device)
     if frontend is not None and cfg.adapt_frontend > 0 and data.mouth is not None and len(data.lip_heldback):
         from .adapt import adapt_frontend
 
@@ -276,6 +278,32 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
     for p in talker.generator.mapping.parameters():  # w_can is a w: the mapping network is not used
         p.requires_grad_(False)
     return talker
+
+
+def place_mouth(talker, dataset, frames, max_frames: int = 300) -> dict:
+    """Puts the talker's mouth interior in the person's mouth (``models.mouth.mouth_anchor``
+    on the clip's tracked mouth in up to ``max_frames`` of ``frames``) and starts its
+    teeth at the clip's own colour (``clip.clip_teeth_colour``); returns what it found
+    (the talker's source records it). A clip without a tracked mouth keeps the
+    template's mouth and the default colours."""
+    from ..models.mouth import mouth_anchor
+    from .clip import clip_teeth_colour, mouth_points
+
+    frames = np.asarray(frames, np.int64)
+    found = {}
+    pts = mouth_points(dataset)
+    if pts is not None and np.isfinite(pts[frames]).all(-1).all(-1).any():
+        sel = frames[np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(np.int64)]
+        anchor = mouth_anchor(talker.generator.template_position.detach().float().cpu(),
+                              torch.from_numpy(pts[sel]), torch.as_tensor(np.asarray(dataset.w2c)[sel]),
+                              torch.as_tensor(np.asarray(dataset.K)[sel]))
+        talker.mouth.place(*anchor)
+        found["anchor"] = {k: round(v, 4) for k, v in zip(("mouth_y", "z_front", "half_width"), anchor)}
+    rgb = clip_teeth_colour(dataset, frames)
+    if rgb is not None:
+        talker.mouth.set_teeth_colour(rgb)
+        found["teeth_colour"] = [round(float(v), 3) for v in rgb]
+    return found
 
 
 @torch.no_grad()
@@ -421,9 +449,8 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
     if val is not None:
         val.windows, val.causal_windows = data.windows, data.causal_windows
     previous = talker.source.get("forced_resumes", []) if state is not None else []
-    adapted = talker.source.get("frontend_adaptation")
-    talker.source = {**data.source, **provenance, "cross_view": cfg.cross_view, "train_config": asdict(cfg),
-                     **({"frontend_adaptation": adapted} if adapted else {}),
+    kept = {k: talker.source[k] for k in ("frontend_adaptation", "mouth_interior") if talker.source.get(k)}
+    talker.source = {**data.source, **provenance, "cross_view": cfg.cross_view, "train_config": asdict(cfg), **kept,
                      **({"forced_resumes": previous + [resumed]} if resumed or previous else {})}
     talker.train()
     opt = make_optimizer(talker, cfg)
