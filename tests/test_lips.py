@@ -564,3 +564,59 @@ def test_encoder_steps_freeze_the_encoders_and_only_them(tmp_path, encoder_steps
         assert any(k.startswith("talker.encoder.") for k in moved) and any(k.startswith("talker.causal_encoder.")
                                                                           for k in moved)
     assert not torch.equal(states[0]["talker.w_can"], states[1]["talker.w_can"])  # the rest learns on
+
+
+def test_an_ensemble_encoder_outputs_its_members_mean():
+    """``members`` networks from different initial weights; the output is their mean, the
+    first member is the single encoder of the same seed, and bad sizes are refused."""
+    from dgtalker.models.audio_encoder import AudioEncoder, AudioEncoderConfig
+
+    cfg = dict(k_exp=2, k_lip=3, channels=16, embed=16, past=2, future=2)
+    ens = AudioEncoder(AudioEncoderConfig(**cfg, members=3), seed=4)
+    one = AudioEncoder(AudioEncoderConfig(**cfg), seed=4)
+    torch.manual_seed(0)
+    windows = torch.randn(20, ens.config.window, ens.config.channels_in)
+    with torch.no_grad():
+        for e in (ens, one):
+            e.head[-1].weight.mul_(30)  # coefficients of order one
+        for m in ens.others:
+            m.head[-1].weight.mul_(30)
+        ce, cl = ens(windows)
+        emb = ens.frame_embedding(windows)
+        me, ml = ens.from_embeddings(emb[ens.neighbours(torch.arange(20), 20)], members=True)
+    assert ml.shape == (3, 20, 3) and me.shape == (3, 20, 2)
+    assert torch.allclose(ml.mean(0), cl, atol=1e-6) and torch.allclose(me.mean(0), ce, atol=1e-6)
+    assert float((ml[0] - ml[1]).abs().max()) > 1e-2            # different initial weights
+    assert torch.allclose(ml[0], one(windows)[1], atol=1e-6)
+    assert AudioEncoderConfig(**cfg, members=3).causal().members == 1  # streaming distils the mean
+    with pytest.raises(ValueError, match="members"):
+        AudioEncoderConfig(**cfg, members=0)
+
+
+def test_training_an_ensemble_encoder_trains_every_member_and_resumes_exactly(tmp_path):
+    """``--encoder-members 2``: both members learn the lip target, the talker file keeps
+    them, and a run resumed half way ends as the run without a break."""
+    from pathlib import Path
+
+    from test_talker import tiny_config, tiny_generator
+
+    from dgtalker.models.audio_encoder import AudioEncoder
+    from dgtalker.talker import load_talker
+    from dgtalker.train import identity
+
+    sample = Path(__file__).parent / "data" / "sample"
+    kw = dict(prior=tiny_generator(), device="cpu", progress=False)
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    identity.train_identity(sample, a, tiny_config(steps=4, encoder_members=2), **kw)
+    identity.train_identity(sample, b, tiny_config(steps=2, encoder_members=2), **kw)
+    identity.train_identity(sample, b, tiny_config(steps=4, encoder_members=2), **kw)
+    ta, tb = load_talker(a), load_talker(b)
+    assert ta.encoder.config.members == 2 and len(ta.encoder.others) == 1
+    assert ta.causal_encoder.config.members == 1
+    fresh = AudioEncoder(ta.encoder.config, seed=0)
+    for trained, start in zip(ta.encoder.networks(), fresh.networks()):
+        assert not torch.equal(trained.head[-1].weight, start.head[-1].weight)
+    for k, v in ta.state_dict().items():
+        assert torch.equal(v, tb.state_dict()[k]), k
+    with pytest.raises(ValueError, match="encoder_members"):
+        tiny_config(encoder_members=0).validate()

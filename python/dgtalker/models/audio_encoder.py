@@ -52,10 +52,11 @@ class AudioEncoderConfig:
     fps: float = 25.0
     frontend: int = 0               # speech front-end channels per mel frame beside the 80 log-mel bands (0: none)
     frontend_lookahead: int = 0     # mel frames the front end reads ahead of the frame it describes
+    members: int = 1                # networks of this shape, each trained on its own; their mean is the output
 
     def __post_init__(self):
         for name in ("k_exp", "k_lip", "half_window", "lookahead_mel", "past", "future", "channels", "embed",
-                     "frontend", "frontend_lookahead"):
+                     "frontend", "frontend_lookahead", "members"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"AudioEncoderConfig.{name} must be a non-negative int, got {v!r}")
@@ -64,9 +65,9 @@ class AudioEncoderConfig:
         if self.lookahead_mel > self.half_window:
             raise ValueError(f"lookahead_mel ({self.lookahead_mel}) cannot exceed half_window ({self.half_window})")
         if not (1 <= self.channels <= 1024 and 1 <= self.embed <= 1024 and self.half_window <= 200
-                and self.past <= 16 and self.future <= 16):
+                and self.past <= 16 and self.future <= 16 and 1 <= self.members <= 16):
             raise ValueError("AudioEncoderConfig sizes out of range (channels/embed <= 1024, half_window <= 200, "
-                             "past/future <= 16)")
+                             "past/future <= 16, members 1-16)")
         if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and 0 < self.fps <= 240):
             raise ValueError(f"AudioEncoderConfig.fps must be in (0, 240], got {self.fps!r}")
 
@@ -91,7 +92,8 @@ class AudioEncoderConfig:
 
     def causal(self, max_lookahead_s: float = 0.2) -> "AudioEncoderConfig":
         """The streaming variant of this config: the largest look-ahead within
-        ``max_lookahead_s`` (one future video frame of smoothing, the rest mel frames)."""
+        ``max_lookahead_s`` (one future video frame of smoothing, the rest mel frames), one
+        member (it learns the main encoder's output, not the target)."""
         future = 1
         budget = max_lookahead_s - future / self.fps - _audio.N_FFT / 2 / _audio.SAMPLE_RATE
         la = int(math.floor(budget * _audio.SAMPLE_RATE / _audio.HOP + 1e-9)) - self.frontend_lookahead
@@ -101,7 +103,8 @@ class AudioEncoderConfig:
         if la < 0:
             raise ValueError(f"a look-ahead of {max_lookahead_s} s is shorter than the front end's own "
                              f"({self.frontend_lookahead} mel frames)")
-        return AudioEncoderConfig(**{**self.to_dict(), "future": future, "lookahead_mel": min(la, self.half_window)})
+        return AudioEncoderConfig(**{**self.to_dict(), "future": future, "lookahead_mel": min(la, self.half_window),
+                                     "members": 1})
 
     def lookahead_seconds(self) -> float:
         """The most audio after a frame's time that can change its coefficients (the
@@ -113,26 +116,64 @@ class AudioEncoderConfig:
 LIP_BOUND = 1e4  # the uncalibrated range: no bound in practice
 
 
+def _build_layers(net: nn.Module, cfg: AudioEncoderConfig, gen: torch.Generator) -> None:
+    """Gives ``net`` one encoder network's layers (``convs``, ``flat``, ``temporal``,
+    ``head``), initialised from ``gen``."""
+    L = cfg.half_window + 1 + cfg.lookahead_mel
+    C = cfg.channels
+    net.convs = nn.ModuleList([nn.Conv1d(cfg.channels_in, C, 3, padding=1)])
+    n = L
+    while n > 8:
+        net.convs.append(nn.Conv1d(C, C, 3, stride=2, padding=1))
+        n = (n - 1) // 2 + 1
+    net.flat = nn.Linear(C * n, cfg.embed)
+    net.temporal = nn.Conv1d(cfg.embed, cfg.embed, cfg.past + 1 + cfg.future)
+    net.head = nn.Sequential(nn.Linear(cfg.embed, cfg.embed), nn.GELU(), nn.Linear(cfg.embed, cfg.k_exp + cfg.k_lip))
+    with torch.no_grad():
+        for m in (net.convs, net.flat, net.temporal, net.head):
+            for p in m.parameters():
+                if p.dim() > 1:
+                    fan_in = p[0].numel()
+                    p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                else:
+                    p.zero_()
+        net.head[-1].weight.mul_(0.1)  # start near zero coefficients: the neutral face
+
+
+def _embed(net: nn.Module, x: Tensor) -> Tensor:
+    """Normalised feature windows ``[B, channels_in, L]`` -> embeddings ``[B, E]`` of one network."""
+    for conv in net.convs:
+        x = Fn.gelu(conv(x))
+    return net.flat(x.flatten(1))
+
+
+def _coefficients(net: nn.Module, emb: Tensor) -> Tensor:
+    """Neighbour embeddings ``[B, past + 1 + future, E]`` -> ``[B, Ke + Kl]`` of one network."""
+    return net.head(Fn.gelu(net.temporal(emb.transpose(1, 2)))[..., 0])
+
+
+class _Member(nn.Module):
+    """A further network of an ensemble encoder (the first is the encoder's own layers)."""
+
+    def __init__(self, cfg: AudioEncoderConfig, gen: torch.Generator):
+        super().__init__()
+        _build_layers(self, cfg, gen)
+
+
 class AudioEncoder(nn.Module):
-    """log-mel windows -> (c_exp, c_lip); see the module docstring."""
+    """log-mel windows -> (c_exp, c_lip); see the module docstring. With ``members`` > 1 it
+    is an ensemble: that many networks of the same shape from different initial weights,
+    each trained on the targets on its own (``from_embeddings(..., members=True)``); the
+    output is their mean, which correlates with the tracked mouth better than a member
+    does (docs/benchmarks.md)."""
 
     def __init__(self, config: AudioEncoderConfig | None = None, seed: int = 0):
         super().__init__()
         cfg = config or AudioEncoderConfig()
         self.config = cfg
         gen = torch.Generator().manual_seed(int(seed))  # leaves torch's global RNG alone
-        L = cfg.half_window + 1 + cfg.lookahead_mel
-        C = cfg.channels
-        self.convs = nn.ModuleList([nn.Conv1d(cfg.channels_in, C, 3, padding=1)])
-        n = L
-        while n > 8:
-            self.convs.append(nn.Conv1d(C, C, 3, stride=2, padding=1))
-            n = (n - 1) // 2 + 1
-        self.flat = nn.Linear(C * n, cfg.embed)
-        span = cfg.past + 1 + cfg.future
-        self.temporal = nn.Conv1d(cfg.embed, cfg.embed, span)
-        self.head = nn.Sequential(nn.Linear(cfg.embed, cfg.embed), nn.GELU(),
-                                  nn.Linear(cfg.embed, cfg.k_exp + cfg.k_lip))
+        _build_layers(self, cfg, gen)
+        self.others = nn.ModuleList([_Member(cfg, gen) for _ in range(cfg.members - 1)])
         self.register_buffer("mel_mean", torch.zeros(cfg.channels_in))
         self.register_buffer("mel_std", torch.ones(cfg.channels_in))
         # the lip calibration (module docstring); identity until training measures it
@@ -140,14 +181,9 @@ class AudioEncoder(nn.Module):
         self.register_buffer("lip_gain", torch.ones(cfg.k_lip))
         self.register_buffer("lip_low", torch.full((cfg.k_lip,), -LIP_BOUND))
         self.register_buffer("lip_high", torch.full((cfg.k_lip,), LIP_BOUND))
-        with torch.no_grad():
-            for p in self.parameters():
-                if p.dim() > 1:
-                    fan_in = p[0].numel()
-                    p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-                else:
-                    p.zero_()
-            self.head[-1].weight.mul_(0.1)  # start near zero coefficients: the neutral face
+
+    def networks(self) -> list[nn.Module]:
+        return [self, *self.others]
 
     # -- statistics ------------------------------------------------------------------
     @torch.no_grad()
@@ -183,25 +219,27 @@ class AudioEncoder(nn.Module):
         return windows
 
     def frame_embedding(self, windows: Tensor) -> Tensor:
-        """``[..., 2h+1, 80]`` -> ``[..., E]``, one window at a time."""
+        """``[..., 2h+1, 80]`` -> ``[..., members x E]``, one window at a time (the members'
+        embeddings side by side)."""
         cfg = self.config
         windows = self._check_windows(windows)
         lead = windows.shape[:-2]
         L = cfg.half_window + 1 + cfg.lookahead_mel  # the past, the centre and the look-ahead
         x = windows[..., :L, :].reshape(-1, L, cfg.channels_in)
         x = ((x - self.mel_mean) / self.mel_std).transpose(1, 2)  # [B, 80, L]
-        for conv in self.convs:
-            x = Fn.gelu(conv(x))
-        x = self.flat(x.flatten(1))
+        x = torch.cat([_embed(net, x) for net in self.networks()], -1)
         return x.reshape(*lead, -1)
 
-    def from_embeddings(self, emb: Tensor) -> tuple[Tensor, Tensor]:
-        """``[B, past + 1 + future, E]`` embeddings around B frames -> (c_exp [B, Ke], c_lip [B, Kl]),
-        uncalibrated (what training fits)."""
+    def from_embeddings(self, emb: Tensor, *, members: bool = False) -> tuple[Tensor, Tensor]:
+        """``[B, past + 1 + future, members x E]`` embeddings around B frames -> (c_exp [B, Ke],
+        c_lip [B, Kl]), uncalibrated (what training fits): the members' mean, or with
+        ``members`` each one's ``[members, B, K]`` (each learns the targets on its own)."""
         cfg = self.config
-        x = Fn.gelu(self.temporal(emb.transpose(1, 2)))[..., 0]  # [B, E]
-        out = self.head(x)
-        return out[:, : cfg.k_exp], out[:, cfg.k_exp:]
+        parts = emb.split(cfg.embed, -1)
+        out = torch.stack([_coefficients(net, e) for net, e in zip(self.networks(), parts)])
+        if not members:
+            out = out.mean(0)
+        return out[..., : cfg.k_exp], out[..., cfg.k_exp:]
 
     def neighbours(self, frames: Tensor, num_frames: int) -> Tensor:
         """Indices ``[B, past + 1 + future]`` of the frames around ``frames``, clamped to the clip."""

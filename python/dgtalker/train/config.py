@@ -37,6 +37,8 @@ class IdentityTrainConfig:
     mouth_weight: float = 1.0         # extra L1 inside a square around the tracked lips (its mean, like the frame's)
     cross_weight: float = 1.0
     encoder_context: int = 6          # video frames before and after a frame the audio encoder mixes
+    encoder_members: int = 1          # networks in the audio encoder, each trained on the lip target alone; it
+                                      # outputs their mean (AudioEncoder members)
     frontend: bool = True             # the encoders read the shipped speech front end's channels beside the log-mel
     normalised_mel: bool = True       # ... and that log-mel normalised as the front end reads it
                                       # (TalkerConfig.normalised_mel; without the front end: no effect)
@@ -83,6 +85,9 @@ class IdentityTrainConfig:
         if not isinstance(self.encoder_context, int) or isinstance(self.encoder_context, bool) \
                 or not 0 <= self.encoder_context <= 16:
             raise ValueError(f"encoder_context must be an int in [0, 16], got {self.encoder_context!r}")
+        if not isinstance(self.encoder_members, int) or isinstance(self.encoder_members, bool) \
+                or not 1 <= self.encoder_members <= 16:
+            raise ValueError(f"encoder_members must be an int in [1, 16], got {self.encoder_members!r}")
         for name in ("k_exp", "k_lip", "invert_steps", "invert_views", "validate_every", "validate_frames",
                      "adapt_frontend", "encoder_steps"):
             v = getattr(self, name)

@@ -162,17 +162,18 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
         # a direct signal where the photometric one is weak. It runs on its own batch of
         # training frames through the encoder alone (no rendering, so many frames are cheap)
         lf = lip_target_frames(step, data, cfg)
-        _, cl_t = speech_coefficients(talker.encoder, data.windows, lf, N, **noisy)
+        # each member of an ensemble encoder learns it on its own (their mean is the output)
+        _, cl_t = speech_coefficients(talker.encoder, data.windows, lf, N, members=True, **noisy)
         tgt = data.mouth[lf, :pinned]
         ok = torch.isfinite(tgt).all(1).float()
-        err = (cl_t[:, :pinned] - torch.nan_to_num(tgt)).pow(2).mean(1)
+        err = (cl_t[..., :pinned] - torch.nan_to_num(tgt)).pow(2).mean(-1).mean(0)
         lip_t = (err * ok).sum() / ok.sum().clamp_min(1.0)
         loss = loss + cfg.lip_target * lip_t
         out["lip_target"] = float(lip_t.detach())
         if cfg.lip_concordance > 0:
             # squared error alone shrinks predictions of unheard audio towards the mean (held-out
             # spread 0.5-0.7 of the truth's); concordance also asks for the truth's spread
-            ccc = concordance(cl_t[:, :pinned], tgt, ok.bool())
+            ccc = concordance(cl_t.mean(0)[:, :pinned], tgt, ok.bool())
             loss = loss + cfg.lip_concordance * (1 - ccc).mean()
             out["lip_ccc"] = float(ccc.mean().detach())
     # regularisers
@@ -239,7 +240,8 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
 
         frontend = load_frontend()
     tcfg = TalkerConfig(k_exp=cfg.k_exp, k_lip=cfg.k_lip, width=data.width, height=data.height, fps=data.fps,
-                        encoder={"past": cfg.encoder_context, "future": cfg.encoder_context},
+                        encoder={"past": cfg.encoder_context, "future": cfg.encoder_context,
+                                 **({"members": cfg.encoder_members} if cfg.encoder_members > 1 else {})},
                         frontend=None if frontend is None else _asdict(frontend.config),
                         mouth_interior=cfg.mouth_interior,
                         normalised_mel=cfg.normalised_mel and frontend is not None)

@@ -73,6 +73,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "benchmarks/lip_probe.py on two real clips its effect on held-out lips was within the "
                         "spread of seeds; not yet measured in a trained talker: docs/benchmarks.md, runs J; "
                         f"default {d.encoder_noise})")
+    p.add_argument("--encoder-members", type=int, default=d.encoder_members, metavar="K",
+                   help="an ensemble of K audio encoders from different initial weights, each trained on the "
+                        "tracked mouth on its own; the talker uses their mean, which follows unheard speech better "
+                        f"than one encoder (docs/benchmarks.md; default {d.encoder_members})")
     p.add_argument("--encoder-steps", type=int, default=d.encoder_steps, metavar="N",
                    help="train the audio encoders for the first N steps only, then keep them while the rest trains "
                         "on: they specialise to the clip's one voice as they train, and on a real clip the lips "
@@ -167,7 +171,7 @@ def train_config(args) -> IdentityTrainConfig:
                                encoder_noise=args.encoder_noise, encoder_steps=args.encoder_steps,
                                adapt_frontend=args.adapt_frontend, open_share=args.open_share,
                                mouth_weight=args.mouth_weight,
-                               encoder_context=args.encoder_context,
+                               encoder_context=args.encoder_context, encoder_members=args.encoder_members,
                                lips_from_picture=args.lips_from_picture, mouth_interior=args.mouth_interior,
                                frontend=not args.no_frontend, normalised_mel=not (args.raw_mel or args.no_frontend))
 

@@ -98,11 +98,12 @@ def compose_cross_batch(c_exp_i, c_lip_i, c_exp_j, c_lip_j):
 
 
 def speech_coefficients(encoder, windows: torch.Tensor, frames: torch.Tensor, num_frames: int, *,
-                        noise: float = 0.0, generator: torch.Generator | None = None):
+                        noise: float = 0.0, generator: torch.Generator | None = None, members: bool = False):
     """(c_exp, c_lip) of clip frames ``frames [B]`` (global indices), computing each
     needed window's embedding once; ``noise`` > 0 adds Gaussian noise of that many
     standard deviations of the encoder's normalised input to each window (training's
-    ``encoder_noise``, drawn from ``generator``)."""
+    ``encoder_noise``, drawn from ``generator``); ``members``: each member's of an
+    ensemble encoder ``[members, B, K]`` instead of their mean."""
     nb = encoder.neighbours(frames, num_frames)
     uniq, inv = torch.unique(nb, return_inverse=True)
     win = windows[uniq]
@@ -113,7 +114,7 @@ def speech_coefficients(encoder, windows: torch.Tensor, frames: torch.Tensor, nu
     # index_select, not emb[inv]: the latter's backward accumulates in a thread-dependent
     # order on the CPU, and training must resume bit-exactly
     picked = torch.index_select(emb, 0, inv.flatten()).reshape(*inv.shape, emb.shape[-1])
-    return encoder.from_embeddings(picked)
+    return encoder.from_embeddings(picked, members=members)
 
 
 def gather(gaussians, idx):
