@@ -181,6 +181,26 @@ def test_eval_refuses_a_clip_without_heldout_frames_and_checks_arguments(tmp_pat
     assert not (tmp_path / "r").exists()
 
 
+def test_eval_training_frames_scores_frames_of_the_training_split(tmp_path, capsys):
+    """--training-frames N scores N frames spread over the training split (fit, beside the
+    held-out report's generalisation); with --all-frames it is refused."""
+    from dgtalker.cli import main
+    from dgtalker.data import load
+
+    out = tmp_path / "r"
+    assert main(["eval", "--data", str(SAMPLE), "--training-frames", "6", "--size", "32", "--no-novel",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    train = set(int(i) for i in load(SAMPLE).splits["train"])
+    scored = rep["data"]["frame_indices"]
+    assert rep["frames"]["frames"] == 6 and len(set(scored)) == 6 and set(scored) <= train
+    assert max(scored) - min(scored) > len(train) // 2          # spread over the split, not its start
+    assert "--training-frames 6" in rep["command"]
+    assert main(["eval", "--data", str(SAMPLE), "--training-frames", "6", "--all-frames", "--device", "cpu",
+                 "--out", str(tmp_path / "r2")]) == 2
+    assert "pass one of them" in capsys.readouterr().err
+
+
 @pytest.mark.gpu
 def test_eval_command_end_to_end_on_cuda(tmp_path):
     """The same command on the GPU (the clip's coefficients once crashed it there by

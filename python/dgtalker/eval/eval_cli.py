@@ -36,6 +36,10 @@ def add_arguments(p) -> None:
                    help="evaluate every frame (a clip whose audio the talker never saw) instead of the held-out "
                         "split; a clip without held-out frames needs it. The report says which frames it scored "
                         "(training, held-out, or another clip's)")
+    p.add_argument("--training-frames", type=positive_int, metavar="N",
+                   help="evaluate N frames spread over the clip's training split instead of the held-out ones: "
+                        "how well the talker renders what it trained on from the audio alone (beside the held-out "
+                        "report, it separates fitting from generalising)")
     p.add_argument("--out", default="eval_report", help="report directory (default eval_report)")
     p.add_argument("--size", type=positive_int, help="evaluation image size (default: the dataset's)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
@@ -47,7 +51,7 @@ def add_arguments(p) -> None:
 def _command(args) -> str:
     parts = ["dgtalker eval", "--data", str(args.data)]
     for flag, value in (("--talker", args.talker), ("--ablation", args.ablation), ("--size", args.size),
-                        ("--device", args.device), ("--out", args.out)):
+                        ("--device", args.device), ("--training-frames", args.training_frames), ("--out", args.out)):
         if value is not None:
             parts += [flag, str(value)]
     parts += [f for f, on in (("--all-frames", args.all_frames), ("--no-novel", args.no_novel)) if on]
@@ -87,8 +91,16 @@ def run(args) -> int:
         dataset = load(args.data)
         if dataset.kind != "talking":
             raise ValueError(f"{args.data}: evaluation needs a talking clip, got a {dataset.kind!r} dataset")
+        if args.all_frames and args.training_frames:
+            raise ValueError("--all-frames and --training-frames each choose the frames: pass one of them")
         if args.all_frames:
             frames = np.arange(len(dataset))
+        elif args.training_frames:
+            train = np.asarray(dataset.splits["train"], np.int64)
+            if train.size == 0:
+                raise ValueError(f"{args.data} has no training frames (splits.json) for --training-frames")
+            n = min(args.training_frames, train.size)
+            frames = train[np.linspace(0, train.size - 1, n).round().astype(np.int64)]
         elif dataset.splits["heldout"].size:
             frames = dataset.splits["heldout"]
         else:
@@ -125,7 +137,7 @@ def run(args) -> int:
            "command": _command(args),
            "commit": _commit(), "talker": {"path": args.talker or "demo talker", "source": talker.source},
            "data": {"path": str(args.data), "split": res["scored"]["label"], "scored": res["scored"],
-                    "source": dataset.meta.get("source")},
+                    "frame_indices": [int(i) for i in frames], "source": dataset.meta.get("source")},
            "lmd_note": lmd_note, "per_frame": res["per_frame"]}
     rep["worst_median_best"] = contact_sheet(talker, dataset, coefficients, res["per_frame"], frames, size,
                                              out / "sheet.png", device)
