@@ -37,8 +37,8 @@ class IdentityTrainConfig:
     mouth_weight: float = 1.0         # extra L1 inside a square around the tracked lips (its mean, like the frame's)
     cross_weight: float = 1.0
     encoder_context: int = 6          # video frames before and after a frame the audio encoder mixes
-    encoder_members: int = 1          # networks in the audio encoder, each trained on the lip target alone; it
-                                      # outputs their mean (AudioEncoder members)
+    encoder_members: int = 4          # networks in the audio encoder, each trained on the lip target alone; it
+                                      # outputs their mean (AudioEncoder members; docs/benchmarks.md runs N)
     frontend: bool = True             # the encoders read the shipped speech front end's channels beside the log-mel
     normalised_mel: bool = True       # ... and that log-mel normalised as the front end reads it
                                       # (TalkerConfig.normalised_mel; without the front end: no effect)
