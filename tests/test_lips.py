@@ -116,8 +116,8 @@ def test_training_step_pins_the_first_lip_coefficients_to_the_tracked_mouth():
     calls = []
     orig = sampler.speech_coefficients
 
-    def spy(encoder, windows, frames, n):
-        out = orig(encoder, windows, frames, n)
+    def spy(encoder, windows, frames, n, **kw):
+        out = orig(encoder, windows, frames, n, **kw)
         if encoder is talker.encoder:
             calls.append((frames.clone(), out[1].detach().clone()))
         return out
@@ -132,7 +132,7 @@ def test_training_step_pins_the_first_lip_coefficients_to_the_tracked_mouth():
     frames, cl = lip_calls[0]
     train = set(ds.splits["train"].tolist())
     assert set(frames.tolist()) <= train and len(set(frames.tolist())) > 1
-    want = (cl[:, :2] - data.mouth[frames]).pow(2).mean()
+    want = (cl[..., :2] - data.mouth[frames]).pow(2).mean()   # each member's [members, 13, Kl]
     assert out["lip_target"] == pytest.approx(float(want), rel=1e-5)
     off = identity.train_step(talker, None, state.make_optimizer(talker, cfg), data, 1,
                               IdentityTrainConfig(**{**cfg.__dict__, "lip_target": 0.0}))
@@ -162,8 +162,8 @@ def test_pinned_lip_coefficients_learn_from_the_tracked_mouth_alone(from_picture
     grads = []
     orig = sampler.speech_coefficients
 
-    def spy(encoder, windows, frames, n):
-        ce, cl = orig(encoder, windows, frames, n)
+    def spy(encoder, windows, frames, n, **kw):
+        ce, cl = orig(encoder, windows, frames, n, **kw)
         if encoder is talker.encoder and len(frames) != 13:  # the rendered frames, not the lip batch
             cl.register_hook(lambda g: grads.append(g.detach().clone()))
         return ce, cl
