@@ -620,31 +620,3 @@ def test_training_an_ensemble_encoder_trains_every_member_and_resumes_exactly(tm
         assert torch.equal(v, tb.state_dict()[k]), k
     with pytest.raises(ValueError, match="encoder_members"):
         tiny_config(encoder_members=0).validate()
-
-
-def test_the_lip_calibration_measures_only_audio_the_encoder_never_heard():
-    """unheard_core keeps the held-back frames whose encoder window (neighbour frames and
-    the mel window) reaches no frame the lip target trains on: a block's core, not its
-    edges, and not next to another held-back block's neighbour; all of them when fewer
-    than 8 qualify."""
-    from types import SimpleNamespace
-
-    from dgtalker.models.audio_encoder import AudioEncoderConfig
-    from dgtalker.train.identity import unheard_core
-
-    enc = SimpleNamespace(config=AudioEncoderConfig(k_exp=2, k_lip=3, half_window=30, lookahead_mel=30, past=6,
-                                                    future=6))
-    n = 300
-    held = torch.arange(100, 150)                     # one 2 s block at 25 fps, positions = frames here
-    pool = torch.tensor([i for i in range(n) if not 100 <= i < 150])
-    data = SimpleNamespace(lip_heldback=held, lip_pool=pool, indices=torch.arange(n), num_frames=n, fps=25.0)
-    core = unheard_core(data, enc)
-    reach = 6 + 8                                     # 6 neighbour frames + 0.3 s of mel at 25 fps
-    assert core.tolist() == list(range(100 + reach, 150 - reach))
-    # a frame the split does not train on (a held-out tail) is unheard too
-    data.lip_pool = pool[pool < 250]
-    data.indices = torch.arange(n)
-    assert unheard_core(data, enc).tolist() == list(range(100 + reach, 150 - reach))
-    short = SimpleNamespace(**{**vars(data), "lip_heldback": torch.arange(100, 120),
-                               "lip_pool": torch.tensor([i for i in range(n) if not 100 <= i < 120])})
-    assert unheard_core(short, enc).tolist() == list(range(100, 120))   # too few in the core: all of them

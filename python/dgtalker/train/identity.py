@@ -325,33 +325,12 @@ def fit_coefficient_stats(talker, data: ClipFrames) -> None:
 MAX_LIP_GAIN = 3.0
 
 
-def unheard_core(data: ClipFrames, encoder) -> torch.Tensor:
-    """The held-back positions (``data.lip_heldback``) whose frames the encoder computes
-    from unheard audio alone: no frame the lip target trains on within its reach (its
-    neighbour frames and the mel window's past and future). At a block's edges the window
-    hears trained audio, and the spread there shrinks less: on a real clip the 2 s blocks'
-    cores gave a 10% larger gain than whole blocks, closer to what held-out audio needs
-    (docs/benchmarks.md). All the held-back positions where fewer than 8 are that far in."""
-    held = data.lip_heldback
-    if len(held) == 0:
-        return held
-    c = encoder.config
-    reach = max(c.past, c.future) + math.ceil(c.half_window * data.fps / 100)  # mel frames are 10 ms
-    trained = torch.zeros(data.num_frames + 2 * reach, dtype=torch.bool)
-    trained[data.indices[data.lip_pool].cpu() + reach] = True
-    frames = data.indices[held].cpu() + reach
-    near = trained[frames[:, None] + torch.arange(-reach, reach + 1)[None]].any(1)
-    core = held[~near.to(held.device)]
-    return core if len(core) >= 8 else held
-
-
 @torch.no_grad()
 def fit_lip_calibration(talker, data: ClipFrames, cfg: IdentityTrainConfig) -> dict | None:
     """Measures how the encoder's pinned lip coefficients shrink on audio whose mouth it
     never trained on (``data.lip_heldback``) and sets both encoders' calibration
     (``AudioEncoder.calibrated``): gain = the tracked spread over the predicted spread
-    there (within ``1 / MAX_LIP_GAIN .. MAX_LIP_GAIN``; on the blocks' cores,
-    ``unheard_core``), centre = the mean prediction over
+    there (within ``1 / MAX_LIP_GAIN .. MAX_LIP_GAIN``), centre = the mean prediction over
     the training frames, range = the tracked mouth's 0.5th to 99.5th percentile. Returns
     what it measured (held-out r, spread, gain per coefficient), or None (and gain 1)
     without a lip target or held-back frames."""
@@ -364,7 +343,7 @@ def fit_lip_calibration(talker, data: ClipFrames, cfg: IdentityTrainConfig) -> d
     centre, gain = torch.zeros(Kl, device=dev), torch.ones(Kl, device=dev)
     low, high = torch.full((Kl,), -LIP_BOUND, device=dev), torch.full((Kl,), LIP_BOUND, device=dev)
     pinned = pinned_lips(Kl, data, cfg)
-    held = unheard_core(data, enc)
+    held = data.lip_heldback
     report = None
     if pinned and len(held):
         f = data.indices.to(talker.device)
