@@ -14,7 +14,7 @@
 # STEP (NAME_TAG_stepN.safetensors): how a shorter run of the same options ends, from one run.
 # PACK is a benchmarks/clip_pack.py output (pack --video) of a `dgtalker preprocess`
 # dataset; wheels the machine lacks go in .whl/. Writes to $OUT (or ./out): NAME_TAG.safetensors
-# (float16) per variant, the GPU test log and NAME_logs.tar (training logs and histories).
+# (float16; one over 16 MB comes back as NAME_TAG.safetensors.part.aa, .ab: cat them) per variant, the GPU test log and NAME_logs.tar (training logs and histories).
 # Evaluate the talkers on the original dataset with `dgtalker eval` (benchmarks/README.md).
 set -uo pipefail
 shopt -s extglob
@@ -59,7 +59,14 @@ fi
   "$OLDPWD/tests/test_eval.py" "$OLDPWD/tests/test_mouth.py" 2>&1) | tail -6 >> "$OUT_DIR/gpu_tests.log"
 wait "${pids[@]}"
 for tag in "${tags[@]}"; do
-  cp "/tmp/run/${name}_$tag.safetensors" "$OUT_DIR/" 2>/dev/null
+  f="/tmp/run/${name}_$tag.safetensors"
+  # a file comes back from the machine only up to 16 MiB: a larger talker (four audio
+  # encoders: 18.9 MB) comes back in parts; join them with cat NAME.part.* > NAME
+  if [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt 16000000 ]; then
+    split -b 16000000 "$f" "$OUT_DIR/$(basename "$f").part."
+  else
+    cp "$f" "$OUT_DIR/" 2>/dev/null
+  fi
   python3 - "$tag" "/tmp/run/${name}_$tag.safetensors.history.json" <<'PY' | tee -a "/tmp/run/${name}_$tag.log"
 import json, sys
 h = json.load(open(sys.argv[2]))
