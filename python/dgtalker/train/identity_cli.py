@@ -96,8 +96,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "up to STEPS steps, keeping the step that predicts the held-back blocks (--lip-holdback) best; "
                         f"0 = the shipped, speaker-independent front end (default {d.adapt_frontend})")
     p.add_argument("--mouth-interior", action="store_true",
-                   help="add teeth, tongue and a dark cavity behind the lips, on a jaw that opens with the tracked "
-                        "mouth opening (needs --lip-target > 0; no teeth shown on a real clip yet: off by default)")
+                   help="add teeth, tongue and a dark cavity behind the lips, placed from the clip's tracked mouth "
+                        "and on a jaw that opens with the tracked mouth opening, and part the face at the lips as the "
+                        "mouth opens so that they show (needs --lip-target > 0; on a real clip it has shown no teeth "
+                        "yet: off by default, docs/benchmarks.md runs N)")
     p.add_argument("--lips-from-picture", action="store_true",
                    help="let the photometric losses train the pinned lip coefficients too (by default only the "
                         "tracked mouth does, which generalises better to unheard audio)")
