@@ -112,6 +112,26 @@ def test_talker_with_a_mouth_round_trips_and_renders_it(tmp_path):
         TalkerConfig(k_exp=2, k_lip=0, mouth_interior=True)
 
 
+def test_a_mouth_talker_saved_before_placement_and_parting_loads_with_the_templates_mouth(tmp_path):
+    """Files written before the interior was placed from the clip and parted the face lack
+    its anchor, rest, hinge and gap: they load with the template's mouth and the initial
+    gap (their renders differ from before: the face now parts)."""
+    from dgtalker.checkpoint import read_checkpoint, write_checkpoint
+    from dgtalker.talker import FORMAT, FORMAT_VERSION
+
+    T = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=2, width=64, height=64, mouth_interior=True))
+    p = save_talker(tmp_path / "new.safetensors", T)
+    tensors, meta, version = read_checkpoint(p, format=FORMAT, max_version=FORMAT_VERSION)
+    old = {k: v for k, v in tensors.items()
+           if k not in ("mouth.anchor", "mouth.rest", "mouth.hinge", "mouth.gap_logit", "mouth.gap_gain")}
+    assert len(old) == len(tensors) - 5
+    q = write_checkpoint(tmp_path / "old.safetensors", old, format=FORMAT, version=version, meta=meta)
+    L = load_talker(q)
+    fresh = MouthInterior(tiny_generator().template_position, L.generator.config.gaussians_per_texel)
+    for k in ("anchor", "rest", "hinge", "gap_logit", "gap_gain"):
+        assert torch.equal(getattr(L.mouth, k), getattr(fresh, k)), k
+
+
 def test_training_with_a_mouth_learns_it_and_resumes_exactly(tmp_path):
     with pytest.raises(ValueError, match="lip_target > 0"):
         tiny_config(mouth_interior=True, lip_target=0.0).validate()
