@@ -672,11 +672,13 @@ class TalkerCheckpointError(CheckpointError):
 _OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "lip_map", "blink_track", "train_mask",
                      *(f"{e}.lip_{b}" for e in ("encoder", "causal_encoder") for b in ("centre", "gain", "low", "high")),
                      # a mouth interior saved before it was placed from the clip: the template's mouth
-                     "mouth.anchor", "mouth.rest", "mouth.hinge", "mouth.gap_logit", "mouth.gap_gain")
-_RETIRED = ("blink_direction",)  # a residual direction that never closed the eyes; the eyelid layer replaced it
+                     "mouth.anchor", "mouth.gap_logit", "mouth.gap_gain")
+# a residual direction that never closed the eyes (the eyelid layer replaced it); the mouth
+# interior's rest positions and hinge, which follow from its anchor
+_RETIRED = ("blink_direction", "mouth.rest", "mouth.hinge")
 _KEEP_FLOAT32 = ("w_can", "blendshapes.", "body_w2c", "default_w2c", "default_K", "encoder.mel_", "causal_encoder.mel_",
                  "encoder.lip_", "causal_encoder.lip_",
-                 "frontend.", "mouth.anchor", "mouth.rest", "mouth.hinge")
+                 "frontend.", "mouth.anchor")
 
 
 def save_talker(path, talker: Talker, *, half: bool = False) -> Path:

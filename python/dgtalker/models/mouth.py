@@ -40,7 +40,6 @@ SIZES = {"upper_teeth": 0.0022, "lower_teeth": 0.0022, "tongue": 0.003, "cavity"
 # its teeth learned lip colours. So it may go back into the mouth, hardly forwards
 SHIFT_LOW = (-0.003, -0.006, -0.010)
 SHIFT_HIGH = (0.003, 0.006, 0.001)
-MAX_SHIFT = max(max(abs(v) for v in SHIFT_LOW), max(SHIFT_HIGH))
 # the face's Gaussians that may part to show the interior: the template's front within
 # these bounds of its lip line (metres). The decoded face is one sheet across the mouth: on
 # a real clip it covered the whole inner-lip outline of wide-open training frames (alpha
@@ -167,11 +166,14 @@ class MouthInterior(nn.Module):
         self.template_front_z = z_front
         # where it sits (``place``: the person's mouth; saved with the talker) ...
         self.register_buffer("anchor", torch.tensor([MOUTH_Y, z_front, HALF_WIDTH]))
-        self.register_buffer("rest", torch.cat([pts[p] for p in PARTS]))
-        # constants the forward needs on the module's device: made there from host data, they
-        # would copy from the host on every call, which a CUDA graph capture refuses
-        self.register_buffer("hinge", torch.tensor(HINGE))
-        # ... and what follows from the parts alone (not saved)
+        # ... and what follows from it or from the parts (not saved; a loaded anchor sets
+        # rest and hinge again). Constants the forward needs live on the module's device:
+        # made there from host data, they would copy from the host on every call, which a
+        # CUDA graph capture refuses
+        self.register_buffer("rest", torch.zeros(len(part), 3), persistent=False)
+        self.register_buffer("hinge", torch.zeros(3), persistent=False)
+        self._follow_anchor()
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._follow_anchor())
         self.register_buffer("part", part, persistent=False)
         self.register_buffer("log_size", torch.log(torch.tensor([SIZES[PARTS[k]] for k in part.tolist()])),
                              persistent=False)
@@ -207,12 +209,18 @@ class MouthInterior(nn.Module):
     def place(self, mouth_y: float, z_front: float, half_width: float) -> None:
         """Puts the interior in a mouth whose lip line is at height ``mouth_y``, its front
         at depth ``z_front`` and its corners at ``|x| = half_width`` (``mouth_anchor``);
-        the hinge moves with it."""
+        the hinge moves with it and the face's gap starts about that lip line."""
+        self.anchor.copy_(torch.tensor([mouth_y, z_front, half_width]))
+        self._follow_anchor()
+        self.gap_logit.copy_(torch.logit(initial_gap(self.gap_rest, mouth_y, half_width)))
+
+    @torch.no_grad()
+    def _follow_anchor(self) -> None:
+        """The rest positions and the hinge of the mouth at ``anchor``."""
+        mouth_y, z_front, half_width = self.anchor.tolist()
         pts = interior_points(z_front, mouth_y, half_width)
         self.rest.copy_(torch.cat([pts[p] for p in PARTS]))
-        self.anchor.copy_(torch.tensor([mouth_y, z_front, half_width]))
         self.hinge.copy_(torch.tensor([HINGE[0], HINGE[1] + mouth_y - MOUTH_Y, HINGE[2] + z_front - self.template_front_z]))
-        self.gap_logit.copy_(torch.logit(initial_gap(self.gap_rest, mouth_y, half_width)))
 
     @torch.no_grad()
     def set_teeth_colour(self, rgb) -> None:
