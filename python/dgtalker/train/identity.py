@@ -241,7 +241,7 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
         frontend = load_frontend()
     tcfg = TalkerConfig(k_exp=cfg.k_exp, k_lip=cfg.k_lip, width=data.width, height=data.height, fps=data.fps,
                         encoder={"past": cfg.encoder_context, "future": cfg.encoder_context,
-                                 **({"members": cfg.encoder_members} if cfg.encoder_members > 1 else {})},
+                                 "members": cfg.encoder_members},
                         frontend=None if frontend is None else _asdict(frontend.config),
                         mouth_interior=cfg.mouth_interior,
                         normalised_mel=cfg.normalised_mel and frontend is not None)
