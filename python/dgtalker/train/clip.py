@@ -166,17 +166,10 @@ def mouth_boxes(dataset, resolution: int, pad: float = 0.35) -> np.ndarray | Non
     (``gt.npz`` ``lips_2d``) or the corpus' mouth landmarks, its side the lips' larger
     extent plus ``pad`` of it on each side; all zero where no face was tracked. None
     without lip points."""
-    gt = dataset.gt
-    if gt is not None and "lips_2d" in gt:
-        pts = np.asarray(gt["lips_2d"], np.float64)
-        found = np.asarray(gt["face_found"], bool) if "face_found" in gt else np.ones(len(pts), bool)
-    else:
-        pts = named_landmarks(dataset, ("mouth_corner_left", "mouth_corner_right", "upper_lip_mid", "lower_lip_mid"))
-        if pts is None:
-            return None
-        pts = pts.astype(np.float64)
-        found = (np.asarray(gt["landmarks_visible"]).any(1) if "landmarks_visible" in gt
-                 else np.ones(len(pts), bool))
+    tracked = tracked_lips(dataset)
+    if tracked is None:
+        return None
+    pts, found = tracked
     scale = np.array([resolution / dataset.width, resolution / dataset.height])
     pts = pts * scale
     lo, hi = pts.min(1), pts.max(1)
@@ -228,6 +221,33 @@ def blink_amounts(openness: np.ndarray, open_below: float = 0.15, closed_from: f
     return np.clip((closure - open_below) / (closed_from - open_below), 0, 1).astype(np.float32)
 
 
+CORPUS_MOUTH = ("mouth_corner_left", "mouth_corner_right", "upper_lip_mid", "lower_lip_mid")
+
+
+def tracked_lips(dataset, columns=None, *, all_visible: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(points [N, P, 2] in pixels, found [N])`` of the tracked lips: the face mesh's lip
+    contour (``gt.npz`` ``lips_2d``; only its ``columns`` if given) with the frames where a
+    face was found, else the corpus' four mouth landmarks (``CORPUS_MOUTH``) with the frames
+    where any landmark is visible (``all_visible``: all four of them; the inner lips hide
+    behind each other on some frames); None without either."""
+    gt = dataset.gt
+    if gt is not None and "lips_2d" in gt:
+        pts = np.asarray(gt["lips_2d"], np.float64)
+        if columns is not None:
+            pts = pts[:, columns]
+        found = np.asarray(gt["face_found"], bool) if "face_found" in gt else np.ones(len(pts), bool)
+        return pts, found
+    pts = named_landmarks(dataset, CORPUS_MOUTH)
+    if pts is None:
+        return None
+    found = np.ones(len(pts), bool)
+    if "landmarks_visible" in gt:
+        visible = np.asarray(gt["landmarks_visible"])
+        found = (visible[:, [list(dataset.landmark_names).index(n) for n in CORPUS_MOUTH]].all(1) if all_visible
+                 else visible.any(1))
+    return pts.astype(np.float64), found
+
+
 def mouth_points(dataset) -> np.ndarray | None:
     """Per frame ``[N, 4, 2]`` the tracked mouth corners (left, right of the image) and the
     middles of the upper and lower inner lip (pixels; NaN where no face was tracked): the
@@ -235,20 +255,11 @@ def mouth_points(dataset) -> np.ndarray | None:
     None without either. ``models.mouth.mouth_anchor`` places the mouth interior with them."""
     from ..data.face_mesh import LIP_CONTOUR, LOWER_INNER_LIP, MOUTH_CORNERS, UPPER_INNER_LIP
 
-    gt = dataset.gt
-    if gt is not None and "lips_2d" in gt:
-        cols = [LIP_CONTOUR.index(i) for i in (*MOUTH_CORNERS, UPPER_INNER_LIP, LOWER_INNER_LIP)]
-        pts = np.asarray(gt["lips_2d"], np.float64)[:, cols]
-        found = np.asarray(gt["face_found"], bool) if "face_found" in gt else np.ones(len(pts), bool)
-    else:
-        names = ("mouth_corner_left", "mouth_corner_right", "upper_lip_mid", "lower_lip_mid")
-        pts = named_landmarks(dataset, names)
-        if pts is None:
-            return None
-        pts = pts.astype(np.float64)
-        cols = [list(dataset.landmark_names).index(n) for n in names]
-        found = (np.asarray(gt["landmarks_visible"])[:, cols].all(1) if "landmarks_visible" in gt
-                 else np.ones(len(pts), bool))
+    tracked = tracked_lips(dataset, [LIP_CONTOUR.index(i) for i in (*MOUTH_CORNERS, UPPER_INNER_LIP, LOWER_INNER_LIP)],
+                           all_visible=True)
+    if tracked is None:
+        return None
+    pts, found = tracked
     pts = pts.copy()
     pts[~found] = np.nan
     return pts
