@@ -232,3 +232,71 @@ def test_running_normaliser_equals_causal_normalise_in_any_chunks():
     parts = [run(mel[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-5)
     assert run(mel[:0]).shape == (0, 80)
+
+
+@pytest.mark.parametrize("window", [0.5, 4.0])
+def test_running_normaliser_with_a_level_window_equals_causal_normalise(window):
+    """The level correction in a stream (the last window's frame levels kept) equals
+    ``normalise(causal=True, level_window=...)`` of the whole log-mel, in uneven chunks
+    longer and shorter than the window."""
+    rng = np.random.default_rng(6)
+    mel = rng.normal(-4, 1, (1200, 80)).astype(np.float32)
+    mel[:60] = -11.5                     # leading silence
+    mel[400:800] -= 0.8                  # a softer passage
+    mel[900:980] -= 6.0                  # a pause
+    whole = FE.normalise(torch.from_numpy(mel.T.copy()), True, window).numpy().T
+    run = FE.RunningNormaliser(80, window)
+    cuts = [0, 1, 7, 60, 61, 150, 333, 790, 1200]
+    parts = [run(mel[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_softer_passage_reads_at_the_clips_level_and_a_pause_stays_a_pause(causal):
+    """With a level window, speech 8 dB softer than the rest of the clip is read at nearly
+    the clip's level (without one it reads 3-5 dB low); a pause is not lifted; and the
+    correction reads no later frame in causal mode."""
+    rng = np.random.default_rng(7)
+    mel = rng.normal(-4, 1, (1600, 80)).astype(np.float32)
+    mel[500:1150] -= 0.8                 # 8 dB softer for 6.5 s
+    mel[1300:1500] = -11.0 + 0.1 * rng.standard_normal((200, 80))  # a 2 s pause
+    x = torch.from_numpy(mel.T.copy())
+    plain = FE.normalise(x, causal).numpy()
+    level = FE.normalise(x, causal, 4.0).numpy()
+    # frames whose whole window (causal: the 4 s before them) is loud, soft, or in the pause
+    rest, soft, pause = (slice(100, 290), slice(950, 1100), slice(1300, 1500)) if causal else \
+        (slice(100, 290), slice(750, 900), slice(1300, 1500))
+    assert plain[:, soft].mean() - plain[:, rest].mean() < -0.3 / FE.INPUT_SCALE  # (the mean has some of it)
+    assert abs(level[:, soft].mean() - level[:, rest].mean()) < 0.1 / FE.INPUT_SCALE
+    assert (level[:, pause] <= plain[:, pause] + 1e-6).all()
+    if causal:
+        changed = mel.copy()
+        changed[1000:] += 2.0
+        again = FE.normalise(torch.from_numpy(changed.T.copy()), True, 4.0).numpy()
+        np.testing.assert_array_equal(again[:, :1000], level[:, :1000])
+
+
+def test_a_talker_reads_speech_with_its_level_window():
+    """A talker made with a level window gives its encoders the level-corrected front end
+    input; one without reads the clip's level only; a window without a front end is refused."""
+    from test_talker import tiny_generator
+
+    from dgtalker.talker import Talker, TalkerConfig
+
+    fe = FE.load_frontend()
+    common = dict(k_exp=2, k_lip=2, width=64, height=64, frontend=__import__("dataclasses").asdict(fe.config),
+                  normalised_mel=True)
+    rng = np.random.default_rng(8)
+    x = (0.1 * rng.standard_normal(12 * SR)).astype(np.float32)
+    x[4 * SR:9 * SR] *= 0.3              # 10 dB softer for 5 s
+    mel = A.log_mel(x)
+    feats = {}
+    for w in (0.0, 4.0):
+        t = Talker(tiny_generator(), TalkerConfig(**common, level_window=w))
+        feats[w], start = t.speech_features(mel)
+    soft = slice(650 - start, 750 - start)   # mel frames 650-750, whose 4 s windows are all soft
+    assert feats[4.0][soft, :80].mean() > feats[0.0][soft, :80].mean() + 0.25 / FE.INPUT_SCALE
+    with pytest.raises(ValueError, match="level_window"):
+        TalkerConfig(k_exp=2, k_lip=2, level_window=4.0)
+    with pytest.raises(ValueError, match="level_window"):
+        TalkerConfig(**common, level_window=-1.0)

@@ -374,7 +374,7 @@ class _FrontEndFeatures:
         self.raw = np.zeros((0, A.N_MELS), np.float32)      # padded log-mel from `normed_start` on ...
         self.normed = np.zeros((0, A.N_MELS), np.float32)   # ... and the same frames normalised
         self.normed_start = -self.pad
-        self.normalise = RunningNormaliser(A.N_MELS)
+        self.normalise = RunningNormaliser(A.N_MELS, talker.config.level_window)
         self.rows = np.zeros((0, A.N_MELS + self.cfg.embed + 2), np.float32)
         self.known = -self.pad                     # feature rows [start, known) are final
         self.limit = None

@@ -69,6 +69,8 @@ class TalkerConfig:
     mouth_interior: bool = False     # teeth, tongue and cavity on a jaw driven by c_lip[0] (dgtalker.models.mouth)
     normalised_mel: bool = False     # the encoders read the log-mel as the front end does (per-band speech mean
                                      # removed, audio.frontend.normalise): no microphone or level offset
+    level_window: float = 0.0        # seconds: the front end's input brings each passage this long to the clip's
+                                     # speech level (audio.frontend.level_gain; 0: the clip's level only)
 
     def __post_init__(self):
         for name in ("k_exp", "k_lip", "width", "height"):
@@ -86,6 +88,12 @@ class TalkerConfig:
             raise ValueError(f"TalkerConfig.max_lookahead_s must be in (0, 1], got {self.max_lookahead_s!r}")
         if self.mouth_interior and self.k_lip < 1:
             raise ValueError("TalkerConfig.mouth_interior needs k_lip >= 1: its jaw follows the first lip coefficient")
+        if not (isinstance(self.level_window, (int, float)) and math.isfinite(self.level_window)
+                and 0 <= self.level_window <= 60):
+            raise ValueError(f"TalkerConfig.level_window must be seconds in [0, 60], got {self.level_window!r}")
+        if self.level_window and self.frontend is None:
+            raise ValueError("TalkerConfig.level_window needs a speech front end (frontend): it is part of the "
+                             "front end's normalisation")
         if self.normalised_mel and self.frontend is None:
             raise ValueError("TalkerConfig.normalised_mel needs a speech front end (frontend): its normalisation "
                              "is the front end's")
@@ -114,14 +122,15 @@ class TalkerConfig:
         return cls(**d)
 
 
-def normalise_speech(mel, causal: bool):
+def normalise_speech(mel, causal: bool, level_window: float = 0.0):
     """Log-mel frames ``[M, 80]`` (numpy) as the speech front end reads them
     (``audio.frontend.normalise``)."""
     import numpy as np
 
     from .audio.frontend import normalise
 
-    return normalise(torch.as_tensor(np.ascontiguousarray(np.asarray(mel, np.float32).T))[None], causal)[0].T.numpy()
+    x = torch.as_tensor(np.ascontiguousarray(np.asarray(mel, np.float32).T))[None]
+    return normalise(x, causal, level_window)[0].T.numpy()
 
 
 def padding_silence(pad: int):
@@ -358,7 +367,7 @@ class Talker(nn.Module):
             return mel, 0
         pad = self.encoder.config.half_window
         raw_silence, normed_silence = padding_silence(pad)
-        normed = normalise_speech(mel, causal)
+        normed = normalise_speech(mel, causal, self.config.level_window)
         normed = np.concatenate([normed_silence, normed, normed_silence])
         padded = normed if self.config.normalised_mel else np.concatenate([raw_silence, mel, raw_silence])
         return np.concatenate([padded, self.frontend_channels(normed)], 1), -pad

@@ -168,9 +168,40 @@ def build_model(config: FrontEndConfig):
     return FrontEnd(config.check())
 
 
-def normalise(mel, causal: bool):
+LEVEL_RANGE = 1.2       # log10 power: the level correction moves a passage by at most 12 dB ...
+LEVEL_MIN_SPEECH = 50   # ... and only where its window holds this many speech frames (0.5 s)
+
+
+def level_gain(e, w, causal: bool, window: int):
+    """The level correction ``[..., 1, M]`` (log10 power) of frames with levels ``e`` and
+    speech flags ``w`` (both ``[..., 1, M]``): the clip's speech level (causal: so far) minus
+    the speech level of the ``window`` frames around each frame (causal: ending at it),
+    within +-``LEVEL_RANGE``; zero where that window holds too little speech (pauses stay
+    pauses). A passage spoken softer or louder than the rest then reads as the rest does."""
+    torch = _torch()
+    dtype, e, w = e.dtype, e.double(), w.double()  # running sums over minutes of frames
+    zero = torch.zeros_like(e[..., :1])
+    cs_ew = torch.cat([zero, torch.cumsum(e * w, -1)], -1)  # [..., 1, M + 1]: sums before each index
+    cs_w = torch.cat([zero, torch.cumsum(w, -1)], -1)
+    M = e.shape[-1]
+    j = torch.arange(M, device=e.device)
+    if causal:
+        hi, lo = j + 1, (j + 1 - window).clamp_min(0)
+        ref = cs_ew[..., 1:] / cs_w[..., 1:].clamp_min(1.0)
+    else:
+        hi, lo = (j + window // 2 + 1).clamp_max(M), (j - window // 2).clamp_min(0)
+        ref = cs_ew[..., -1:] / cs_w[..., -1:].clamp_min(1.0)
+    count = cs_w[..., hi] - cs_w[..., lo]
+    local = (cs_ew[..., hi] - cs_ew[..., lo]) / count.clamp_min(1.0)
+    gain = (ref - local).clamp(-LEVEL_RANGE, LEVEL_RANGE)
+    return torch.where(count >= LEVEL_MIN_SPEECH, gain, torch.zeros_like(gain)).to(dtype)
+
+
+def normalise(mel, causal: bool, level_window: float = 0.0):
     """Per-band speech-mean removal of log-mel ``[..., n_mels, M]`` (torch), see the
-    module doc; causal: frame j uses only frames 0..j."""
+    module doc; causal: frame j uses only frames 0..j. ``level_window`` (seconds, 0: off)
+    also brings each passage of that length to the clip's speech level (``level_gain``):
+    the clip-wide mean alone leaves a softly spoken stretch reading as a half-shut mouth."""
     torch = _torch()
     e = mel.mean(-2, keepdim=True)  # [..., 1, M] frame level
     if causal:
@@ -180,16 +211,27 @@ def normalise(mel, causal: bool):
     else:
         w = (e > e.amax(-1, keepdim=True) - ACTIVE_RANGE).to(mel.dtype)
         mean = (mel * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp_min(1.0)
+    if level_window > 0:
+        mean = mean - level_gain(e, w, causal, level_frames(level_window))
     return torch.clamp(mel - mean, min=CLIP_BELOW) / INPUT_SCALE
 
 
-class RunningNormaliser:
-    """``normalise(causal=True)`` for a stream: log-mel rows ``[m, n_mels]`` (numpy) arrive
-    a few at a time and come back normalised as if the whole stream had been passed at
-    once, keeping only the running loudest level and the speech-frame sums."""
+def level_frames(level_window: float) -> int:
+    """Mel frames (100 per second) of a level window in seconds."""
+    return max(1, int(round(float(level_window) * MEL_RATE)))
 
-    def __init__(self, n_mels: int):
+
+class RunningNormaliser:
+    """``normalise(causal=True, level_window=...)`` for a stream: log-mel rows ``[m, n_mels]``
+    (numpy) arrive a few at a time and come back normalised as if the whole stream had
+    been passed at once, keeping only the running loudest level, the speech-frame sums and
+    (with a level window) the last window's frame levels."""
+
+    def __init__(self, n_mels: int, level_window: float = 0.0):
         self.top, self.sum_mw, self.sum_w = -np.inf, np.zeros(n_mels, np.float64), 0.0
+        self.window = level_frames(level_window) if level_window > 0 else 0
+        self.sum_ew = 0.0
+        self.tail_ew, self.tail_w = np.zeros(0), np.zeros(0)  # the last window - 1 frames' e * w and w
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         if not len(rows):
@@ -200,6 +242,21 @@ class RunningNormaliser:
         cs_mw = self.sum_mw + np.cumsum(rows * w[:, None], 0)
         cs_w = self.sum_w + np.cumsum(w)
         mean = cs_mw / np.maximum(cs_w, 1.0)[:, None]
+        if self.window:
+            ew = e * w
+            cs_ew = self.sum_ew + np.cumsum(ew)
+            ref = cs_ew / np.maximum(cs_w, 1.0)
+            all_ew, all_w = np.concatenate([self.tail_ew, ew]), np.concatenate([self.tail_w, w])
+            c_ew, c_w = np.concatenate([[0.0], np.cumsum(all_ew)]), np.concatenate([[0.0], np.cumsum(all_w)])
+            hi = len(self.tail_w) + np.arange(1, len(e) + 1)
+            lo = np.maximum(hi - self.window, 0)
+            count = c_w[hi] - c_w[lo]
+            local = (c_ew[hi] - c_ew[lo]) / np.maximum(count, 1.0)
+            gain = np.where(count >= LEVEL_MIN_SPEECH, np.clip(ref - local, -LEVEL_RANGE, LEVEL_RANGE), 0.0)
+            mean = mean - gain[:, None]
+            self.sum_ew = float(cs_ew[-1])
+            cut = max(len(all_w) - (self.window - 1), 0)
+            self.tail_ew, self.tail_w = all_ew[cut:], all_w[cut:]
         self.top, self.sum_mw, self.sum_w = float(top[-1]), cs_mw[-1], float(cs_w[-1])
         return (np.maximum(rows - mean, CLIP_BELOW) / INPUT_SCALE).astype(np.float32)
 

@@ -73,6 +73,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "benchmarks/lip_probe.py on two real clips its effect on held-out lips was within the "
                         "spread of seeds; not yet measured in a trained talker: docs/benchmarks.md, runs J; "
                         f"default {d.encoder_noise})")
+    p.add_argument("--level-window", type=float, default=d.level_window, metavar="SECONDS",
+                   help="the speech front end and the encoders read each passage this long at the clip's speech "
+                        "level (within 12 dB): a softly spoken stretch otherwise reads as a half-shut mouth (on a "
+                        "real clip whose held-out tail is 3 dB softer: docs/benchmarks.md, runs P); 0 = the "
+                        f"clip's level only (default {d.level_window})")
     p.add_argument("--encoder-members", type=int, default=d.encoder_members, metavar="K",
                    help="an ensemble of K audio encoders from different initial weights, each trained on the "
                         "tracked mouth on its own; the talker uses their mean, which follows unheard speech better "
@@ -175,6 +180,7 @@ def train_config(args) -> IdentityTrainConfig:
                                adapt_frontend=args.adapt_frontend, open_share=args.open_share,
                                mouth_weight=args.mouth_weight,
                                encoder_context=args.encoder_context, encoder_members=args.encoder_members,
+                               level_window=args.level_window,
                                lips_from_picture=args.lips_from_picture, mouth_interior=args.mouth_interior,
                                frontend=not args.no_frontend, normalised_mel=not (args.raw_mel or args.no_frontend))
 

@@ -85,7 +85,7 @@ def restore_optimizer(opt, tensors: dict, meta: dict) -> None:
 BUDGET_OPTIONS = ("steps", "minutes")
 # what even a forced resume cannot change: the saved tensors' shapes depend on them
 # options fixed when the talker is made (its TalkerConfig and tensor shapes): no resume can change them
-LAYOUT_OPTIONS = ("k_exp", "k_lip", "mouth_interior", "frontend", "encoder_context", "normalised_mel")
+LAYOUT_OPTIONS = ("k_exp", "k_lip", "mouth_interior", "frontend", "encoder_context", "normalised_mel", "level_window")
 
 
 def dataset_provenance(dataset) -> dict:
@@ -107,9 +107,10 @@ def resume_changes(meta: dict, cfg: IdentityTrainConfig, provenance: dict) -> li
     change no resume can take (blendshape counts, frame count)."""
     saved = json.loads(meta["config"])
     now = asdict(cfg)
-    # the normalised mel is what the saved talker has (a talker saved before the option had none)
-    made = json.loads(meta.get("talker_config", "{}")).get("normalised_mel", False)
-    layout = {"normalised_mel": (made, bool(cfg.normalised_mel and cfg.frontend))}
+    # the speech normalisation is what the saved talker has (one saved before an option had none of it)
+    made = json.loads(meta.get("talker_config", "{}"))
+    layout = {"normalised_mel": (made.get("normalised_mel", False), bool(cfg.normalised_mel and cfg.frontend)),
+              "level_window": (made.get("level_window", 0.0), cfg.level_window if cfg.frontend else 0.0)}
     layout |= {k: (saved[k], now[k]) for k in LAYOUT_OPTIONS if k in saved and k not in layout}
     shape = [f"{k} {a!r} -> {b!r}" for k, (a, b) in layout.items() if a != b]
     if int(meta["residual_frames"]) != provenance["num_frames"]:
