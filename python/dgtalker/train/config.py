@@ -42,7 +42,7 @@ class IdentityTrainConfig:
     frontend: bool = True             # the encoders read the shipped speech front end's channels beside the log-mel
     normalised_mel: bool = True       # ... and that log-mel normalised as the front end reads it
                                       # (TalkerConfig.normalised_mel; without the front end: no effect)
-    level_window: float = 4.0         # seconds: each passage this long is read at the clip's speech level
+    level_window: float = 0.0         # seconds: each passage this long is read at the clip's speech level
                                       # (TalkerConfig.level_window; 0: the clip's level only)
     lip_target: float = 0.5           # the first two lip coefficients against the tracked mouth opening and width
     lip_batch: int = 64               # training frames per step of that target (the encoder alone, no rendering)
