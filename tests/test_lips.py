@@ -620,3 +620,37 @@ def test_training_an_ensemble_encoder_trains_every_member_and_resumes_exactly(tm
         assert torch.equal(v, tb.state_dict()[k]), k
     with pytest.raises(ValueError, match="encoder_members"):
         tiny_config(encoder_members=0).validate()
+
+
+def test_training_reads_its_clip_as_spoken_and_the_talker_reads_new_speech_at_its_level():
+    """A talker with a level window trains on the clip's features read at the clip's level
+    (the same windows as a talker without one), while the speech that drives it (here the
+    same clip, a softer stretch made softer still) is read passage by passage at its level."""
+    import dataclasses
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from test_talker import tiny_generator
+
+    from dgtalker.audio.frontend import load_frontend
+    from dgtalker.data import load
+    from dgtalker.talker import Talker, TalkerConfig
+    from dgtalker.train import clip
+
+    ds = load(Path(__file__).parent / "data" / "sample")
+    cfg = dict(k_exp=2, k_lip=3, width=96, height=96, frontend=dataclasses.asdict(load_frontend().config),
+               normalised_mel=True)
+    windows = {}
+    for level in (0.0, 4.0):
+        torch.manual_seed(0)
+        data = clip.ClipFrames(ds, ds.splits["train"], 32, progress=False)
+        talker = Talker(tiny_generator(), TalkerConfig(**cfg, level_window=level), residual_frames=data.num_frames)
+        data.set_windows(talker)
+        windows[level] = (talker, data.windows.clone())
+    torch.testing.assert_close(windows[4.0][1], windows[0.0][1])
+    rng = np.random.default_rng(0)
+    mel = rng.normal(-4, 1, (1600, 80)).astype(np.float32)
+    mel[600:1100] -= 1.0                 # a stretch 10 dB softer
+    soft = [windows[lv][0].speech_features(mel)[0][800 + 6:900 + 6, :80].mean() for lv in (0.0, 4.0)]
+    assert soft[1] > soft[0] + 0.2

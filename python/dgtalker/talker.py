@@ -69,8 +69,9 @@ class TalkerConfig:
     mouth_interior: bool = False     # teeth, tongue and cavity on a jaw driven by c_lip[0] (dgtalker.models.mouth)
     normalised_mel: bool = False     # the encoders read the log-mel as the front end does (per-band speech mean
                                      # removed, audio.frontend.normalise): no microphone or level offset
-    level_window: float = 0.0        # seconds: the front end's input brings each passage this long to the clip's
-                                     # speech level (audio.frontend.level_gain; 0: the clip's level only)
+    level_window: float = 0.0        # seconds: speech the talker is driven by is read passage by passage (this
+                                     # long) at its own speech level (audio.frontend.level_gain; 0: the whole
+                                     # clip's level only); its training clip was read at the clip's level
 
     def __post_init__(self):
         for name in ("k_exp", "k_lip", "width", "height"):
@@ -352,14 +353,16 @@ class Talker(nn.Module):
         return enc(windows.to(self.device, torch.float32))
 
     @torch.no_grad()
-    def speech_features(self, mel, *, causal: bool = False):
+    def speech_features(self, mel, *, causal: bool = False, level_window: float | None = None):
         """``(features [pad + M + pad, C], start)``: log-mel frames ``[M, 80]`` padded with
         silence by the encoder's half window at both ends (``start = -pad``: the absolute
         index of the first row), beside the speech front end's per-frame outputs on them
         (its embedding, mouth opening and width). The front end reads the log-mel with each
-        band's speech mean removed (causal: by what came before, as a stream has it); so do
-        the encoders where ``config.normalised_mel``, else they read it as it is. Without a
-        front end: the log-mel itself, ``start = 0``."""
+        band's speech mean removed (causal: by what came before, as a stream has it) and,
+        with a ``level_window`` (default: the talker's ``config.level_window``), each
+        passage brought to the speech's own level; so do the encoders where
+        ``config.normalised_mel``, else they read it as it is. Without a front end: the
+        log-mel itself, ``start = 0``."""
         import numpy as np
 
         mel = np.asarray(mel, np.float32)
@@ -367,7 +370,8 @@ class Talker(nn.Module):
             return mel, 0
         pad = self.encoder.config.half_window
         raw_silence, normed_silence = padding_silence(pad)
-        normed = normalise_speech(mel, causal, self.config.level_window)
+        level = self.config.level_window if level_window is None else level_window
+        normed = normalise_speech(mel, causal, level)
         normed = np.concatenate([normed_silence, normed, normed_silence])
         padded = normed if self.config.normalised_mel else np.concatenate([raw_silence, mel, raw_silence])
         return np.concatenate([padded, self.frontend_channels(normed)], 1), -pad

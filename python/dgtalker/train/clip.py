@@ -90,7 +90,10 @@ class ClipFrames:
         statistics from the same features (a new talker)."""
         mel = self.mel.numpy()
         for enc, causal in ((talker.encoder, False), (talker.causal_encoder, True)):
-            feats, start = talker.speech_features(mel, causal=causal)
+            # the encoders learn the clip at its own level, passages loud and soft as spoken (read
+            # at one level, they followed held-out speech worse: docs/benchmarks.md, runs P);
+            # speech that drives the trained talker is read with its level window
+            feats, start = talker.speech_features(mel, causal=causal, level_window=0.0)
             if normalise_encoders:  # the clip's own frames, not the silence padding
                 enc.set_normalization(torch.from_numpy(feats[-start:len(feats) + start] if start else feats))
             windows = talker.windows_of(feats, start, self.num_frames, self.fps).to(self.device)

@@ -42,8 +42,9 @@ class IdentityTrainConfig:
     frontend: bool = True             # the encoders read the shipped speech front end's channels beside the log-mel
     normalised_mel: bool = True       # ... and that log-mel normalised as the front end reads it
                                       # (TalkerConfig.normalised_mel; without the front end: no effect)
-    level_window: float = 0.0         # seconds: each passage this long is read at the clip's speech level
-                                      # (TalkerConfig.level_window; 0: the clip's level only)
+    level_window: float = 4.0         # seconds: the trained talker reads speech passage by passage at its
+                                      # own level (TalkerConfig.level_window; training reads the clip as
+                                      # spoken; 0: the whole clip's level only; docs/benchmarks.md runs P)
     lip_target: float = 0.5           # the first two lip coefficients against the tracked mouth opening and width
     lip_batch: int = 64               # training frames per step of that target (the encoder alone, no rendering)
     lips_from_picture: bool = False   # the pinned lip coefficients also learn from the photometric losses
