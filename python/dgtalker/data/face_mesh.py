@@ -57,3 +57,10 @@ def polygon(points: np.ndarray, height: int, width: int, supersample: int = 2) -
     if s > 1:
         im = cv2.resize(im, (width, height), interpolation=cv2.INTER_AREA)
     return im.astype(np.float32) * (1.0 / 255.0)
+
+
+def inner_lip_mask(ring: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Boolean ``[H, W]``: the pixels inside the inner-lip ring ``[20, 2]`` (the points
+    ``INNER_LIP_RING``, in that order, pixel coordinates): the mouth opening, where
+    teeth are looked for."""
+    return polygon(ring, height, width, supersample=1) > 0.5

@@ -101,7 +101,7 @@ def _frame_metrics(render, gt, masks, detector=None, px_scale: float = 1.0) -> l
         for name, sc in M.region_scores(r, g, m).items():
             out[-1][f"region_{name}_psnr"], out[-1][f"region_{name}_ssim"] = sc["psnr"], sc["ssim"]
         if detector is not None:
-            from ..data.face_mesh import INNER_LIP_RING, eye_span, mouth_opening, polygon
+            from ..data.face_mesh import INNER_LIP_RING, eye_span, inner_lip_mask, mouth_opening
             from .landmarks import lip_gap
 
             to8 = lambda x: (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # noqa: E731
@@ -117,7 +117,7 @@ def _frame_metrics(render, gt, masks, detector=None, px_scale: float = 1.0) -> l
                 opening_truth=float(mouth_opening(lg)) if lg is not None else nan,
                 teeth_render=nan, teeth_truth=nan)
             if lg is not None:  # teeth inside the truth's mouth opening, in eye-corner distances squared
-                inside = polygon(lg[list(INNER_LIP_RING)], g.shape[0], g.shape[1], supersample=1) > 0.5
+                inside = inner_lip_mask(lg[list(INNER_LIP_RING)], g.shape[0], g.shape[1])
                 unit = max(float(eye_span(lg)), 1.0) ** 2
                 out[-1]["teeth_render"] = M.teeth_pixels(r, inside, m[..., 1]) / unit
                 out[-1]["teeth_truth"] = M.teeth_pixels(g, inside, m[..., 1]) / unit

@@ -273,7 +273,7 @@ def clip_teeth_colour(dataset, frames, max_frames: int = 48, min_pixels: int = 2
     teeth (``metrics.teeth_mask``) inside the tracked inner lip ring of the widest-open
     third of ``frames`` (at most ``max_frames`` of them, spread over it). None without the
     face mesh's lips (``lips_2d``) or with fewer than ``min_pixels`` such pixels."""
-    from ..data.face_mesh import INNER_LIP_RING, LIP_CONTOUR, polygon
+    from ..data.face_mesh import INNER_LIP_RING, LIP_CONTOUR, inner_lip_mask
     from ..metrics import teeth_mask
 
     gt = dataset.gt
@@ -294,8 +294,7 @@ def clip_teeth_colour(dataset, frames, max_frames: int = 48, min_pixels: int = 2
     for i in np.unique(wide):
         img = torch.from_numpy(dataset.image(int(i)).astype(np.float32) / 255)
         skin = torch.from_numpy(dataset.masks(int(i))[..., 1])
-        inside = polygon(np.asarray(gt["lips_2d"][i], np.float64)[ring], img.shape[0], img.shape[1],
-                         supersample=1) > 0.5
+        inside = inner_lip_mask(np.asarray(gt["lips_2d"][i], np.float64)[ring], img.shape[0], img.shape[1])
         pixels.append(img[teeth_mask(img, torch.from_numpy(inside), skin)])
     pixels = torch.cat(pixels)
     if len(pixels) < min_pixels:
