@@ -524,9 +524,10 @@ def test_camera_turn_orbits_the_framing():
     assert torch.allclose((centre(dgtalker.camera.turn(far, 30)) - target).norm(), d0, atol=1e-5)
 
 
-def frontend_talker(normalised_mel: bool):
+def frontend_talker(normalised_mel: bool, level_window: float = 0.0):
     """A tiny talker whose encoders read the shipped speech front end's channels beside
-    the log-mel (as it is, or normalised as the front end reads it)."""
+    the log-mel (as it is, or normalised as the front end reads it; with a level window,
+    each passage at the speech's own level)."""
     from dataclasses import asdict
 
     from dgtalker.audio.frontend import load_frontend
@@ -534,7 +535,7 @@ def frontend_talker(normalised_mel: bool):
     fe = load_frontend()
     T = Talker(Generator(GeneratorConfig(**TINY), seed=0),
                TalkerConfig(k_exp=2, k_lip=2, width=32, height=32, frontend=asdict(fe.config),
-                            normalised_mel=normalised_mel), residual_frames=50)
+                            normalised_mel=normalised_mel, level_window=level_window), residual_frames=50)
     T.frontend.load_state_dict(fe.model.state_dict())
     vm, K = dgtalker.camera.orbit(0, 0, width=32, height=32)
     with torch.no_grad():
@@ -546,9 +547,10 @@ def frontend_talker(normalised_mel: bool):
     return T.eval()
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["raw_mel", "normalised_mel"])
+@pytest.fixture(scope="module", params=[(False, 0.0), (True, 0.0), (True, 1.0)],
+                ids=["raw_mel", "normalised_mel", "level_window"])
 def fe_talker(request):
-    return frontend_talker(request.param)
+    return frontend_talker(*request.param)
 
 
 def test_a_normalised_mel_talker_ignores_the_recording_level():
@@ -586,6 +588,11 @@ def test_frontend_talker_stream_equals_offline_and_keeps_its_lookahead(fe_talker
     assert la <= 0.2 and enc.config.frontend_lookahead > 0
     rng = np.random.default_rng(0)
     x = (0.2 * rng.standard_normal(RATE * 3) * (np.arange(RATE * 3) % 4000 < 2500)).astype(np.float32)
+    x *= np.linspace(0.2, 1.0, len(x), dtype=np.float32)  # louder as it goes: a level window has work to do
+    if fe_talker.config.level_window:
+        mel = dgtalker.audio.log_mel(x)
+        assert not np.allclose(fe_talker.speech_features(mel, causal=True)[0],
+                               fe_talker.speech_features(mel, causal=True, level_window=0.0)[0])
     for rate, fps in ((RATE, 25.0), (44100, 30.0)):
         y = dgtalker.audio.resample(x, RATE, rate) if rate != RATE else x
         offline = fe_talker.render((y, rate), causal=True, fps=fps, blink=None)
