@@ -79,6 +79,13 @@ class IdentityTrainConfig:
     validate_every: int = 0           # steps between held-out checks (PSNR from audio alone; 0: off)
     validate_frames: int = 8          # held-out frames used by that check
 
+    def speech_reading(self) -> dict:
+        """How the talker this run makes reads speech (its ``TalkerConfig`` fields): the
+        log-mel normalised as the front end reads it, and the level window; neither
+        without the front end."""
+        return {"normalised_mel": bool(self.normalised_mel and self.frontend),
+                "level_window": self.level_window if self.frontend else 0.0}
+
     def validate(self) -> None:
         for name in ("steps", "resolution", "pairs", "checkpoint_every", "preview_every", "locality_every",
                      "side_resolution", "lip_batch"):

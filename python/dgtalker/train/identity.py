@@ -243,9 +243,7 @@ def _initial_talker(prior, data: ClipFrames, dataset, cfg: IdentityTrainConfig, 
                         encoder={"past": cfg.encoder_context, "future": cfg.encoder_context,
                                  "members": cfg.encoder_members},
                         frontend=None if frontend is None else _asdict(frontend.config),
-                        mouth_interior=cfg.mouth_interior,
-                        normalised_mel=cfg.normalised_mel and frontend is not None,
-                        level_window=cfg.level_window if frontend is not None else 0.0)
+                        mouth_interior=cfg.mouth_interior, **cfg.speech_reading())
     talker = Talker(generator, tcfg, seed=cfg.seed, residual_frames=data.num_frames)
     if frontend is not None:
         talker.frontend.load_state_dict(frontend.model.state_dict())

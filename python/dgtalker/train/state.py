@@ -105,12 +105,13 @@ def resume_changes(meta: dict, cfg: IdentityTrainConfig, provenance: dict) -> li
     """How this run's options and dataset differ from a saved run's (``meta`` of its
     state), one phrase each; empty when it may resume as it is. Raises ValueError for a
     change no resume can take (blendshape counts, frame count)."""
+    from ..talker import TalkerConfig
+
     saved = json.loads(meta["config"])
     now = asdict(cfg)
-    # the speech normalisation is what the saved talker has (one saved before an option had none of it)
+    # how it reads speech is what the saved talker has (one saved before an option has its default)
     made = json.loads(meta.get("talker_config", "{}"))
-    layout = {"normalised_mel": (made.get("normalised_mel", False), bool(cfg.normalised_mel and cfg.frontend)),
-              "level_window": (made.get("level_window", 0.0), cfg.level_window if cfg.frontend else 0.0)}
+    layout = {k: (made.get(k, TalkerConfig.__dataclass_fields__[k].default), v) for k, v in cfg.speech_reading().items()}
     layout |= {k: (saved[k], now[k]) for k in LAYOUT_OPTIONS if k in saved and k not in layout}
     shape = [f"{k} {a!r} -> {b!r}" for k, (a, b) in layout.items() if a != b]
     if int(meta["residual_frames"]) != provenance["num_frames"]:
