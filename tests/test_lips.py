@@ -654,3 +654,84 @@ def test_training_reads_its_clip_as_spoken_and_the_talker_reads_new_speech_at_it
     mel[600:1100] -= 1.0                 # a stretch 10 dB softer
     soft = [windows[lv][0].speech_features(mel)[0][800 + 6:900 + 6, :80].mean() for lv in (0.0, 4.0)]
     assert soft[1] > soft[0] + 0.2
+
+
+def _syllables(amplitudes, frames_each=100, period=10):
+    """A mouth opening [sum] of syllable cycles, one passage per amplitude."""
+    import torch
+
+    t = torch.arange(frames_each, dtype=torch.float64)
+    return torch.cat([a * torch.sin(2 * torch.pi * t / period) for a in amplitudes])
+
+
+def test_steady_opening_moves_each_passage_as_much_as_the_person():
+    """A passage predicted with 0.75 of the person's motion is widened to it, one with 0.4
+    by STEADY_GAIN at most; the timing inside a passage, the passage's mean opening and the
+    other coefficients stay, the range binds; causal, no later frame changes a frame."""
+    import torch
+
+    from dgtalker.models.audio_encoder import STEADY_GAIN, local_spread, steady_opening
+
+    x = _syllables([1.0, 0.75, 0.4], 150) + 0.3
+    c = torch.stack([x, torch.randn(len(x), dtype=torch.float64)], 1)
+    person = float(local_spread(x[:150], 50, False)[1][75])
+    y = steady_opening(c, 50, person, False)
+    assert torch.equal(y[:, 1], c[:, 1])
+    _, sd = local_spread(y[:, 0], 50, False)
+    assert abs(float(sd[75]) - person) < 1e-3 * person        # already the person's: unchanged
+    assert abs(float(sd[225]) - person) < 0.01 * person       # widened by 1 / 0.75
+    assert abs(float(sd[375]) - 0.4 * STEADY_GAIN * person) < 0.01 * person  # the gain's bound
+    mid = slice(160, 290)
+    assert float(torch.corrcoef(torch.stack([y[mid, 0], x[mid]]))[0, 1]) > 0.999
+    assert abs(float(y[mid, 0].mean() - x[mid].mean())) < 0.02
+    assert float(steady_opening(c, 50, person, False, -0.2, 1.1)[:, 0].max()) == 1.1
+    assert torch.allclose(steady_opening(c, 50, person, False, -0.2, 1.1)[:, 0].min(),
+                          torch.tensor(-0.2, dtype=torch.float64))
+    z = c.clone()
+    z[300:] += 2.0
+    assert torch.equal(steady_opening(z, 50, person, True)[:300], steady_opening(c, 50, person, True)[:300])
+    assert not torch.equal(steady_opening(z, 50, person, False)[:300], steady_opening(c, 50, person, False)[:300])
+
+
+def test_training_measures_the_persons_mouth_motion_on_training_frames_only():
+    """``fit_lip_motion`` sets the talker's window and the median spread of the tracked
+    opening over training frames' windows; held-out frames are not read, and without a
+    window or a lip target the steady motion is off (and changes nothing)."""
+    from pathlib import Path
+
+    import torch
+    from test_talker import tiny_config, tiny_generator
+
+    from dgtalker.data import load
+    from dgtalker.models.audio_encoder import local_spread
+    from dgtalker.talker import Talker, TalkerConfig
+    from dgtalker.train import clip, identity
+
+    ds = load(Path(__file__).parent / "data" / "sample")
+    data = clip.ClipFrames(ds, ds.splits["train"], 32, progress=False)
+    talker = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96),
+                    residual_frames=data.num_frames)
+    cfg = tiny_config(motion_window=0.8)
+    spread = identity.fit_lip_motion(talker, data, cfg)
+    train = data.indices
+    x = data.mouth[:, 0].double()
+    valid = torch.zeros(len(x), dtype=torch.bool)
+    valid[train] = True
+    valid &= torch.isfinite(x)
+    _, sd = local_spread(torch.nan_to_num(x), 20, False, valid)
+    assert spread > 0 and abs(spread - float(sd[valid].median())) < 1e-4
+    assert talker.config.motion_window == 0.8 and talker.config.lip_motion == spread
+    held = torch.tensor(sorted(set(range(data.num_frames)) - set(train.tolist())))
+    data.mouth[held, 0] = 50.0
+    assert identity.fit_lip_motion(talker, data, cfg) == spread
+    for off in (tiny_config(motion_window=0.0), tiny_config(lip_target=0.0)):
+        assert identity.fit_lip_motion(talker, data, off) == 0.0
+        assert talker.config.lip_motion == 0.0 and talker.config.motion_window == 0.0
+        c = torch.randn(30, 3)
+        assert torch.equal(talker.steady_lips(c, 25.0), c)
+    with pytest.raises(ValueError, match="motion_window"):
+        TalkerConfig(motion_window=-1.0)
+    with pytest.raises(ValueError, match="lip_motion"):
+        TalkerConfig(lip_motion=float("nan"))
+    with pytest.raises(ValueError, match="k_lip >= 1"):
+        TalkerConfig(k_exp=2, k_lip=0, motion_window=4.0)

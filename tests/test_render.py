@@ -1,4 +1,5 @@
 """The inference API: talker.render / dgtalker.render, Video, streaming (CPU, tiny talker)."""
+import dataclasses
 import math
 
 import numpy as np
@@ -524,10 +525,11 @@ def test_camera_turn_orbits_the_framing():
     assert torch.allclose((centre(dgtalker.camera.turn(far, 30)) - target).norm(), d0, atol=1e-5)
 
 
-def frontend_talker(normalised_mel: bool, level_window: float = 0.0):
+def frontend_talker(normalised_mel: bool, level_window: float = 0.0, motion_window: float = 0.0):
     """A tiny talker whose encoders read the shipped speech front end's channels beside
     the log-mel (as it is, or normalised as the front end reads it; with a level window,
-    each passage at the speech's own level)."""
+    each passage at the speech's own level; with a motion window, the mouth opening kept
+    moving by a person's spread over each passage)."""
     from dataclasses import asdict
 
     from dgtalker.audio.frontend import load_frontend
@@ -535,7 +537,9 @@ def frontend_talker(normalised_mel: bool, level_window: float = 0.0):
     fe = load_frontend()
     T = Talker(Generator(GeneratorConfig(**TINY), seed=0),
                TalkerConfig(k_exp=2, k_lip=2, width=32, height=32, frontend=asdict(fe.config),
-                            normalised_mel=normalised_mel, level_window=level_window), residual_frames=50)
+                            normalised_mel=normalised_mel, level_window=level_window,
+                            motion_window=motion_window, lip_motion=2.0 if motion_window else 0.0),
+               residual_frames=50)
     T.frontend.load_state_dict(fe.model.state_dict())
     vm, K = dgtalker.camera.orbit(0, 0, width=32, height=32)
     with torch.no_grad():
@@ -547,8 +551,8 @@ def frontend_talker(normalised_mel: bool, level_window: float = 0.0):
     return T.eval()
 
 
-@pytest.fixture(scope="module", params=[(False, 0.0), (True, 0.0), (True, 1.0)],
-                ids=["raw_mel", "normalised_mel", "level_window"])
+@pytest.fixture(scope="module", params=[(False, 0.0), (True, 0.0), (True, 1.0), (True, 1.0, 0.5)],
+                ids=["raw_mel", "normalised_mel", "level_window", "motion_window"])
 def fe_talker(request):
     return frontend_talker(*request.param)
 
@@ -593,6 +597,14 @@ def test_frontend_talker_stream_equals_offline_and_keeps_its_lookahead(fe_talker
         mel = dgtalker.audio.log_mel(x)
         assert not np.allclose(fe_talker.speech_features(mel, causal=True)[0],
                                fe_talker.speech_features(mel, causal=True, level_window=0.0)[0])
+    if fe_talker.config.motion_window:  # the steady motion has work to do
+        T = dgtalker.audio.num_video_frames(len(x), RATE, 25.0)
+        cl = speech_coefficients(fe_talker, x, T, 25.0, causal=True)[1]
+        fe_talker.config, kept = dataclasses.replace(fe_talker.config, lip_motion=0.0), fe_talker.config
+        try:
+            assert not torch.allclose(cl, speech_coefficients(fe_talker, x, T, 25.0, causal=True)[1])
+        finally:
+            fe_talker.config = kept
     for rate, fps in ((RATE, 25.0), (44100, 30.0)):
         y = dgtalker.audio.resample(x, RATE, rate) if rate != RATE else x
         offline = fe_talker.render((y, rate), causal=True, fps=fps, blink=None)

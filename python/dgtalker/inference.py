@@ -316,7 +316,9 @@ def speech_coefficients(talker, samples: np.ndarray, num_frames: int, fps: float
     feats, start = talker.speech_features(A.log_mel(samples), causal=causal)
     times = np.arange(num_frames) / fps
     with torch.no_grad():
-        return enc.coefficients_at(feats, times, float(times[-1]), mel_start=start, mel_limit=start + len(feats))
+        c_exp, c_lip = enc.coefficients_at(feats, times, float(times[-1]), mel_start=start,
+                                           mel_limit=start + len(feats))
+        return c_exp, talker.steady_lips(c_lip, fps, causal=causal)
 
 
 class _MelFeatures:
@@ -546,6 +548,9 @@ def _stream(talker, chunks, cam: Camera, fps, rate, W, H, dev, blink, seed, bg):
     feats = _MelFeatures() if talker.frontend is None else _FrontEndFeatures(talker)
     checked = True if dev.type == "cuda" else None
     state = {"done": 0}
+    # the lip coefficients of the frames a causal steady_lips window still reads
+    steady = int(round(talker.config.motion_window * fps)) if talker.config.lip_motion > 0 else 0
+    recent = []
     drawn = {"n": 0, "blink": None}  # sampled blinks so far: a longer draw starts with the shorter
 
     def blink_at(t: int):
@@ -580,6 +585,10 @@ def _stream(talker, chunks, cam: Camera, fps, rate, W, H, dev, blink, seed, bg):
     def frame(t: int, t_last: float | None):
         c_exp, c_lip = enc.coefficients_at(feats.rows, np.array([t / fps]), t_last, mel_start=feats.start,
                                            mel_limit=feats.limit if feats.limit is not None else feats.known)
+        if steady:
+            recent.append(c_lip)
+            del recent[:-steady]
+            c_lip = talker.steady_lips(torch.cat(recent), fps, causal=True)[-1:]
         v, k, torso = camera_at(t)
         args = (c_exp, c_lip, v, k, W, H)
         back = bg.at([t], dev) if isinstance(bg, BackgroundVideo) else (None if bg is None else bg.to(dev))

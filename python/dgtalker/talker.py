@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor, nn
 
-from .models.audio_encoder import AudioEncoder, AudioEncoderConfig
+from .models.audio_encoder import AudioEncoder, AudioEncoderConfig, steady_opening
 from .models.blendshapes import Blendshapes
 
 FORMAT = "dgtalker-talker"
@@ -72,6 +72,10 @@ class TalkerConfig:
     level_window: float = 0.0        # seconds: speech the talker is driven by is read passage by passage (this
                                      # long) at its own speech level (audio.frontend.level_gain; 0: the whole
                                      # clip's level only); its training clip was read at the clip's level
+    motion_window: float = 0.0       # seconds: over each passage this long, the mouth opening moves as much as
+                                     # the person's does (lip_motion; audio_encoder.steady_opening; 0: off)
+    lip_motion: float = 0.0          # the person's: the tracked opening's typical spread over motion_window, in
+                                     # the first lip coefficient's unit (training measures it; 0: off)
 
     def __post_init__(self):
         for name in ("k_exp", "k_lip", "width", "height"):
@@ -95,6 +99,13 @@ class TalkerConfig:
         if self.level_window and self.frontend is None:
             raise ValueError("TalkerConfig.level_window needs a speech front end (frontend): it is part of the "
                              "front end's normalisation")
+        for name, top in (("motion_window", 60), ("lip_motion", 100)):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= top):
+                raise ValueError(f"TalkerConfig.{name} must be a number in [0, {top}], got {v!r}")
+        if (self.motion_window or self.lip_motion) and self.k_lip < 1:
+            raise ValueError("TalkerConfig.motion_window and lip_motion need k_lip >= 1: they steady the first lip "
+                             "coefficient, the mouth opening")
         if self.normalised_mel and self.frontend is None:
             raise ValueError("TalkerConfig.normalised_mel needs a speech front end (frontend): its normalisation "
                              "is the front end's")
@@ -351,6 +362,18 @@ class Talker(nn.Module):
         (``clip_windows``)."""
         enc = self.causal_encoder if causal else self.encoder
         return enc(windows.to(self.device, torch.float32))
+
+    def steady_lips(self, c_lip: Tensor, fps: float, *, causal: bool = False) -> Tensor:
+        """Consecutive frames' lip coefficients ``[T, Kl]`` at ``fps`` (as the encoders give
+        them) with the mouth opening's motion kept at the person's over each passage of
+        ``config.motion_window`` seconds (``audio_encoder.steady_opening``; centred, or
+        ``causal``: the window ends at the frame); unchanged when the talker has none."""
+        cfg = self.config
+        if not (cfg.motion_window > 0 and cfg.lip_motion > 0):
+            return c_lip
+        enc = self.causal_encoder if causal else self.encoder
+        frames = max(1, int(round(cfg.motion_window * float(fps))))
+        return steady_opening(c_lip, frames, cfg.lip_motion, causal, enc.lip_low[0], enc.lip_high[0])
 
     @torch.no_grad()
     def speech_features(self, mel, *, causal: bool = False, level_window: float | None = None):

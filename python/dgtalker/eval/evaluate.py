@@ -51,6 +51,7 @@ def clip_coefficients(talker, dataset, *, causal: bool = False):
     windows = talker.clip_windows(mel, len(dataset), float(dataset.fps), causal=causal)
     with torch.no_grad():
         ce, cl = talker.coefficients(windows, causal=causal)
+        cl = talker.steady_lips(cl, float(dataset.fps), causal=causal)
     return ce.cpu(), cl.cpu()
 
 

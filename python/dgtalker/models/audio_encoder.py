@@ -21,6 +21,10 @@ mean, so ``forward`` and ``coefficients_at`` (inference, not training) widen the
 ``lip_centre`` by ``lip_gain``, measured on training frames the lip target held back
 (``train.identity.fit_lip_calibration``), and keep them within the range the tracked
 mouth reached (``lip_low``, ``lip_high``). A new or older encoder has gain 1.
+On top of that, a talker can keep the mouth opening's motion steady over each passage
+(``steady_opening``, ``TalkerConfig.motion_window``): the calibration's one gain is
+measured on the clip's own speech, while softer speech, another voice or another
+microphone shrinks or widens the prediction again, passage by passage.
 
 The causal variant (``future`` and ``lookahead_mel`` small) sees at most
 ``lookahead_seconds()`` of audio after a frame's time: mel frames up to
@@ -114,6 +118,46 @@ class AudioEncoderConfig:
 
 
 LIP_BOUND = 1e4  # the uncalibrated range: no bound in practice
+STEADY_GAIN = 1.5  # the most steady_opening widens (or 1/STEADY_GAIN narrows) a passage's mouth motion
+
+
+def local_spread(x: Tensor, frames: int, causal: bool, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of ``x [T]`` over each frame's window of ``frames``
+    frames: centred on it, or (``causal``) ending at it, so no later frame is read. Windows
+    are cut at the clip's ends; ``valid [T]`` (bool) leaves frames out (a window without
+    any has mean and spread NaN)."""
+    if x.dim() != 1 or frames < 1:
+        raise ValueError(f"local_spread needs x [T] and frames >= 1, got {list(x.shape)} and {frames}")
+    before = frames - 1 if causal else (frames - 1) // 2
+    after = frames - 1 - before
+    ok = torch.ones_like(x) if valid is None else valid.to(x.dtype)
+    x = torch.where(ok > 0, x, torch.zeros_like(x))
+    pad = lambda v: Fn.pad(v[None, None], (before, after))[0, 0]  # noqa: E731
+    win = pad(x).unfold(0, frames, 1).contiguous()  # [T, frames]
+    w = pad(ok).unfold(0, frames, 1).contiguous()
+    n = w.sum(1)
+    mean = (win * w).sum(1) / n
+    var = ((win - mean[:, None]).square() * w).sum(1) / n
+    return mean, var.sqrt()
+
+
+def steady_opening(c_lip: Tensor, frames: int, spread: float, causal: bool, low=-LIP_BOUND,
+                   high=LIP_BOUND) -> Tensor:
+    """``c_lip [T, Kl]`` with the first coefficient's (the mouth opening's) motion brought
+    to ``spread``: about its mean over each frame's window of ``frames`` frames (centred,
+    or ending at the frame: ``causal``), its deviation is scaled by ``spread`` over the
+    window's own spread, within ``1 / STEADY_GAIN .. STEADY_GAIN``, and kept within
+    ``low .. high``. Where the person's mouth moves with a steady spread while they speak,
+    a regression's prediction of unfamiliar speech (softer, another voice or microphone)
+    moves less, or more, by passage; the window's mean, and so the timing, stays."""
+    if c_lip.shape[0] < 2 or c_lip.shape[1] < 1:
+        return c_lip
+    x = c_lip[:, 0]
+    mean, sd = local_spread(x, frames, causal)
+    gain = (spread / sd.clamp_min(1e-6)).clamp(1 / STEADY_GAIN, STEADY_GAIN)
+    opening = torch.minimum(torch.maximum(mean + gain * (x - mean), torch.as_tensor(low, dtype=x.dtype)),
+                            torch.as_tensor(high, dtype=x.dtype))
+    return torch.cat([opening[:, None], c_lip[:, 1:]], 1)
 
 
 def _build_layers(net: nn.Module, cfg: AudioEncoderConfig, gen: torch.Generator) -> None:

@@ -45,6 +45,9 @@ class IdentityTrainConfig:
     level_window: float = 4.0         # seconds: the trained talker reads speech passage by passage at its
                                       # own level (TalkerConfig.level_window; training reads the clip as
                                       # spoken; 0: the whole clip's level only; docs/benchmarks.md runs P)
+    motion_window: float = 4.0        # seconds: the trained talker's mouth opening moves as much as the person's
+                                      # over each passage this long (TalkerConfig.motion_window; needs the lip
+                                      # target's tracked mouth; 0: off)
     lip_target: float = 0.5           # the first two lip coefficients against the tracked mouth opening and width
     lip_batch: int = 64               # training frames per step of that target (the encoder alone, no rendering)
     lips_from_picture: bool = False   # the pinned lip coefficients also learn from the photometric losses

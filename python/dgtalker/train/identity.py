@@ -368,6 +368,35 @@ def fit_lip_calibration(talker, data: ClipFrames, cfg: IdentityTrainConfig) -> d
     return report
 
 
+@torch.no_grad()
+def fit_lip_motion(talker, data: ClipFrames, cfg: IdentityTrainConfig) -> float:
+    """Sets the talker's steady mouth motion (``TalkerConfig.motion_window``,
+    ``lip_motion``): the person's typical spread of the tracked opening (the lip target's
+    unit) over windows of ``cfg.motion_window`` seconds, the median over the training
+    frames whose window holds tracked training frames for at least half of its frames in
+    the clip; the held-out frames are not read. Returns it (0 and off without a tracked mouth, a lip
+    target or a window)."""
+    import dataclasses
+
+    from ..models.audio_encoder import local_spread
+
+    spread = 0.0
+    frames = int(round(cfg.motion_window * data.fps))
+    if frames >= 2 and pinned_lips(talker.config.k_lip, data, cfg):
+        x = data.mouth[:, 0].detach().double().cpu()
+        valid = torch.zeros(len(x), dtype=torch.bool)
+        valid[data.indices.cpu()] = True
+        valid &= torch.isfinite(x)
+        _, sd = local_spread(torch.nan_to_num(x), frames, False, valid)
+        counted, _ = local_spread(valid.double(), frames, False)  # the share of each window that is tracked
+        keep = valid & (counted >= 0.5) & torch.isfinite(sd)
+        if bool(keep.any()):
+            spread = round(float(sd[keep].median()), 4)
+    talker.config = dataclasses.replace(talker.config, motion_window=float(cfg.motion_window) if spread else 0.0,
+                                        lip_motion=spread)
+    return spread
+
+
 def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, device=None, progress: bool = True,
                    log=print, force_resume: bool = False) -> dict:
     """Trains (or resumes) a talker on the train split of the clip in ``data_dir``;
@@ -469,6 +498,7 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
         fit_coefficient_stats(talker, data)
         talker.source.update(trained_steps=step, minutes=round(elapsed() / 60, 3),
                              lip_calibration=fit_lip_calibration(talker, data, cfg))
+        fit_lip_motion(talker, data, cfg)
         save_training(out, talker, opt, step, cfg, history, elapsed(), data)
 
     try:

@@ -80,6 +80,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "correlation 0.770 -> 0.785, open and closed mouths 3.3 -> 1.7 dB apart: "
                         "docs/benchmarks.md, runs P). Training reads its clip as spoken. 0 = the whole clip's "
                         f"level only (default {d.level_window})")
+    p.add_argument("--motion-window", type=float, default=d.motion_window, metavar="SECONDS",
+                   help="over each passage this long, the trained talker's mouth opening moves as much as the "
+                        "person's did in the clip (the tracked opening's typical spread there): an encoder's "
+                        "prediction of unfamiliar speech (softer, another voice or microphone) moves less, or "
+                        "more; the passage's timing and mean opening stay. Needs the lip target. 0 = off "
+                        f"(default {d.motion_window})")
     p.add_argument("--encoder-members", type=int, default=d.encoder_members, metavar="K",
                    help="an ensemble of K audio encoders from different initial weights, each trained on the "
                         "tracked mouth on its own; the talker uses their mean, which follows unheard speech better "
@@ -182,7 +188,7 @@ def train_config(args) -> IdentityTrainConfig:
                                adapt_frontend=args.adapt_frontend, open_share=args.open_share,
                                mouth_weight=args.mouth_weight,
                                encoder_context=args.encoder_context, encoder_members=args.encoder_members,
-                               level_window=args.level_window,
+                               level_window=args.level_window, motion_window=args.motion_window,
                                lips_from_picture=args.lips_from_picture, mouth_interior=args.mouth_interior,
                                frontend=not args.no_frontend, normalised_mel=not (args.raw_mel or args.no_frontend))
 
