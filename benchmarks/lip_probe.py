@@ -151,6 +151,23 @@ def speech_coefficients_all(enc, win):
     return speech_coefficients(enc, win, torch.arange(len(win)), len(win))
 
 
+def augmented_clip_windows(T, mel, N, fps, copies, seed):
+    """``copies`` versions of the clip's feature windows, each read from its log-mel
+    through the front end's training corruptions (``frontend_train.Augmenter``: another
+    vocal tract, microphone, room and noise per copy; copies it turned into noise alone are
+    drawn again), stacked [copies, N, 2h+1, C]."""
+    from dgtalker.audio.frontend_train import Augmenter
+
+    aug = Augmenter(torch, torch.device("cpu"), seed)
+    out = []
+    while len(out) < copies:
+        with torch.no_grad():
+            m = aug(torch.as_tensor(np.ascontiguousarray(mel.T), dtype=torch.float32)[None])[0].T.numpy()
+        if not bool(aug.last_void[0]):
+            out.append(T.clip_windows(np.ascontiguousarray(m), N, fps))
+    return torch.stack(out)
+
+
 def train_lip_encoder(enc, win, pool, target, ok, held, tracked, voice_windows, train, N, a, seed, name):
     """Trains ``enc`` on the lip target alone (``a.steps`` batches of ``pool`` frames drawn
     with ``seed``); returns the last loss and the curve (``--curve-every``)."""
@@ -165,7 +182,11 @@ def train_lip_encoder(enc, win, pool, target, ok, held, tracked, voice_windows, 
     augmenting = a.mask_bands or a.mask_time or a.noise > 0 or a.embed_dropout > 0
     for step in range(a.steps):
         f = pool[torch.randint(0, len(pool), (a.batch,), generator=g)]
-        if augmenting:
+        if a.audio_augment and torch.rand((), generator=g) < a.augment_share:
+            # one augmented copy of the clip per step: its windows at the batch's frames
+            k = int(torch.randint(0, a.aug_windows.shape[0], (), generator=g))
+            _, cl = speech_coefficients(enc, a.aug_windows[k], f, N)
+        elif augmenting:
             _, cl = augmented_coefficients(enc, win, f, N, a, g)
         else:
             _, cl = speech_coefficients(enc, win, f, N)
@@ -216,11 +237,17 @@ def main(argv=None):
                     help="augment: Gaussian noise of this many standard deviations on the normalised input")
     ap.add_argument("--embed-dropout", type=float, default=0.0, help="dropout on the frame embeddings while training")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0: Adam)")
+    ap.add_argument("--audio-augment", type=int, default=0, metavar="K",
+                    help="augment: K copies of the clip's audio through the front end's corruptions (other vocal "
+                         "tracts, microphones, rooms, noise); a step draws one with --augment-share")
+    ap.add_argument("--augment-share", type=float, default=0.5, help="share of steps reading an augmented copy")
     ap.add_argument("--voices", nargs="*", default=[], metavar="VOICE",
                     help="unseen voices to read at every curve point: audio files or tts:LANG:TEXT (espeak-ng)")
     ap.add_argument("--ensemble", type=int, default=1, metavar="K",
                     help="train K encoders per input (seeds SEED..SEED+K-1) and score the mean of their openings "
                          "(each member's held-out figures too)")
+    ap.add_argument("--save-openings", metavar="NPZ",
+                    help="also write the predicted and tracked openings of every frame (NPZ, _INPUT appended)")
     ap.add_argument("--out", help="JSON to write")
     a = ap.parse_args(argv)
     torch.manual_seed(a.seed)
@@ -253,7 +280,8 @@ def main(argv=None):
            "frontend_sha256": sha256_file(fe.path), "encoder": a.encoder, "concordance": a.concordance,
            "holdback_frames": int((~keep).sum()),
            "augment": {"mask_bands": a.mask_bands, "mask_time": a.mask_time, "noise": a.noise,
-                       "embed_dropout": a.embed_dropout, "weight_decay": a.weight_decay}}
+                       "embed_dropout": a.embed_dropout, "weight_decay": a.weight_decay,
+                       "audio_augment": a.audio_augment, "augment_share": a.augment_share}}
     # the front end's own opening, untrained on the person
     raw = fe(mel, float(ds.fps), N)["opening"]
     tracked = target[:, 0].numpy()
@@ -282,6 +310,8 @@ def main(argv=None):
         speech_feats = torch.from_numpy(feats[-start:len(feats) + start] if start else feats)
         T.encoder.set_normalization(speech_feats)
         win = T.clip_windows(mel, N, float(ds.fps))
+        if a.audio_augment:
+            a.aug_windows = augmented_clip_windows(T, mel, N, float(ds.fps), a.audio_augment, a.seed)
         voice_windows = {v: (T.clip_windows(vm, len(op), float(ds.fps)), op) for v, (vm, op) in voices.items()}
         ok = torch.isfinite(target).all(1)
         pool = torch.from_numpy(train[keep])[ok[torch.from_numpy(train[keep])]]
@@ -299,6 +329,9 @@ def main(argv=None):
             members.append({"seed": a.seed + k, "heldout_corr": pearson(preds[-1][held], tracked[held]),
                             "heldout_motion_ratio": float(np.nanstd(preds[-1][held]) / np.nanstd(tracked[held]))})
         p = np.mean(preds, 0)  # the ensemble's opening: its members' mean
+        if a.save_openings:
+            np.savez(a.save_openings.replace(".npz", f"_{name}.npz"), predicted=p, tracked=tracked, train=train,
+                     held=held, pool=pool.numpy())
         res[name] = {"train_corr": pearson(p[train], tracked[train]), "heldout_corr": pearson(p[held], tracked[held]),
                      "heldout_best_lag": best_lag(tracked[held], p[held]),
                      "heldout_motion_ratio": float(np.nanstd(p[held]) / np.nanstd(tracked[held])),
