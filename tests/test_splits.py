@@ -136,8 +136,15 @@ def test_resume_refuses_other_options_and_another_dataset(tmp_path):
     with pytest.raises(ValueError, match=f"another talker layout \\(encoder_context {context} -> {context + 1}\\)"):
         train_identity(clip, out, tiny_config(steps=3, encoder_context=context + 1), force_resume=True, **kw)
     train_identity(clip, out, tiny_config(steps=3, leak_weight=0.5), force_resume=True, **kw)
+    # how the finished talker reads speech is not training: a resume takes this run's
+    train_identity(clip, out, tiny_config(steps=4, leak_weight=0.5, level_window=2.0, motion_window=1.0), **kw)
+    back = load_talker(out)
+    assert back.config.level_window == 2.0
+    assert back.config.motion_window == 1.0 and back.config.lip_motion > 0
+    train_identity(clip, out, tiny_config(steps=5, leak_weight=0.5, motion_window=0.0), **kw)
+    assert load_talker(out).config.motion_window == 0.0 and load_talker(out).config.lip_motion == 0.0
     src = load_talker(out).source
-    assert src["trained_steps"] == 3 and src["train_config"]["leak_weight"] == 0.5
+    assert src["trained_steps"] == 5 and src["train_config"]["leak_weight"] == 0.5
     changes = " ".join(src["forced_resumes"][0]["changes"])
     assert "leak_weight" in changes and "dataset content changed" in changes
 

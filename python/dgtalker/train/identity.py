@@ -41,6 +41,7 @@ rasterizer runs checked: a forward that overflowed its intersection buffers is
 redone before the step's gradient is applied.
 """
 
+import dataclasses
 import json
 import math
 import time
@@ -374,10 +375,8 @@ def fit_lip_motion(talker, data: ClipFrames, cfg: IdentityTrainConfig) -> float:
     ``lip_motion``): the person's typical spread of the tracked opening (the lip target's
     unit) over windows of ``cfg.motion_window`` seconds, the median over the training
     frames whose window holds tracked training frames for at least half of its frames in
-    the clip; the held-out frames are not read. Returns it (0 and off without a tracked mouth, a lip
-    target or a window)."""
-    import dataclasses
-
+    the clip; the held-out frames are not read. Returns it (0 and off without a tracked
+    mouth, a lip target or a window)."""
     from ..models.audio_encoder import local_spread
 
     spread = 0.0
@@ -459,6 +458,8 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
 
         tensors, meta = state
         tcfg = TalkerConfig.from_dict(json.loads(meta["talker_config"]))
+        # how the finished talker reads speech is this run's to choose (state.READING_OPTIONS)
+        tcfg = dataclasses.replace(tcfg, level_window=cfg.speech_reading()["level_window"])
         talker = Talker(copy.deepcopy(reference), tcfg, residual_frames=int(meta["residual_frames"]))
         talker.load_state_dict({k[len("talker."):]: v for k, v in tensors.items() if k.startswith("talker.")})
         talker.source = json.loads(meta.get("source", "{}"))

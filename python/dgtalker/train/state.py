@@ -85,7 +85,10 @@ def restore_optimizer(opt, tensors: dict, meta: dict) -> None:
 BUDGET_OPTIONS = ("steps", "minutes")
 # what even a forced resume cannot change: the saved tensors' shapes depend on them
 # options fixed when the talker is made (its TalkerConfig and tensor shapes): no resume can change them
-LAYOUT_OPTIONS = ("k_exp", "k_lip", "mouth_interior", "frontend", "encoder_context", "normalised_mel", "level_window")
+LAYOUT_OPTIONS = ("k_exp", "k_lip", "mouth_interior", "frontend", "encoder_context", "normalised_mel")
+# options that only change how the finished talker reads speech, not what training does: a
+# resume takes this run's (``identity.train_identity`` sets them on the resumed talker)
+READING_OPTIONS = ("level_window", "motion_window")
 
 
 def dataset_provenance(dataset) -> dict:
@@ -111,7 +114,8 @@ def resume_changes(meta: dict, cfg: IdentityTrainConfig, provenance: dict) -> li
     now = asdict(cfg)
     # how it reads speech is what the saved talker has (one saved before an option has its default)
     made = json.loads(meta.get("talker_config", "{}"))
-    layout = {k: (made.get(k, TalkerConfig.__dataclass_fields__[k].default), v) for k, v in cfg.speech_reading().items()}
+    layout = {k: (made.get(k, TalkerConfig.__dataclass_fields__[k].default), v) for k, v in cfg.speech_reading().items()
+              if k not in READING_OPTIONS}
     layout |= {k: (saved[k], now[k]) for k in LAYOUT_OPTIONS if k in saved and k not in layout}
     shape = [f"{k} {a!r} -> {b!r}" for k, (a, b) in layout.items() if a != b]
     if int(meta["residual_frames"]) != provenance["num_frames"]:
@@ -120,7 +124,7 @@ def resume_changes(meta: dict, cfg: IdentityTrainConfig, provenance: dict) -> li
         raise ValueError(f"cannot resume the saved run with another talker layout ({'; '.join(shape)}); "
                          "run it with the options it was trained with, or choose another --out")
     changes = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items()
-               if k not in BUDGET_OPTIONS and saved.get(k) != v]
+               if k not in BUDGET_OPTIONS + READING_OPTIONS and saved.get(k) != v]
     source = json.loads(meta.get("source", "{}"))
     if source.get("dataset") is not None and Path(source["dataset"]).resolve() != Path(provenance["dataset"]):
         changes.append(f"dataset {source['dataset']} -> {provenance['dataset']}")
