@@ -90,6 +90,10 @@ def main() -> None:
                  "host": platform.node(), "synthesis": "torch.compile + channels-last" if a.compile else "channels-last"}
     try:
         res["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        # a copied tree can carry a stale HEAD: say so when its sources are not that commit's
+        if subprocess.run(["git", "status", "--porcelain", "--", "python", "csrc"], capture_output=True,
+                          text=True).stdout.strip():
+            res["commit"] += "+modified"
     except OSError:
         pass
     # what ran, whatever the copy's git metadata says (a copied tree can carry a stale HEAD):
