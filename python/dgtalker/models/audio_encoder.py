@@ -125,20 +125,23 @@ def local_spread(x: Tensor, frames: int, causal: bool, valid: Tensor | None = No
     """Mean and standard deviation of ``x [T]`` over each frame's window of ``frames``
     frames: centred on it, or (``causal``) ending at it, so no later frame is read. Windows
     are cut at the clip's ends; ``valid [T]`` (bool) leaves frames out (a window without
-    any has mean and spread NaN)."""
+    any has mean and spread NaN). Running sums in float64: memory O(T) for any window."""
     if x.dim() != 1 or frames < 1:
         raise ValueError(f"local_spread needs x [T] and frames >= 1, got {list(x.shape)} and {frames}")
     before = frames - 1 if causal else (frames - 1) // 2
-    after = frames - 1 - before
-    ok = torch.ones_like(x) if valid is None else valid.to(x.dtype)
-    x = torch.where(ok > 0, x, torch.zeros_like(x))
-    pad = lambda v: Fn.pad(v[None, None], (before, after))[0, 0]  # noqa: E731
-    win = pad(x).unfold(0, frames, 1).contiguous()  # [T, frames]
-    w = pad(ok).unfold(0, frames, 1).contiguous()
-    n = w.sum(1)
-    mean = (win * w).sum(1) / n
-    var = ((win - mean[:, None]).square() * w).sum(1) / n
-    return mean, var.sqrt()
+    ok = torch.ones_like(x, dtype=torch.float64) if valid is None else valid.to(torch.float64)
+    v = torch.where(ok > 0, x.double(), torch.zeros((), dtype=torch.float64, device=x.device))
+    i = torch.arange(x.shape[0], device=x.device)
+    lo, hi = (i - before).clamp(min=0), (i - before + frames).clamp(max=x.shape[0])
+
+    def window_sum(y):  # the sum of y over each frame's window, from the running sum
+        c = Fn.pad(y.cumsum(0), (1, 0))
+        return c[hi] - c[lo]
+
+    n = window_sum(ok)
+    mean = window_sum(v) / n
+    var = (window_sum(v * v) / n - mean * mean).clamp_min(0)
+    return mean.to(x.dtype), var.sqrt().to(x.dtype)
 
 
 def steady_opening(c_lip: Tensor, frames: int, spread: float, causal: bool, low=-LIP_BOUND,

@@ -524,6 +524,9 @@ def train_identity(data_dir, out, cfg: IdentityTrainConfig, *, prior=None, devic
         if cal:
             log(f"lips on {cal['frames']} held-back frames: r {cal['heldout_r'][0]:.2f}, spread "
                 f"{cal['spread'][0]:.2f} of the tracked mouth's -> gain {cal['gain'][0]:.2f}")
+        if talker.config.lip_motion:
+            log(f"mouth opening kept moving as the person's over {talker.config.motion_window:g} s passages "
+                f"(its typical spread there: {talker.config.lip_motion:.2f} of the tracked opening's)")
     except KeyboardInterrupt:
         finish_and_save()
         log(f"\ninterrupted: saved step {step} to {out}; run the same command again to resume")
