@@ -731,6 +731,9 @@ def test_training_measures_the_persons_mouth_motion_on_training_frames_only():
         assert torch.equal(talker.steady_lips(c, 25.0), c)
     with pytest.raises(ValueError, match="motion_window"):
         TalkerConfig(motion_window=-1.0)
+    for bad in (-1.0, 61.0, float("inf")):  # refused before training, not when it saves
+        with pytest.raises(ValueError, match="motion_window"):
+            tiny_config(motion_window=bad).validate()
     with pytest.raises(ValueError, match="lip_motion"):
         TalkerConfig(lip_motion=float("nan"))
     with pytest.raises(ValueError, match="k_lip >= 1"):

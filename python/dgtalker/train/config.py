@@ -115,6 +115,8 @@ class IdentityTrainConfig:
         if self.mouth_interior and self.lip_target <= 0:
             raise ValueError("mouth_interior needs lip_target > 0: its jaw follows the first lip coefficient, "
                              "which the tracked mouth opening pins")
+        if self.motion_window > 60:  # checked now: the talker takes it only when training saves
+            raise ValueError(f"motion_window must be seconds in [0, 60], got {self.motion_window!r}")
         if self.lip_holdback > 0.5:
             raise ValueError(f"lip_holdback is a share of the training frames, in [0, 0.5]; got {self.lip_holdback!r}")
         for name in ("focus", "random_background", "blink_share", "open_share"):
