@@ -549,7 +549,7 @@ def _stream(talker, chunks, cam: Camera, fps, rate, W, H, dev, blink, seed, bg):
     checked = True if dev.type == "cuda" else None
     state = {"done": 0}
     # the lip coefficients of the frames a causal steady_lips window still reads
-    steady = int(round(talker.config.motion_window * fps)) if talker.config.lip_motion > 0 else 0
+    steady = talker.steady_frames(fps)
     recent = []
     drawn = {"n": 0, "blink": None}  # sampled blinks so far: a longer draw starts with the shorter
 

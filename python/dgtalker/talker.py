@@ -93,16 +93,14 @@ class TalkerConfig:
             raise ValueError(f"TalkerConfig.max_lookahead_s must be in (0, 1], got {self.max_lookahead_s!r}")
         if self.mouth_interior and self.k_lip < 1:
             raise ValueError("TalkerConfig.mouth_interior needs k_lip >= 1: its jaw follows the first lip coefficient")
-        if not (isinstance(self.level_window, (int, float)) and math.isfinite(self.level_window)
-                and 0 <= self.level_window <= 60):
-            raise ValueError(f"TalkerConfig.level_window must be seconds in [0, 60], got {self.level_window!r}")
+        for name, top, unit in (("level_window", 60, "seconds"), ("motion_window", 60, "seconds"),
+                                ("lip_motion", 100, "a spread")):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= top):
+                raise ValueError(f"TalkerConfig.{name} must be {unit} in [0, {top}], got {v!r}")
         if self.level_window and self.frontend is None:
             raise ValueError("TalkerConfig.level_window needs a speech front end (frontend): it is part of the "
                              "front end's normalisation")
-        for name, top in (("motion_window", 60), ("lip_motion", 100)):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= top):
-                raise ValueError(f"TalkerConfig.{name} must be a number in [0, {top}], got {v!r}")
         if (self.motion_window or self.lip_motion) and self.k_lip < 1:
             raise ValueError("TalkerConfig.motion_window and lip_motion need k_lip >= 1: they steady the first lip "
                              "coefficient, the mouth opening")
@@ -363,17 +361,24 @@ class Talker(nn.Module):
         enc = self.causal_encoder if causal else self.encoder
         return enc(windows.to(self.device, torch.float32))
 
+    def steady_frames(self, fps: float) -> int:
+        """Frames at ``fps`` in the steady mouth motion's window (``steady_lips``); 0 when the
+        talker has none."""
+        cfg = self.config
+        if not (cfg.motion_window > 0 and cfg.lip_motion > 0):
+            return 0
+        return max(1, int(round(cfg.motion_window * float(fps))))
+
     def steady_lips(self, c_lip: Tensor, fps: float, *, causal: bool = False) -> Tensor:
         """Consecutive frames' lip coefficients ``[T, Kl]`` at ``fps`` (as the encoders give
         them) with the mouth opening's motion kept at the person's over each passage of
         ``config.motion_window`` seconds (``audio_encoder.steady_opening``; centred, or
         ``causal``: the window ends at the frame); unchanged when the talker has none."""
-        cfg = self.config
-        if not (cfg.motion_window > 0 and cfg.lip_motion > 0):
+        frames = self.steady_frames(fps)
+        if not frames:
             return c_lip
         enc = self.causal_encoder if causal else self.encoder
-        frames = max(1, int(round(cfg.motion_window * float(fps))))
-        return steady_opening(c_lip, frames, cfg.lip_motion, causal, enc.lip_low[0], enc.lip_high[0])
+        return steady_opening(c_lip, frames, self.config.lip_motion, causal, enc.lip_low[0], enc.lip_high[0])
 
     @torch.no_grad()
     def speech_features(self, mel, *, causal: bool = False, level_window: float | None = None):
