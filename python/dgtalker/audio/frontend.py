@@ -172,6 +172,19 @@ LEVEL_RANGE = 1.2       # log10 power: the level correction moves a passage by a
 LEVEL_MIN_SPEECH = 50   # ... and only where its window holds this many speech frames (0.5 s)
 
 
+def window_sums(y, before: int, frames: int):
+    """The sum of ``y [..., M]`` over each frame's window along the last axis: the
+    ``frames`` frames starting ``before`` frames ahead of it, cut at the ends. From
+    running sums in float64 (minutes of frames stay exact), so any window costs O(M)."""
+    torch = _torch()
+    y = y.double()
+    c = torch.cat([torch.zeros_like(y[..., :1]), torch.cumsum(y, -1)], -1)  # sums before each index
+    M = y.shape[-1]
+    j = torch.arange(M, device=y.device)
+    lo, hi = (j - before).clamp(0, M), (j - before + frames).clamp(0, M)
+    return c[..., hi] - c[..., lo]
+
+
 def level_gain(e, w, causal: bool, window: int):
     """The level correction ``[..., 1, M]`` (log10 power) of frames with levels ``e`` and
     speech flags ``w`` (both ``[..., 1, M]``): the clip's speech level (causal: so far) minus
@@ -179,20 +192,15 @@ def level_gain(e, w, causal: bool, window: int):
     within +-``LEVEL_RANGE``; zero where that window holds too little speech (pauses stay
     pauses). A passage spoken softer or louder than the rest then reads as the rest does."""
     torch = _torch()
-    dtype, e, w = e.dtype, e.double(), w.double()  # running sums over minutes of frames
-    zero = torch.zeros_like(e[..., :1])
-    cs_ew = torch.cat([zero, torch.cumsum(e * w, -1)], -1)  # [..., 1, M + 1]: sums before each index
-    cs_w = torch.cat([zero, torch.cumsum(w, -1)], -1)
-    M = e.shape[-1]
-    j = torch.arange(M, device=e.device)
+    dtype, ew, w = e.dtype, e.double() * w.double(), w.double()
     if causal:
-        hi, lo = j + 1, (j + 1 - window).clamp_min(0)
-        ref = cs_ew[..., 1:] / cs_w[..., 1:].clamp_min(1.0)
+        ref = torch.cumsum(ew, -1) / torch.cumsum(w, -1).clamp_min(1.0)
+        before, frames = window - 1, window
     else:
-        hi, lo = (j + window // 2 + 1).clamp_max(M), (j - window // 2).clamp_min(0)
-        ref = cs_ew[..., -1:] / cs_w[..., -1:].clamp_min(1.0)
-    count = cs_w[..., hi] - cs_w[..., lo]
-    local = (cs_ew[..., hi] - cs_ew[..., lo]) / count.clamp_min(1.0)
+        ref = ew.sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp_min(1.0)
+        before, frames = window // 2, 2 * (window // 2) + 1
+    count = window_sums(w, before, frames)
+    local = window_sums(ew, before, frames) / count.clamp_min(1.0)
     gain = (ref - local).clamp(-LEVEL_RANGE, LEVEL_RANGE)
     return torch.where(count >= LEVEL_MIN_SPEECH, gain, torch.zeros_like(gain)).to(dtype)
 

@@ -128,19 +128,14 @@ def local_spread(x: Tensor, frames: int, causal: bool, valid: Tensor | None = No
     any has mean and spread NaN). Running sums in float64: memory O(T) for any window."""
     if x.dim() != 1 or frames < 1:
         raise ValueError(f"local_spread needs x [T] and frames >= 1, got {list(x.shape)} and {frames}")
+    from ..audio.frontend import window_sums
+
     before = frames - 1 if causal else (frames - 1) // 2
     ok = torch.ones_like(x, dtype=torch.float64) if valid is None else valid.to(torch.float64)
     v = torch.where(ok > 0, x.double(), torch.zeros((), dtype=torch.float64, device=x.device))
-    i = torch.arange(x.shape[0], device=x.device)
-    lo, hi = (i - before).clamp(min=0), (i - before + frames).clamp(max=x.shape[0])
-
-    def window_sum(y):  # the sum of y over each frame's window, from the running sum
-        c = Fn.pad(y.cumsum(0), (1, 0))
-        return c[hi] - c[lo]
-
-    n = window_sum(ok)
-    mean = window_sum(v) / n
-    var = (window_sum(v * v) / n - mean * mean).clamp_min(0)
+    n = window_sums(ok, before, frames)
+    mean = window_sums(v, before, frames) / n
+    var = (window_sums(v * v, before, frames) / n - mean * mean).clamp_min(0)
     return mean.to(x.dtype), var.sqrt().to(x.dtype)
 
 
