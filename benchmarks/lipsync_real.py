@@ -10,9 +10,21 @@ best lag means the prediction runs late), the best lag, r at 0 and +-1, the same
 log loudness (the mean log-mel of the frame, the baseline), std of both curves, and
 the front end's speed (x real time, CPU, 2 torch threads, log-mel included, best of 3).
 
-Nothing is fitted to these clips; they are never used for training.
+Nothing is fitted to these clips; they are never used for training. Two optional
+measurements say what limits the front end on them:
 
-    python benchmarks/lipsync_real.py [--footage DIR] [--out lipsync_real.json]
+* ``--readout``: a ridge regression from the front end's per-frame outputs (opening,
+  width, the 12 viseme probabilities) to the tracked opening, fitted on the other clips
+  and scored on the one left out: how much of the real mouth those outputs carry, beyond
+  what the front end's own opening makes of them. Fitted on footage: a measurement only;
+  nothing of it is kept or shipped.
+* ``--phones``: the phones pocketsphinx recognises (``allphone`` search with its
+  en-us acoustic model, trained on real speech; ``pip install pocketsphinx``) turned
+  into an opening by the training corpus's own dominance model
+  (``dgtalker.audio.tts_corpus.mouth_targets``): a recogniser of real speech in place
+  of the front end's network.
+
+    python benchmarks/lipsync_real.py [--footage DIR] [--out lipsync_real.json] [--readout] [--phones]
 """
 from __future__ import annotations
 
@@ -75,6 +87,45 @@ def lag_table(track, pred):
             "by_lag": {str(k): round(v, 4) for k, v in rs.items()}}
 
 
+READOUT_RIDGE = 300.0  # on standardised outputs, ~2,500 frames of four clips
+
+
+def readout_table(tracks: dict, outputs: dict) -> dict:
+    """Leave-one-clip-out ridge readout: for each clip, r (``lag_table``) of the tracked
+    opening against the outputs [T, C] mapped by a linear readout fitted on the other clips."""
+    result = {}
+    for held in tracks:
+        X = np.concatenate([outputs[c][np.isfinite(tracks[c])] for c in tracks if c != held])
+        y = np.concatenate([tracks[c][np.isfinite(tracks[c])] for c in tracks if c != held])
+        mu, sd = X.mean(0), X.std(0) + 1e-6
+        Xn = (X - mu) / sd
+        w = np.linalg.solve(Xn.T @ Xn + READOUT_RIDGE * np.eye(X.shape[1]), Xn.T @ (y - y.mean()))
+        result[held] = lag_table(tracks[held], ((outputs[held] - mu) / sd) @ w)
+    return result
+
+
+def phone_opening(samples: np.ndarray, fps: float, num_frames: int, language_weight: float):
+    """(opening [num_frames] from pocketsphinx's phones of 16 kHz ``samples``, seconds taken)."""
+    import os
+
+    from pocketsphinx import Decoder, get_model_path
+
+    from dgtalker.audio.tts_corpus import _ARPABET, mouth_targets
+
+    t0 = time.perf_counter()
+    decoder = Decoder(allphone=os.path.join(get_model_path(), "en-us", "en-us-phone.lm.bin"), lm=None,
+                      lw=language_weight, beam=1e-20, pbeam=1e-20, logfn=os.devnull)
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    decoder.start_utt()
+    decoder.process_raw(pcm.tobytes(), full_utt=True)
+    decoder.end_utt()
+    phones = [(s.start_frame / 100, (s.end_frame + 1) / 100, _ARPABET.get(s.word.lower(), "h"))
+              for s in decoder.seg() if s.word.lower() in _ARPABET]  # silence and noise units are pauses
+    opening, _, _ = mouth_targets(phones, len(samples) / 16000)
+    took = time.perf_counter() - t0
+    return np.interp(np.arange(num_frames) / fps, np.arange(len(opening)) / 100, opening), took
+
+
 def main(argv=None) -> int:
     here = Path(__file__).resolve().parent
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -84,6 +135,13 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default="/tmp/lipsync_real_tracks.json",
                    help="tracked curves are kept here between runs (the face mesh is the slow part)")
     p.add_argument("--weights", help="front-end weights (default: the shipped ones)")
+    p.add_argument("--readout", action="store_true",
+                   help="also score a linear readout of the front end's outputs fitted on the other clips "
+                        "(leave one clip out; a measurement of what they carry, never shipped)")
+    p.add_argument("--phones", action="store_true",
+                   help="also score the opening of pocketsphinx's recognised phones (needs pocketsphinx)")
+    p.add_argument("--phones-lw", type=float, default=1.0,
+                   help="pocketsphinx's language weight for --phones (default 1.0)")
     args = p.parse_args(argv)
 
     import torch
@@ -96,7 +154,7 @@ def main(argv=None) -> int:
     footage = Path(args.footage)
     cache_path = Path(args.cache)
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    rows = []
+    rows, tracks, outputs = [], {}, {}
     for name in CLIPS:
         video = footage / f"{name}.mp4"
         if not video.is_file():
@@ -128,7 +186,18 @@ def main(argv=None) -> int:
                "frontend": lag_table(track, pred), "frontend_causal": lag_table(track, causal.opening.astype(np.float64)),
                "loudness": lag_table(track, loud),
                "speed_x_realtime": round(len(samples) / rate / took, 1)}
+        if args.phones:
+            s16, _ = A.load(video)
+            ph, took_ph = phone_opening(s16, fps, len(pred), args.phones_lw)
+            row["phones"] = lag_table(track, ph)
+            row["phones_speed_x_realtime"] = round(len(s16) / 16000 / took_ph, 1)
+        n = min(len(track), len(pred))
+        tracks[name] = track[:n]
+        outputs[name] = np.c_[res.opening, res.width, res.visemes][:n].astype(np.float64)
         rows.append(row)
+    if args.readout and len(rows) > 2:
+        for r, lt in zip(rows, readout_table(tracks, outputs).values()):
+            r["readout"] = lt
     if not rows:
         print("no clips found", file=sys.stderr)
         return 1
@@ -139,6 +208,10 @@ def main(argv=None) -> int:
                "loudness_best_r_mean": mean("loudness", "best_r"),
                "frontend_best_r_min": round(min(r["frontend"]["best_r"] for r in rows), 4),
                "speed_x_realtime_min": min(r["speed_x_realtime"] for r in rows)}
+    for key in ("readout", "phones"):
+        if key in rows[0]:
+            summary[f"{key}_best_r_mean"] = mean(key, "best_r")
+            summary[f"{key}_best_r_min"] = round(min(r[key]["best_r"] for r in rows), 4)
     weights = Path(args.weights) if args.weights else dgtalker.audio.frontend.DEFAULT_WEIGHTS
     fe = load_frontend(args.weights)
     result = {"rows": rows, "summary": summary, "weights": weights.name, "weights_sha256": sha256_file(weights),
@@ -154,6 +227,12 @@ def main(argv=None) -> int:
               f"{r['speed_x_realtime']:.0f} |")
     print(f"| mean | | {summary['frontend_best_r_mean']:.3f} | lag 0: {summary['frontend_r_lag0_mean']:.3f} | "
           f"{summary['frontend_causal_best_r_mean']:.3f} | {summary['loudness_best_r_mean']:.3f} | | |")
+    for key, what in (("readout", "readout of the outputs, fitted on the other clips"),
+                      ("phones", f"pocketsphinx phones (lw {args.phones_lw:g})")):
+        if key in rows[0]:
+            print(f"{what}: " + ", ".join(f"{r['clip']} {r[key]['best_r']:.3f} ({r[key]['best_lag']:+d})" for r in rows)
+                  + f"; mean {summary[key + '_best_r_mean']:.3f}"
+                  + (f", x{min(r['phones_speed_x_realtime'] for r in rows):.0f} real time" if key == "phones" else ""))
     from dgtalker.io import atomic_write_json
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
