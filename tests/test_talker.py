@@ -580,37 +580,6 @@ def test_novel_views_preset_sets_the_rates_an_explicit_option_overrides():
     cfg = identity_cli.train_config(p.parse_args(["data", "--out", "t", "--novel-views"]))
     assert (cfg.lr_output_bias, cfg.random_background) == (NOVEL_VIEWS["lr_output_bias"],
                                                            NOVEL_VIEWS["random_background"])
-    assert cfg.output_bias_shape_share == NOVEL_VIEWS["output_bias_shape_share"] == 1.0 != d.output_bias_shape_share
     assert NOVEL_VIEWS["lr_output_bias"] != d.lr_output_bias and NOVEL_VIEWS["random_background"] != d.random_background
     cfg = identity_cli.train_config(p.parse_args(["data", "--out", "t", "--novel-views", "--random-background", "0"]))
     assert (cfg.lr_output_bias, cfg.random_background) == (NOVEL_VIEWS["lr_output_bias"], 0.0)
-
-
-def test_output_bias_shape_channels_learn_at_their_share_of_the_rate():
-    T = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=2), residual_frames=3)
-    bias = T.generator.output_bias
-    rows = T.generator.shape_rows()
-    G = T.generator.config.gaussians_per_texel
-    assert len(rows) == 11 * G and all(int(r) % 14 < 11 for r in rows)  # offsets, scales, rotation, opacity
-    colour = torch.tensor([r for r in range(14 * G) if r % 14 >= 11])
-    opt = state.make_optimizer(T, tiny_config(lr_output_bias=1e-2, output_bias_shape_share=0.25))
-    before = bias.detach().clone()
-    for _ in range(3):
-        opt.zero_grad(set_to_none=True)
-        (bias * torch.randn_like(bias)).sum().backward()  # fresh random gradients, every entry
-        opt.step()
-    step = (bias.detach() - before).abs()
-    shape_step, colour_step = step[rows].mean(), step[colour].mean()
-    assert float(colour_step) > 1e-3  # the colours moved at the full rate
-    assert abs(float(shape_step / colour_step) - 0.25) < 0.03
-    # one rate for all (share 1): plain Adam
-    T2 = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=2), residual_frames=3)
-    opt = state.make_optimizer(T2, tiny_config(lr_output_bias=1e-2, output_bias_shape_share=1.0))
-    before = T2.generator.output_bias.detach().clone()
-    opt.zero_grad(set_to_none=True)
-    (T2.generator.output_bias * torch.randn_like(before)).sum().backward()
-    opt.step()
-    step = (T2.generator.output_bias.detach() - before).abs()
-    assert abs(float(step[rows].mean() / step[colour].mean()) - 1.0) < 0.05
-    with pytest.raises(ValueError, match="output_bias_shape_share"):
-        tiny_config(output_bias_shape_share=1.5).validate()

@@ -27,7 +27,6 @@ import torch.nn.functional as Fn
 from torch import Tensor, nn
 
 RAW_CHANNELS = 14  # per Gaussian, see the module docstring
-COLOUR_CHANNELS = range(11, 14)  # the colour logits among them; the rest place and shape the Gaussian
 _SQRT2 = math.sqrt(2.0)
 
 # Upper bounds of GeneratorConfig (a checkpoint's config is untrusted input). The
@@ -308,12 +307,6 @@ class Generator(nn.Module):
         full = torch.zeros(R * R, G * RAW_CHANNELS)
         full[torch.as_tensor(tpl.texel_index, dtype=torch.int64)] = b.reshape(M, -1)
         return full.T.reshape(G * RAW_CHANNELS, R, R).contiguous()
-
-    def shape_rows(self) -> Tensor:
-        """Indices of the raw maps' rows [14*G] that place and shape Gaussians (offset,
-        log-scale, rotation, opacity): every row but the colours."""
-        rows = torch.arange(RAW_CHANNELS * self.config.gaussians_per_texel)
-        return rows[~torch.isin(rows % RAW_CHANNELS, torch.tensor(list(COLOUR_CHANNELS)))]
 
     # -- sizes -----------------------------------------------------------------------
     @property

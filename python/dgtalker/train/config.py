@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 # `dgtalker train --novel-views`: the rates that favour cameras the clip never shows over
 # the clip's own (chosen on the synthetic clip's novel views; a real clip scored 1.2 dB
 # lower on the head at its own cameras with them, docs/benchmarks.md runs I)
-NOVEL_VIEWS = {"lr_output_bias": 2e-4, "output_bias_shape_share": 1.0, "random_background": 0.5}
+NOVEL_VIEWS = {"lr_output_bias": 2e-4, "random_background": 0.5}
 
 
 @dataclass
@@ -22,9 +22,6 @@ class IdentityTrainConfig:
     cross_view: bool = True
     lr_synthesis: float = 5e-4
     lr_output_bias: float = 1e-3      # slower than the network: the free per-texel layer (NOVEL_VIEWS: slower still)
-    output_bias_shape_share: float = 0.2  # that layer's shape channels (offsets, sizes, rotation, opacity) learn at
-                                      # this share of its rate, its colours at the full rate: the clip's cameras
-                                      # check colour but hardly depth, which other views read (1: one rate)
     lr_w: float = 1e-3
     lr_blendshapes: float = 3e-3
     lr_encoder: float = 5e-4
@@ -122,6 +119,6 @@ class IdentityTrainConfig:
             raise ValueError(f"motion_window must be seconds in [0, 60], got {self.motion_window!r}")
         if self.lip_holdback > 0.5:
             raise ValueError(f"lip_holdback is a share of the training frames, in [0, 0.5]; got {self.lip_holdback!r}")
-        for name in ("focus", "random_background", "blink_share", "open_share", "output_bias_shape_share"):
+        for name in ("focus", "random_background", "blink_share", "open_share"):
             if getattr(self, name) > 1:
                 raise ValueError(f"{name} is a share of steps or frames, in [0, 1]; got {getattr(self, name)!r}")

@@ -127,12 +127,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-output-bias", type=float, default=None,
                    help=f"learning rate of the per-texel output bias, the person's free detail layer "
                         f"(default {d.lr_output_bias}; {NOVEL_VIEWS['lr_output_bias']} with --novel-views)")
-    p.add_argument("--output-bias-shape-share", type=float, default=None, metavar="SHARE",
-                   help="share (0-1) of the output bias's rate at which its shape channels (where the Gaussians "
-                        "sit, their size, turn and opacity) learn; its colours learn at the full rate. The clip's "
-                        "cameras check colour but hardly depth, which other views read "
-                        f"(default {d.output_bias_shape_share}; {NOVEL_VIEWS['output_bias_shape_share']} with "
-                        "--novel-views)")
     p.add_argument("--lr-residual", type=float, default=d.lr_residual,
                    help=f"learning rate of the per-frame expression residual codes; each code is only updated "
                         f"when its frame is drawn, so it needs a large one (default {d.lr_residual})")
@@ -184,7 +178,6 @@ def train_config(args) -> IdentityTrainConfig:
                                half=args.half, preview_every=args.preview_every,
                                checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                                locality=args.locality, lr_output_bias=rates["lr_output_bias"],
-                               output_bias_shape_share=rates["output_bias_shape_share"],
                                aniso_reg=args.aniso, lr_residual=args.lr_residual, lr_lip_layer=args.lr_lip_layer,
                                focus=args.focus, leak_weight=args.leak,
                                random_background=rates["random_background"], blink_share=args.blink_share,

@@ -19,27 +19,6 @@ STATE_FORMAT = "dgtalker-talker-training"
 STATE_VERSION = 1
 
 
-class TalkerAdam(torch.optim.Adam):
-    """Adam whose step on the output bias's shape rows is scaled by ``shape_share``: they
-    learn at that share of the output bias's rate, its colours at the full rate.
-    (Scaling the step, not the gradient: Adam would normalise a scaled gradient away.)"""
-
-    def __init__(self, groups, output_bias=None, shape_rows=None, shape_share: float = 1.0):
-        super().__init__(groups, betas=(0.9, 0.99))
-        self._shape = (output_bias, shape_rows, float(shape_share)) \
-            if output_bias is not None and shape_share < 1.0 else None
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        if self._shape is None:
-            return super().step(closure)
-        bias, rows, share = self._shape
-        before = bias.index_select(0, rows)
-        loss = super().step(closure)
-        bias.index_copy_(0, rows, torch.lerp(before, bias.index_select(0, rows), share))
-        return loss
-
-
 def make_optimizer(talker, cfg: IdentityTrainConfig):
     groups = talker.parameter_groups()
     lrs = {"synthesis": cfg.lr_synthesis, "output_bias": cfg.lr_output_bias, "w_can": cfg.lr_w,
@@ -47,10 +26,8 @@ def make_optimizer(talker, cfg: IdentityTrainConfig):
            "residual": cfg.lr_residual, "eyelid": cfg.lr_eyelid, "lip_layer": cfg.lr_lip_layer,
            "mouth": cfg.lr_mouth}
     # a part with no parameters, or a rate of 0 (a layer switched off), gets no group: it stays as it is
-    bias = talker.generator.output_bias
-    return TalkerAdam([{"params": groups[k], "lr": lrs[k], "name": k} for k in lrs if groups[k] and lrs[k] > 0],
-                      output_bias=bias, shape_rows=talker.generator.shape_rows().to(bias.device),
-                      shape_share=cfg.output_bias_shape_share)
+    return torch.optim.Adam([{"params": groups[k], "lr": lrs[k], "name": k} for k in lrs if groups[k] and lrs[k] > 0],
+                            betas=(0.9, 0.99))
 
 
 def _state_path(out: Path) -> Path:
