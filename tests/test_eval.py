@@ -83,6 +83,7 @@ def test_landmark_distance_of_shifted_landmarks():
 
 @needs_mediapipe
 def test_face_landmarks_find_a_synthetic_face_and_measure_a_shift():
+    import torch
     from PIL import Image
 
     from dgtalker.data import load
@@ -137,6 +138,7 @@ def test_eval_command_end_to_end(tmp_path):
     assert (out / "sheet.png").stat().st_size > 0
     # mouth and eyes of the worst, median and best frames, truth | render each, at full size
     assert rep["details_sheet"] is True and "details.png" in (out / "report.md").read_text()
+    import torch
     from PIL import Image
     d = Image.open(out / "details.png")
     assert d.width == 4 * (d.height // 3) and d.height % 3 == 0
@@ -268,3 +270,48 @@ def test_region_scores_have_known_answers():
     empty = torch.zeros(H, W, 4)
     empty[..., 3] = 1
     assert np.isnan(M.region_scores(render, truth, empty)["face"]["psnr"])
+
+
+def test_a_reencoded_copy_of_the_training_clip_is_still_the_training_clip(tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    import torch
+    from PIL import Image
+
+    from dgtalker.data.format import load
+    from dgtalker.eval.evaluate import scored_frames, trained_on
+    from dgtalker.train.state import dataset_provenance
+
+    src = load(SAMPLE)
+    copy = tmp_path / "copy"
+    shutil.copytree(SAMPLE, copy)
+    for png in sorted(copy.glob("**/frames/*.png")):  # frames re-encoded as JPEG, here and in novel/
+        Image.open(png).convert("RGB").save(png.with_suffix(".jpg"), quality=90)
+        png.unlink()
+    meta = json.loads((copy / "meta.json").read_text())
+    (copy / "meta.json").write_text(json.dumps({**meta, "image_ext": "jpg"}))
+    again = load(copy)
+    assert again.fingerprint() != src.fingerprint()
+    assert again.clip_fingerprint() == src.clip_fingerprint()
+    talker = SimpleNamespace(source=dataset_provenance(src))
+    assert trained_on(talker, src) is True and trained_on(talker, again) is True
+    # an older talker without the clip hash takes the copy for another clip
+    assert trained_on(SimpleNamespace(source={k: v for k, v in talker.source.items() if k != "clip_sha256"}),
+                      again) is False
+    # another split, or other ground truth: another clip
+    splits = json.loads((copy / "splits.json").read_text())
+    moved = splits["train"].pop()
+    (copy / "splits.json").write_text(json.dumps({**splits, "heldout": sorted(splits["heldout"] + [moved])}))
+    assert trained_on(talker, load(copy)) is False
+    shutil.copy(SAMPLE / "splits.json", copy / "splits.json")
+    assert load(copy).clip_fingerprint() == src.clip_fingerprint()
+    gt = dict(np.load(SAMPLE / "gt.npz"))
+    name = next(k for k, v in gt.items() if v.dtype.kind == "f")
+    np.savez(copy / "gt.npz", **{**gt, name: gt[name] + 0.01})
+    assert trained_on(talker, load(copy)) is False
+    shutil.copy(SAMPLE / "gt.npz", copy / "gt.npz")
+    # how the frames are labelled follows: the copy's held-out frames are the training clip's
+    scored = scored_frames(SimpleNamespace(source=talker.source, train_mask=torch.zeros(0)), load(copy),
+                           src.splits["heldout"])
+    assert scored["clip"] == "the training clip" and scored["unseen_frames"] == len(src.splits["heldout"])

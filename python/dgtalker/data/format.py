@@ -72,6 +72,15 @@ class _LRU:
         return val
 
 
+def _file_ends(path: Path, chunk: int) -> bytes:
+    """The first and last ``chunk`` bytes of a file (all of it if shorter than both)."""
+    with open(path, "rb") as f:
+        head = f.read(chunk)
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(size - chunk, len(head)))
+        return head + f.read(chunk)
+
+
 def _frame_name(i: int, ext: str) -> str:
     return f"{i:06d}.{ext}"
 
@@ -398,11 +407,7 @@ class Dataset(ViewSet):
             h.update(data)
 
         def ends(path: Path) -> bytes:
-            with open(path, "rb") as f:
-                head = f.read(chunk)
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(size - chunk, len(head)))
-                return head + f.read(chunk)
+            return _file_ends(path, chunk)
 
         for name in ("meta.json", "splits.json", "cameras.npz", "gt.npz"):
             if (self.root / name).is_file():
@@ -419,6 +424,29 @@ class Dataset(ViewSet):
             part(f"mask{i}", ends(self._mask_path(int(i))))
         if media is not None:
             part("video", ends(media))
+        return h.hexdigest()
+
+    # meta.json keys that say how the clip is stored, not what it is
+    STORAGE_KEYS = ("image_ext", "frames", "audio")
+
+    def clip_fingerprint(self, chunk: int = 4096) -> str:
+        """A content hash (sha256 hex) of what makes the clip this clip, however its frames
+        are stored: meta.json without its storage keys, the splits, cameras and ground truth,
+        the frame count and the audio's ends. A copy whose frames and masks were re-encoded
+        (another image format, a video) keeps it; ``fingerprint`` does not."""
+        import hashlib
+
+        h = hashlib.sha256()
+        meta = json.loads((self.root / "meta.json").read_text())
+        meta = {k: v for k, v in meta.items() if k not in self.STORAGE_KEYS}
+        h.update(json.dumps(meta, sort_keys=True).encode())
+        for name in ("splits.json", "cameras.npz", "gt.npz"):
+            if (self.root / name).is_file():
+                data = (self.root / name).read_bytes()
+                h.update(f"{name}:{len(data)}:".encode() + data)
+        h.update(f"frames:{self.n}".encode())
+        if self.audio_path is not None:
+            h.update(f"audio:{self.audio_path.stat().st_size}:".encode() + _file_ends(self.audio_path, chunk))
         return h.hexdigest()
 
     def __repr__(self):

@@ -228,12 +228,15 @@ def fit_upper_face(talker, c_exp, c_lip, w2c, K, gt, upper, size: int, steps: in
 
 
 def trained_on(talker, dataset) -> bool | None:
-    """Whether ``dataset`` is the clip ``talker`` was trained on: by the content hash the
-    trainer records (``dataset_sha256``), else by its path; None if the talker records
-    neither (an untrained or hand-made talker)."""
+    """Whether ``dataset`` is the clip ``talker`` was trained on: by the content hashes the
+    trainer records (``dataset_sha256``, or ``clip_sha256`` for a copy whose frames were
+    re-encoded), else by its path; None if the talker records neither (an untrained or
+    hand-made talker)."""
     src = talker.source or {}
     if src.get("dataset_sha256"):
-        return src["dataset_sha256"] == dataset.fingerprint()
+        if src["dataset_sha256"] == dataset.fingerprint():
+            return True
+        return bool(src.get("clip_sha256")) and src["clip_sha256"] == dataset.clip_fingerprint()
     if src.get("dataset"):
         from pathlib import Path
 

@@ -93,15 +93,15 @@ READING_OPTIONS = ("level_window", "motion_window")
 
 def dataset_provenance(dataset) -> dict:
     """What a run records of the dataset it trains on (and a resume compares): its
-    resolved path, frame count, split sizes, a hash of the splits and a content hash
-    (``Dataset.fingerprint``)."""
+    resolved path, frame count, split sizes, a hash of the splits and content hashes
+    (``Dataset.fingerprint``; ``Dataset.clip_fingerprint``, which a re-encoded copy keeps)."""
     import hashlib
 
     splits = {k: [int(i) for i in v] for k, v in dataset.splits.items()}
     return {"dataset": str(Path(dataset.root).resolve()), "num_frames": len(dataset),
             "train_frames": len(splits["train"]), "heldout_frames": len(splits["heldout"]),
             "splits_sha256": hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest(),
-            "dataset_sha256": dataset.fingerprint()}
+            "dataset_sha256": dataset.fingerprint(), "clip_sha256": dataset.clip_fingerprint()}
 
 
 def resume_changes(meta: dict, cfg: IdentityTrainConfig, provenance: dict) -> list[str]:
