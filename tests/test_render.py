@@ -602,9 +602,20 @@ def test_frontend_talker_stream_equals_offline_and_keeps_its_lookahead(fe_talker
         cl = speech_coefficients(fe_talker, x, T, 25.0, causal=True)[1]
         fe_talker.config, kept = dataclasses.replace(fe_talker.config, lip_motion=0.0), fe_talker.config
         try:
-            assert not torch.allclose(cl, speech_coefficients(fe_talker, x, T, 25.0, causal=True)[1])
+            without = speech_coefficients(fe_talker, x, T, 25.0, causal=True)[1]
         finally:
             fe_talker.config = kept
+        assert not torch.allclose(cl, without)
+        # steady=False: the encoders' opening as it is, offline and streamed alike
+        assert torch.equal(speech_coefficients(fe_talker, x, T, 25.0, causal=True, steady=False)[1], without)
+        raw = fe_talker.render((x, RATE), causal=True, blink=None, steady=False)
+        frames = list(fe_talker.stream([x[i:i + 2345] for i in range(0, len(x), 2345)], blink=None, steady=False))
+        assert max(int((a.int() - b.int()).abs().max()) for a, b in zip(frames, raw.frames)) <= 2
+        assert not torch.equal(raw.frames, fe_talker.render((x, RATE), causal=True, blink=None).frames)
+        with pytest.raises(RenderError, match="steady"):
+            fe_talker.render((x, RATE), steady="no")
+        with pytest.raises(RenderError, match="steady"):
+            fe_talker.stream([x], steady=1)
     for rate, fps in ((RATE, 25.0), (44100, 30.0)):
         y = dgtalker.audio.resample(x, RATE, rate) if rate != RATE else x
         offline = fe_talker.render((y, rate), causal=True, fps=fps, blink=None)

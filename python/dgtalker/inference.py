@@ -102,6 +102,12 @@ def check_number(name: str, v, lo: float | None = None, hi: float | None = None)
     return float(v)
 
 
+def check_flag(name: str, v) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise RenderError(f"{name} must be True or False, got {v!r}")
+    return bool(v)
+
+
 def check_positive_int(name: str, v) -> int:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
         raise RenderError(f"{name} must be a positive int, got {v!r}")
@@ -310,15 +316,17 @@ def frame_cameras(cam: Camera, num_frames: int, fps: float):
 # speech -> coefficients, at any output rate
 
 
-def speech_coefficients(talker, samples: np.ndarray, num_frames: int, fps: float, *, causal: bool = False):
-    """``(c_exp [T, Ke], c_lip [T, Kl])`` of 16 kHz ``samples`` for ``num_frames`` frames at ``fps``."""
+def speech_coefficients(talker, samples: np.ndarray, num_frames: int, fps: float, *, causal: bool = False,
+                        steady: bool = True):
+    """``(c_exp [T, Ke], c_lip [T, Kl])`` of 16 kHz ``samples`` for ``num_frames`` frames at
+    ``fps``; ``steady``: with the talker's steady mouth motion (``Talker.steady_lips``)."""
     enc = talker.causal_encoder if causal else talker.encoder
     feats, start = talker.speech_features(A.log_mel(samples), causal=causal)
     times = np.arange(num_frames) / fps
     with torch.no_grad():
         c_exp, c_lip = enc.coefficients_at(feats, times, float(times[-1]), mel_start=start,
                                            mel_limit=start + len(feats))
-        return c_exp, talker.steady_lips(c_lip, fps, causal=causal)
+        return c_exp, talker.steady_lips(c_lip, fps, causal=causal) if steady else c_lip
 
 
 class _MelFeatures:
@@ -456,7 +464,7 @@ def sampled_tracks(talker, num_frames: int, fps: float, seed) -> tuple[torch.Ten
 def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=None, seed=None, blink="sample",
                   lip_scale: float = 1.0, exp_scale: float = 1.0, background=None, device=None,
                   sample_rate=None, width: int | None = None, height: int | None = None, batch: int = 16,
-                  causal: bool = False, progress: bool = False) -> Video:
+                  causal: bool = False, steady: bool = True, progress: bool = False) -> Video:
     """See ``Talker.render``."""
     from tqdm import tqdm
 
@@ -465,6 +473,7 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
     W, H = image_size(camera, talker, width, height)
     cam = as_camera(camera, talker, W, H)
     lip_scale, exp_scale = check_number("lip_scale", lip_scale), check_number("exp_scale", exp_scale)
+    steady = check_flag("steady", steady)
     batch = check_positive_int("batch", batch)
     seed = check_seed(seed)
     dev = check_device(device, talker.device)
@@ -485,7 +494,7 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
                           f"got {list(expression.shape)}")
 
     talker = talker.to(dev)
-    c_exp, c_lip = speech_coefficients(talker, samples, T, fps, causal=causal)
+    c_exp, c_lip = speech_coefficients(talker, samples, T, fps, causal=causal, steady=steady)
     Ke = talker.config.k_exp
     sampled = None
     if expression == "sample" or blink == "sample":
@@ -528,7 +537,7 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
 
 def stream_talker(talker, chunks, camera=None, *, fps: float = 25.0, sample_rate: int = 16000,
                   width: int | None = None, height: int | None = None, device=None, blink="sample", seed=None,
-                  background=None):
+                  background=None, steady: bool = True):
     """See ``Talker.stream``. Checks its arguments when called (before the first chunk)."""
     fps = check_fps(fps)
     rate = A.check_sample_rate(sample_rate)
@@ -538,10 +547,11 @@ def stream_talker(talker, chunks, camera=None, *, fps: float = 25.0, sample_rate
     blink = blink_setting(blink)
     seed = check_seed(seed)
     bg = check_background(background, W, H, fps)
-    return _stream(talker.to(dev), chunks, cam, fps, rate, W, H, dev, blink, seed, bg)
+    steady = check_flag("steady", steady)
+    return _stream(talker.to(dev), chunks, cam, fps, rate, W, H, dev, blink, seed, bg, steady)
 
 
-def _stream(talker, chunks, cam: Camera, fps, rate, W, H, dev, blink, seed, bg):
+def _stream(talker, chunks, cam: Camera, fps, rate, W, H, dev, blink, seed, bg, steady_motion: bool):
     enc = talker.causal_encoder
     cfg = enc.config
     resampler = A.StreamResampler(rate)
@@ -549,7 +559,7 @@ def _stream(talker, chunks, cam: Camera, fps, rate, W, H, dev, blink, seed, bg):
     checked = True if dev.type == "cuda" else None
     state = {"done": 0}
     # the lip coefficients of the frames a causal steady_lips window still reads
-    steady = talker.steady_frames(fps)
+    steady = talker.steady_frames(fps) if steady_motion else 0
     recent = []
     drawn = {"n": 0, "blink": None}  # sampled blinks so far: a longer draw starts with the shorter
 

@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "own blinks (by default sampled from the training clip)")
     p.add_argument("--lip-scale", type=float, default=1.0, help="exaggerate (>1) or damp (<1) the lips")
     p.add_argument("--exp-scale", type=float, default=1.0, help="exaggerate (>1) or damp (<1) the upper face")
+    p.add_argument("--no-steady", action="store_true",
+                   help="the mouth opening as the audio encoders predict it, without keeping the person's own "
+                        "motion over each passage (the talker's motion window; by default kept)")
     p.add_argument("--background", metavar="IMAGE|VIDEO",
                    help="composite the head over this image or video (resized to the frame; a video loops) "
                         "instead of the background plate estimated from the training clip")
@@ -97,6 +100,7 @@ def run(args) -> int:
                               expression="sample" if args.expression == "sample" else None, seed=args.seed,
                               blink="sample" if args.blink is None else args.blink,
                               lip_scale=args.lip_scale, exp_scale=args.exp_scale, background=args.background,
+                              steady=not args.no_steady,
                               **({} if args.size is None else {"width": size, "height": size}),
                               device=device, progress=True)
         took = time.perf_counter() - start

@@ -637,6 +637,8 @@ class Talker(nn.Module):
         ``[H, W, 3]`` in [0, 1], or the path of an image or a video file (resized to the
         frame; a video plays at its own speed and loops). Further options:
         ``width``, ``height``, ``batch``, ``causal`` (the streaming encoder),
+        ``steady`` (default True: the mouth opening keeps the person's motion over each
+        passage, ``TalkerConfig.motion_window``; False: the encoders' opening as it is),
         ``progress``."""
         from .inference import render_talker
 
@@ -648,7 +650,7 @@ class Talker(nn.Module):
         16 kHz, resampled by one stateful resampler; the causal encoder: each frame waits
         for at most ``causal_encoder.lookahead_seconds()`` of audio after its time, at any
         ``fps``); memory stays flat however long the stream. ``camera``, ``blink``,
-        ``seed``, ``background``, ``width``, ``height``, ``device`` as for ``render``
+        ``seed``, ``background``, ``width``, ``height``, ``device``, ``steady`` as for ``render``
         (``[N]`` amounts: one per frame of the stream). The frames equal
         ``render(..., causal=True)`` of the whole audio at any fps and sample rate."""
         from .inference import stream_talker
