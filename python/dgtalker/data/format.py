@@ -72,6 +72,12 @@ class _LRU:
         return val
 
 
+def _hash_part(h, name: str, data: bytes) -> None:
+    """Adds ``data`` to the hash ``h`` under ``name``, with its length (no two parts run together)."""
+    h.update(f"{name}:{len(data)}:".encode())
+    h.update(data)
+
+
 def _file_ends(path: Path, chunk: int) -> bytes:
     """The first and last ``chunk`` bytes of a file (all of it if shorter than both)."""
     with open(path, "rb") as f:
@@ -401,29 +407,21 @@ class Dataset(ViewSet):
         import hashlib
 
         h = hashlib.sha256()
-
-        def part(name: str, data: bytes) -> None:
-            h.update(f"{name}:{len(data)}:".encode())
-            h.update(data)
-
-        def ends(path: Path) -> bytes:
-            return _file_ends(path, chunk)
-
         for name in ("meta.json", "splits.json", "cameras.npz", "gt.npz"):
             if (self.root / name).is_file():
-                part(name, (self.root / name).read_bytes())
+                _hash_part(h, name, (self.root / name).read_bytes())
         listing = sorted((str(q.relative_to(self.root)), q.stat().st_size) for q in self.root.rglob("*")
                          if q.is_file() and not q.name.startswith(".") and "preview" not in q.relative_to(self.root).parts)
-        part("files", json.dumps(listing).encode())
+        _hash_part(h, "files", json.dumps(listing).encode())
         if self.audio_path is not None:
-            part("audio", ends(self.audio_path))
+            _hash_part(h, "audio", _file_ends(self.audio_path, chunk))
         media = (self.root / self._frames) if self._video is not None else None
         for i in np.unique(np.linspace(0, self.n - 1, min(samples, self.n)).round().astype(int)):
             if media is None:
-                part(f"frame{i}", ends(self._image_path(int(i))))
-            part(f"mask{i}", ends(self._mask_path(int(i))))
+                _hash_part(h, f"frame{i}", _file_ends(self._image_path(int(i)), chunk))
+            _hash_part(h, f"mask{i}", _file_ends(self._mask_path(int(i)), chunk))
         if media is not None:
-            part("video", ends(media))
+            _hash_part(h, "video", _file_ends(media, chunk))
         return h.hexdigest()
 
     # meta.json keys that say how the clip is stored, not what it is
@@ -439,14 +437,13 @@ class Dataset(ViewSet):
         h = hashlib.sha256()
         meta = json.loads((self.root / "meta.json").read_text())
         meta = {k: v for k, v in meta.items() if k not in self.STORAGE_KEYS}
-        h.update(json.dumps(meta, sort_keys=True).encode())
+        _hash_part(h, "meta", json.dumps(meta, sort_keys=True).encode())
         for name in ("splits.json", "cameras.npz", "gt.npz"):
             if (self.root / name).is_file():
-                data = (self.root / name).read_bytes()
-                h.update(f"{name}:{len(data)}:".encode() + data)
-        h.update(f"frames:{self.n}".encode())
+                _hash_part(h, name, (self.root / name).read_bytes())
+        _hash_part(h, "frames", str(self.n).encode())
         if self.audio_path is not None:
-            h.update(f"audio:{self.audio_path.stat().st_size}:".encode() + _file_ends(self.audio_path, chunk))
+            _hash_part(h, f"audio{self.audio_path.stat().st_size}", _file_ends(self.audio_path, chunk))
         return h.hexdigest()
 
     def __repr__(self):
