@@ -23,8 +23,17 @@ measurements say what limits the front end on them:
   into an opening by the training corpus's own dominance model
   (``dgtalker.audio.tts_corpus.mouth_targets``): a recogniser of real speech in place
   of the front end's network.
+* ``--likelihoods``: pocketsphinx's per-frame acoustic scores instead of its decoded
+  phones: every senone's score (all 5,126, logged by the decoder), the best of each of
+  its 42 base phones, a softmax at temperature 3 -> phone posteriors [T, 42]. Scored as
+  the expected opening of those posteriors under the corpus's phone openings (nothing
+  fitted), and, with ``--readout``, as readouts of the posteriors alone, of the front
+  end's outputs and the posteriors together, and of both with +-2 frames of context
+  (beside the front end's outputs with the same context): whether a real-speech acoustic
+  model adds what the front end misses.
 
     python benchmarks/lipsync_real.py [--footage DIR] [--out lipsync_real.json] [--readout] [--phones]
+                                      [--likelihoods]
 """
 from __future__ import annotations
 
@@ -126,6 +135,86 @@ def phone_opening(samples: np.ndarray, fps: float, num_frames: int, language_wei
     return np.interp(np.arange(num_frames) / fps, np.arange(len(opening)) / 100, opening), took
 
 
+def _pocketsphinx_phones():
+    """(base phone names [42], base phone of each senone [n_sen]) of pocketsphinx's en-us
+    model, read from its binary model definition (bin_mdef: header, CI phone names, CD
+    tree, phones with their senone sequence and, for a CD phone, its base phone)."""
+    import os
+    import struct
+
+    from pocketsphinx import get_model_path
+
+    b = open(os.path.join(get_model_path(), "en-us", "en-us", "mdef"), "rb").read()
+    o = 12 + struct.unpack("<i", b[8:12])[0]  # byte-order marker, version, format text
+    n_ci, n_phone, n_emit, _, n_sen, _, n_sseq, _, n_cd_tree, _ = struct.unpack("<10i", b[o:o + 40])
+    o += 40
+    names = []
+    for _ in range(n_ci):
+        end = b.index(b"\0", o)
+        names.append(b[o:end].decode())
+        o = end + 1
+    o = ((o + 3) & ~3) + 8 * n_cd_tree
+    phones = np.frombuffer(b, np.dtype([("ssid", "<i4"), ("tmat", "<i4"), ("info", "u1", 4)]), n_phone, o)
+    o += 12 * n_phone + 4
+    sseq = np.frombuffer(b, "<u2", n_sseq * n_emit, o).reshape(n_sseq, n_emit)
+    base = np.where(np.arange(n_phone) < n_ci, np.arange(n_phone), phones["info"][:, 1])
+    sen_phone = np.full(n_sen, -1)
+    for p in range(n_phone):
+        sen_phone[sseq[phones["ssid"][p]]] = base[p]
+    assert (sen_phone >= 0).all()
+    return names, sen_phone
+
+
+def phone_posteriors(samples: np.ndarray, fps: float, num_frames: int, temperature: float = 3.0):
+    """(phone posteriors [num_frames, 42], phone names, seconds taken) from pocketsphinx's
+    senone scores of 16 kHz ``samples`` (module docstring, ``--likelihoods``)."""
+    import os
+    import tempfile
+
+    from pocketsphinx import Decoder, get_model_path
+
+    names, sen_phone = _pocketsphinx_phones()
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as logdir:
+        decoder = Decoder(allphone=os.path.join(get_model_path(), "en-us", "en-us-phone.lm.bin"), lm=None,
+                          beam=1e-20, pbeam=1e-20, logfn=os.devnull, senlogdir=logdir, compallsen=True)
+        decoder.start_utt()
+        decoder.process_raw(pcm.tobytes(), full_utt=True)
+        decoder.end_utt()
+        log = open(next(Path(logdir).glob("*.sen")), "rb").read()
+    # a text header, a byte-order marker, then per frame: the senone count and each
+    # senone's score (negated log-likelihood relative to the frame's best, in units of
+    # 1024 steps of log base 1.0001)
+    scores = np.frombuffer(log, "<i2", offset=log.index(b"endhdr\n") + 11).reshape(-1, len(sen_phone) + 1)[:, 1:]
+    loglik = -scores.astype(np.float32) * (1024 * np.log(1.0001))
+    per_phone = np.stack([loglik[:, sen_phone == k].max(1) for k in range(len(names))], 1) / temperature
+    post = np.exp(per_phone - per_phone.max(1, keepdims=True))
+    post /= post.sum(1, keepdims=True)
+    took = time.perf_counter() - t0
+    t = np.arange(num_frames) / fps
+    centres = (np.arange(len(post)) + 0.5) / 100
+    return np.stack([np.interp(t, centres, post[:, k]) for k in range(len(names))], 1), names, took
+
+
+def expected_opening(post: np.ndarray, names: list, fps: float) -> np.ndarray:
+    """The opening the corpus's phone targets give the posteriors on average, with the
+    corpus's 50 ms anticipation (nothing fitted)."""
+    from dgtalker.audio.tts_corpus import _ARPABET, ANTICIPATION_S, SIL_TARGET, phone_units
+
+    opening = np.array([np.mean([u[1] for u in phone_units(_ARPABET[n.lower()])]) if _ARPABET.get(n.lower())
+                        else SIL_TARGET[1] for n in names])
+    e = post @ opening
+    t = np.arange(len(e)) / fps
+    return np.interp(t + ANTICIPATION_S, t, e)
+
+
+def with_context(x: np.ndarray, k: int = 2) -> np.ndarray:
+    """[T, C] -> [T, (2k + 1) C]: each frame beside its k neighbours on both sides (edges repeated)."""
+    pad = np.pad(x, ((k, k), (0, 0)), mode="edge")
+    return np.concatenate([pad[s:s + len(x)] for s in range(2 * k + 1)], 1)
+
+
 def main(argv=None) -> int:
     here = Path(__file__).resolve().parent
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -142,6 +231,9 @@ def main(argv=None) -> int:
                    help="also score the opening of pocketsphinx's recognised phones (needs pocketsphinx)")
     p.add_argument("--phones-lw", type=float, default=1.0,
                    help="pocketsphinx's language weight for --phones (default 1.0)")
+    p.add_argument("--likelihoods", action="store_true",
+                   help="also score pocketsphinx's per-frame phone posteriors (needs pocketsphinx; "
+                        "with --readout, their readouts beside the front end's)")
     args = p.parse_args(argv)
 
     import torch
@@ -154,7 +246,7 @@ def main(argv=None) -> int:
     footage = Path(args.footage)
     cache_path = Path(args.cache)
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    rows, tracks, outputs = [], {}, {}
+    rows, tracks, outputs, posteriors = [], {}, {}, {}
     for name in CLIPS:
         video = footage / f"{name}.mp4"
         if not video.is_file():
@@ -192,12 +284,26 @@ def main(argv=None) -> int:
             row["phones"] = lag_table(track, ph)
             row["phones_speed_x_realtime"] = round(len(s16) / 16000 / took_ph, 1)
         n = min(len(track), len(pred))
+        if args.likelihoods:
+            s16, _ = A.load(video)
+            post, names, took_post = phone_posteriors(s16, fps, len(pred))
+            row["likelihoods"] = lag_table(track, expected_opening(post, names, fps))
+            row["likelihoods_speed_x_realtime"] = round(len(s16) / 16000 / took_post, 1)
+            posteriors[name] = post[:n]
         tracks[name] = track[:n]
         outputs[name] = np.c_[res.opening, res.width, res.visemes][:n].astype(np.float64)
         rows.append(row)
     if args.readout and len(rows) > 2:
-        for r, lt in zip(rows, readout_table(tracks, outputs).values()):
-            r["readout"] = lt
+        readouts = {"readout": outputs}
+        if posteriors:
+            readouts.update({
+                "readout_posteriors": posteriors,
+                "readout_both": {c: np.c_[outputs[c], posteriors[c]] for c in tracks},
+                "readout_both_context": {c: with_context(np.c_[outputs[c], posteriors[c]]) for c in tracks},
+                "readout_context": {c: with_context(outputs[c]) for c in tracks}})
+        for key, feats_by_clip in readouts.items():
+            for r, lt in zip(rows, readout_table(tracks, feats_by_clip).values()):
+                r[key] = lt
     if not rows:
         print("no clips found", file=sys.stderr)
         return 1
@@ -208,7 +314,9 @@ def main(argv=None) -> int:
                "loudness_best_r_mean": mean("loudness", "best_r"),
                "frontend_best_r_min": round(min(r["frontend"]["best_r"] for r in rows), 4),
                "speed_x_realtime_min": min(r["speed_x_realtime"] for r in rows)}
-    for key in ("readout", "phones"):
+    scored = ("readout", "phones", "likelihoods", "readout_posteriors", "readout_both", "readout_both_context",
+              "readout_context")
+    for key in scored:
         if key in rows[0]:
             summary[f"{key}_best_r_mean"] = mean(key, "best_r")
             summary[f"{key}_best_r_min"] = round(min(r[key]["best_r"] for r in rows), 4)
@@ -227,12 +335,20 @@ def main(argv=None) -> int:
               f"{r['speed_x_realtime']:.0f} |")
     print(f"| mean | | {summary['frontend_best_r_mean']:.3f} | lag 0: {summary['frontend_r_lag0_mean']:.3f} | "
           f"{summary['frontend_causal_best_r_mean']:.3f} | {summary['loudness_best_r_mean']:.3f} | | |")
-    for key, what in (("readout", "readout of the outputs, fitted on the other clips"),
-                      ("phones", f"pocketsphinx phones (lw {args.phones_lw:g})")):
+    described = {"readout": "readout of the outputs, fitted on the other clips",
+                 "phones": f"pocketsphinx phones (lw {args.phones_lw:g})",
+                 "likelihoods": "pocketsphinx phone posteriors, expected opening",
+                 "readout_posteriors": "readout of the phone posteriors",
+                 "readout_both": "readout of the outputs and the phone posteriors",
+                 "readout_both_context": "readout of both, +-2 frames",
+                 "readout_context": "readout of the outputs, +-2 frames"}
+    for key in scored:
         if key in rows[0]:
-            print(f"{what}: " + ", ".join(f"{r['clip']} {r[key]['best_r']:.3f} ({r[key]['best_lag']:+d})" for r in rows)
+            speed = f"{key}_speed_x_realtime"
+            print(f"{described[key]}: " + ", ".join(f"{r['clip']} {r[key]['best_r']:.3f} ({r[key]['best_lag']:+d})"
+                                                   for r in rows)
                   + f"; mean {summary[key + '_best_r_mean']:.3f}"
-                  + (f", x{min(r['phones_speed_x_realtime'] for r in rows):.0f} real time" if key == "phones" else ""))
+                  + (f", x{min(r[speed] for r in rows):.0f} real time" if speed in rows[0] else ""))
     from dgtalker.io import atomic_write_json
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
