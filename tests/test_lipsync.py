@@ -183,6 +183,8 @@ def test_bad_audio_errors(tmp_path):
         lipsync(np.full(16000, np.nan, np.float32), sample_rate=SR)
     with pytest.raises(ValueError, match="fps"):
         lipsync((np.zeros(16000, np.float32), SR), fps=0)
+    with pytest.raises(A.AudioError, match="causal must be True or False"):
+        lipsync((np.zeros(16000, np.float32), SR), causal="yes")
     with pytest.raises(A.AudioError, match="does not exist"):
         lipsync(tmp_path / "nothing.wav")
     empty = tmp_path / "empty.wav"

@@ -234,6 +234,9 @@ def test_controls_change_the_frames(talker):
     ({"lip_scale": "big"}, "lip_scale"),
     ({"seed": 1.5}, "seed"),
     ({"expression": np.zeros(5)}, "expression"),
+    ({"causal": "yes"}, "causal must be True or False"),
+    ({"steady": 1}, "steady must be True or False"),
+    ({"progress": None}, "progress must be True or False"),
 ])
 def test_bad_options_are_named_before_any_work(talker, kw, match, monkeypatch):
     def no_work(*a, **k):

@@ -473,7 +473,8 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
     W, H = image_size(camera, talker, width, height)
     cam = as_camera(camera, talker, W, H)
     lip_scale, exp_scale = check_number("lip_scale", lip_scale), check_number("exp_scale", exp_scale)
-    steady = check_flag("steady", steady)
+    causal, steady, progress = (check_flag(n, v) for n, v in
+                                (("causal", causal), ("steady", steady), ("progress", progress)))
     batch = check_positive_int("batch", batch)
     seed = check_seed(seed)
     dev = check_device(device, talker.device)

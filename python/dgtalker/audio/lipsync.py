@@ -100,8 +100,9 @@ def lipsync(audio, fps: float = 25.0, sample_rate: int | None = None, causal: bo
     from . import speech
 
     fps = A._check_fps(fps)
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be True or False, got {causal!r}")
+    if not isinstance(causal, (bool, np.bool_)):
+        raise A.AudioError(f"causal must be True or False, got {causal!r}")
+    causal = bool(causal)
     samples, rate = speech(audio, sample_rate)
     n = A.num_video_frames(len(samples), rate, fps)
     if n < 1:
