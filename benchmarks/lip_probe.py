@@ -7,7 +7,8 @@ standardised: ``train.clip.mouth_targets``, what ``--lip-target`` pins) on the c
 training frames, and scored on its held-out frames. Three inputs are compared:
 
 - ``logmel``: the log-mel windows alone (talkers before the speech front end);
-- ``frontend``: the log-mel plus the shipped speech front end's channels;
+- ``frontend``: the log-mel plus the speech front end's channels (the shipped one, or
+  ``--frontend WEIGHTS``);
 - ``frontend_norm``: the same with the log-mel normalised as the front end reads it (each
   band's speech mean removed: ``TalkerConfig.normalised_mel``);
 - ``frontend_raw``: the front end's own mouth opening, untrained on the person;
@@ -248,6 +249,9 @@ def main(argv=None):
                          "(each member's held-out figures too)")
     ap.add_argument("--save-openings", metavar="NPZ",
                     help="also write the predicted and tracked openings of every frame (NPZ, _INPUT appended)")
+    ap.add_argument("--frontend", metavar="WEIGHTS",
+                    help="another speech front end's weights (default: the shipped one), e.g. a candidate from "
+                         "benchmarks/train_frontend_gpu.sh")
     ap.add_argument("--out", help="JSON to write")
     a = ap.parse_args(argv)
     torch.manual_seed(a.seed)
@@ -272,7 +276,7 @@ def main(argv=None):
         ap.error("--adapt-frontend stops on the held-back blocks: pass --holdback too")
     samples, rate = ds.audio
     mel = A.log_mel(A.resample(A.to_mono(samples), int(rate), A.SAMPLE_RATE))
-    fe = load_frontend()
+    fe = load_frontend(a.frontend)
     G = load_prior()
     N = len(ds)
     res = {"data": str(ds.root), "frames": N, "train": int(len(train)), "heldout": int(len(held)),
@@ -292,7 +296,7 @@ def main(argv=None):
         res["frontend_adapted"] = adapt_frontend(fe, mel, N, float(ds.fps), target[:, 0], train, held, a.adapt_steps,
                                                  a.adapt_lr)
         print("frontend_adapted", json.dumps(res["frontend_adapted"]), flush=True)
-        fe = load_frontend()  # the encoders below read the shipped front end
+        fe = load_frontend(a.frontend)  # the encoders below read the front end as it was
     voices = load_voices(a.voices, float(ds.fps))
     for name, use_fe, normed in (("logmel", False, False), ("frontend", True, False), ("frontend_norm", True, True)):
         if name not in a.inputs.split(","):
