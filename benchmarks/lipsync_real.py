@@ -38,6 +38,7 @@ measurements say what limits the front end on them:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -135,6 +136,7 @@ def phone_opening(samples: np.ndarray, fps: float, num_frames: int, language_wei
     return np.interp(np.arange(num_frames) / fps, np.arange(len(opening)) / 100, opening), took
 
 
+@functools.lru_cache(maxsize=1)
 def _pocketsphinx_phones():
     """(base phone names [42], base phone of each senone [n_sen]) of pocketsphinx's en-us
     model, read from its binary model definition (bin_mdef: header, CI phone names, CD
@@ -279,16 +281,14 @@ def main(argv=None) -> int:
                "loudness": lag_table(track, loud),
                "speed_x_realtime": round(len(samples) / rate / took, 1)}
         if args.phones:
-            s16, _ = A.load(video)
-            ph, took_ph = phone_opening(s16, fps, len(pred), args.phones_lw)
+            ph, took_ph = phone_opening(samples, fps, len(pred), args.phones_lw)
             row["phones"] = lag_table(track, ph)
-            row["phones_speed_x_realtime"] = round(len(s16) / 16000 / took_ph, 1)
+            row["phones_speed_x_realtime"] = round(len(samples) / rate / took_ph, 1)
         n = min(len(track), len(pred))
         if args.likelihoods:
-            s16, _ = A.load(video)
-            post, names, took_post = phone_posteriors(s16, fps, len(pred))
+            post, names, took_post = phone_posteriors(samples, fps, len(pred))
             row["likelihoods"] = lag_table(track, expected_opening(post, names, fps))
-            row["likelihoods_speed_x_realtime"] = round(len(s16) / 16000 / took_post, 1)
+            row["likelihoods_speed_x_realtime"] = round(len(samples) / rate / took_post, 1)
             posteriors[name] = post[:n]
         tracks[name] = track[:n]
         outputs[name] = np.c_[res.opening, res.width, res.visemes][:n].astype(np.float64)
