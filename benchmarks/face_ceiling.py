@@ -7,11 +7,14 @@ background, whole frame; PSNR and SSIM), on training and held-out frames.
 From least to most freedom, all with the talker's own cameras, torso pose and plate:
 
 - ``audio``: the talker from each frame's audio alone (what a user gets);
-- ``residual``: training frames with their learned expression residual and blink (what
-  training fitted through the talker's per-frame paths);
+- ``residual``: training frames with their learned expression residual, blink and head
+  pose correction (what training fitted through the talker's per-frame paths);
 - ``paths``: the talker's per-frame paths fitted to each frame, training or held-out
   (its speech-driven and residual coefficients ``c_exp``, ``c_lip`` and the blink amount
   free per frame, the network fixed): what those paths can express at all;
+- ``rigid``: the audio-driven head with a rigid correction of each frame's head pose
+  fitted to that frame (3 rotation and 3 translation parameters, the coefficients as
+  from audio): what the tracked poses cost;
 - ``static``: ONE set of raw UV maps (no generator) fitted to all the training frames
   scored: the ceiling of a head that does not change from frame to frame;
 - ``one``: the raw maps fitted to a single training frame, for ``--single`` frames each:
@@ -33,10 +36,10 @@ import numpy as np
 import torch
 
 from dgtalker.eval import metrics as M
-from dgtalker.eval.evaluate import GroundTruth, clip_coefficients, view_cameras
+from dgtalker.eval.evaluate import GroundTruth, clip_coefficients, clip_torso, view_cameras
 from dgtalker.metrics import photometric_loss
 
-FITS = ("audio", "residual", "paths", "static", "one")
+FITS = ("audio", "residual", "rigid", "paths", "static", "one")
 
 
 def spread(frames: np.ndarray, n: int) -> np.ndarray:
@@ -72,13 +75,19 @@ class Frames:
         i = torch.from_numpy(self.idx).to(device)
         self.residual = talker.residual_track.detach()[i]
         self.blink = talker.blink_track.detach()[i]
+        with torch.no_grad():  # the head pose corrections training learned (identity if it learned none)
+            self.head = talker.head_motions(i)
+        self.torso = clip_torso(dataset, self.idx, device)
+
+    def torso_of(self, k: slice):
+        return None if self.torso is None else self.torso[k]
 
     def __len__(self):
         return len(self.idx)
 
 
-def render_raw(talker, raw, w2c, K, size):
-    g = talker.pose_clip(talker.generator.decode(raw.contiguous()), w2c)
+def render_raw(talker, raw, w2c, K, size, torso=None):
+    g = talker.pose_clip(talker.generator.decode(raw.contiguous()), w2c, torso=torso)
     return talker.rasterize(g, w2c, K, size, size, checked=True if raw.is_cuda else None)[0]
 
 
@@ -89,7 +98,8 @@ def render_talker(talker, fr: Frames, size, batch, *, residual: bool):
             k = slice(s, s + batch)
             ce = fr.ce[k] + (fr.residual[k] if residual else 0)
             img, _ = talker.clip_frames(ce, fr.cl[k], fr.w2c[k], fr.K[k], size, size,
-                                        blink=fr.blink[k] if residual else None, checked=True)
+                                        blink=fr.blink[k] if residual else None, checked=True,
+                                        torso=fr.torso_of(k), head=fr.head[k] if residual else None)
             rows += scores(img, fr.gt[k], fr.masks[k])
     return mean_rows(rows)
 
@@ -105,16 +115,54 @@ def fit_paths(talker, fr: Frames, size, batch, steps, lr=0.05):
         opt = torch.optim.Adam([ce, cl, b], lr=lr)
         for _ in range(steps):
             img, _ = talker.clip_frames(ce, cl, fr.w2c[k], fr.K[k], size, size, blink=torch.sigmoid(b),
-                                        checked=True if ce.is_cuda else None)
+                                        checked=True if ce.is_cuda else None, torso=fr.torso_of(k))
             loss = photometric_loss(img, fr.gt[k])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         with torch.no_grad():
             img, _ = talker.clip_frames(ce, cl, fr.w2c[k], fr.K[k], size, size, blink=torch.sigmoid(b),
-                                        checked=True)
+                                        checked=True, torso=fr.torso_of(k))
             rows += scores(img, fr.gt[k], fr.masks[k])
     return mean_rows(rows)
+
+
+def fit_rigid(talker, fr: Frames, size, batch, steps, lr=2e-3):
+    """Each frame's head moved by a rigid motion fitted to that frame, the coefficients as
+    from its audio, the camera and the torso where the clip has them (the shoulders keep
+    their place; the neck blends as the torso's skinning does)."""
+    from dgtalker.talker import rigid_motion
+
+    rows, moves = [], []
+    for s in range(0, len(fr), batch):
+        k = slice(s, s + batch)
+        with torch.no_grad():
+            g = talker.gaussians(fr.ce[k], fr.cl[k])
+        # rotation vector (radians) and translation (metres), both small
+        params = torch.zeros(g[0].shape[0], 6, device=g[0].device, requires_grad=True)
+        opt = torch.optim.Adam([params], lr=lr)
+
+        def frame(p, checked):
+            head = rigid_motion(p)
+            posed = talker.with_mouth(talker.pose_clip(g, fr.w2c[k], torso=fr.torso_of(k), head=head), fr.cl[k],
+                                      head=head)
+            return talker.rasterize(posed, fr.w2c[k], fr.K[k], size, size, checked=checked)[0]
+
+        for _ in range(steps):
+            loss = photometric_loss(frame(params, True if params.is_cuda else None), fr.gt[k])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            rows += scores(frame(params, True), fr.gt[k], fr.masks[k])
+        p = params.detach().cpu()
+        moves += [{"degrees": float(r.norm() * 180 / np.pi), "mm": float(t.norm() * 1000)}
+                  for r, t in zip(p[:, :3], p[:, 3:])]
+    out = mean_rows(rows)
+    out["median_degrees"] = float(np.median([m["degrees"] for m in moves]))
+    out["median_mm"] = float(np.median([m["mm"] for m in moves]))
+    out["moves"] = moves
+    return out
 
 
 def fit_raw(talker, fr: Frames, which: np.ndarray, size, batch, steps, lr=5e-3):
@@ -127,7 +175,7 @@ def fit_raw(talker, fr: Frames, which: np.ndarray, size, batch, steps, lr=5e-3):
     order = torch.as_tensor(which)
     for step in range(steps):
         k = order[torch.arange(step * batch, (step + 1) * batch) % len(order)]
-        img = render_raw(talker, raw.expand(len(k), -1, -1, -1), fr.w2c[k], fr.K[k], size)
+        img = render_raw(talker, raw.expand(len(k), -1, -1, -1), fr.w2c[k], fr.K[k], size, fr.torso_of(k))
         loss = photometric_loss(img, fr.gt[k])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -140,7 +188,7 @@ def score_raw(talker, raw, fr: Frames, which, size, batch):
     with torch.no_grad():
         for s in range(0, len(which), batch):
             k = torch.as_tensor(which[s:s + batch])
-            img = render_raw(talker, raw.expand(len(k), -1, -1, -1), fr.w2c[k], fr.K[k], size)
+            img = render_raw(talker, raw.expand(len(k), -1, -1, -1), fr.w2c[k], fr.K[k], size, fr.torso_of(k))
             rows += scores(img, fr.gt[k], fr.masks[k])
     return mean_rows(rows)
 
@@ -185,6 +233,8 @@ def main(argv=None):
             res["audio"] = render_talker(talker, fr, a.size, a.batch, residual=False)
         if "residual" in fits and name == "train":
             res["residual"] = render_talker(talker, fr, a.size, a.batch, residual=True)
+        if "rigid" in fits:
+            res["rigid"] = fit_rigid(talker, fr, a.size, a.batch, a.path_steps)
         if "paths" in fits:
             with torch.enable_grad():
                 res["paths"] = fit_paths(talker, fr, a.size, a.batch, a.path_steps)

@@ -182,9 +182,9 @@ def test_training_poses_the_torso_with_the_clips_track(tmp_path, monkeypatch):
     seen = []
     pose = Talker.pose_clip
 
-    def spy(self, gaussians, w2c, *, torso=None):
+    def spy(self, gaussians, w2c, *, torso=None, head=None):
         seen.append(torso)
-        return pose(self, gaussians, w2c, torso=torso)
+        return pose(self, gaussians, w2c, torso=torso, head=head)
 
     monkeypatch.setattr(Talker, "pose_clip", spy)
     identity.train_identity(root, tmp_path / "t.safetensors", tiny_config(steps=2), prior=tiny_generator(),

@@ -17,6 +17,12 @@ A talker is the prior's generator tuned to one person plus what drives it:
   expression), a seeded excerpt of this track (``sample_expression``: natural brow
   motion and blinks at the clip's own times and rates, different per seed), or set
   by the caller;
+- ``pose_track [T, 6]``: a learned rigid correction of the head against each training
+  frame's tracked camera (``POSE_UNITS``: 0.01 rad and 1 cm), zero over the training
+  frames on average. A face tracked from landmarks misjudges the head's distance by
+  5-20 mm from frame to frame (docs/benchmarks.md); fitting the frames as tracked, the
+  head blurs to cover them all. Used on training frames only: renders take the camera
+  as given;
 - the eyelid layer: ``blink_map [14 G, M_eye]``, a learned offset of the generator's
   raw maps on the template's eye texels, added ``b`` times per frame (``b`` in
   [0, 1], 1 closes both eyes) before the decode kernel. Blinks are too rare and too
@@ -239,6 +245,34 @@ def _quat_from_rotation(Rm: Tensor) -> Tensor:
     return Fn.normalize(torch.stack([w, x, y, z], -1), dim=-1)
 
 
+# the pose track's units: rotation vectors in 0.01 rad (0.57 degrees), translations in cm,
+# so that a typical correction is O(1) for the optimiser
+POSE_UNITS = (0.01, 0.01, 0.01, 0.01, 0.01, 0.01)
+
+
+def rigid_motion(params: Tensor) -> Tensor:
+    """``[F, 4, 4]`` rigid motions of the head frame from ``params [F, 6]``: a rotation
+    vector (radians) about the head's origin, then a translation (metres)."""
+    rvec, t = params[:, :3], params[:, 3:]
+    angle = rvec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    k = rvec / angle
+    zero = torch.zeros_like(k[:, 0])
+    cross = torch.stack([zero, -k[:, 2], k[:, 1], k[:, 2], zero, -k[:, 0], -k[:, 1], k[:, 0], zero], 1).view(-1, 3, 3)
+    sin, cos = angle.sin()[..., None], angle.cos()[..., None]
+    eye3 = torch.eye(3, dtype=params.dtype, device=params.device)
+    out = torch.eye(4, dtype=params.dtype, device=params.device).repeat(len(params), 1, 1)
+    out[:, :3, :3] = eye3 + sin * cross + (1 - cos) * cross @ cross
+    out[:, :3, 3] = t
+    return out
+
+
+def move_rigidly(means: Tensor, quats: Tensor, motion: Tensor) -> tuple[Tensor, Tensor]:
+    """Gaussians ``[F, N, ...]`` moved by rigid motions ``[F, 4, 4]`` (all of them, whole)."""
+    Rm, t = motion[:, None, :3, :3], motion[:, None, :3, 3]
+    q = _quat_from_rotation(motion[:, :3, :3])[:, None].expand_as(quats)
+    return (Rm @ means[..., None])[..., 0] + t, Fn.normalize(_quat_mul(q, quats), dim=-1)
+
+
 def skin(means: Tensor, quats: Tensor, weight: Tensor, body: Tensor | None) -> tuple[Tensor, Tensor]:
     """Poses the torso: ``body [F, 4, 4]`` moves the shoulders (weight 1) within the head
     frame; the neck blends linearly. ``None`` (or identity) leaves everything in place."""
@@ -301,6 +335,7 @@ class Talker(nn.Module):
         self.encoder = AudioEncoder(enc, seed=seed)
         self.causal_encoder = AudioEncoder(enc.causal(cfg.max_lookahead_s), seed=seed + 1)
         self.residual_track = nn.Parameter(torch.zeros(max(1, int(residual_frames)), cfg.k_exp))
+        self.pose_track = nn.Parameter(torch.zeros(max(1, int(residual_frames)), 6))
         texels, weight = eye_region(generator)
         self.register_buffer("eye_texels", texels, persistent=False)
         self.register_buffer("eye_weight", weight, persistent=False)
@@ -518,19 +553,35 @@ class Talker(nn.Module):
         return add_on_texels(raw, self.mouth_texels, offset)
 
     def clip_gaussians(self, c_exp: Tensor, c_lip: Tensor, w2c: Tensor, *, blink: Tensor | None = None,
-                       amp: bool = False, torso: Tensor | None = None):
+                       amp: bool = False, torso: Tensor | None = None, head: Tensor | None = None):
         """Gaussians ``[F, N, ...]`` of clip frames seen by their own head cameras ``w2c
         [F, 4, 4]``: the torso posed where that clip has it (``body_transforms`` against
         the body camera, moved by the clip's tracked ``torso`` offsets ``[F, 2]`` if given:
-        ``body_cameras``). The one place that renders dataset frames with their torso."""
+        ``body_cameras``; ``head``: ``pose_clip``). The one place that renders dataset frames
+        with their torso."""
         g = self.gaussians(c_exp, c_lip, blink=blink, amp=amp)
-        return self.with_mouth(self.pose_clip(g, w2c, torso=torso), c_lip)
+        return self.with_mouth(self.pose_clip(g, w2c, torso=torso, head=head), c_lip, head=head)
 
-    def pose_clip(self, gaussians, w2c: Tensor, *, torso: Tensor | None = None):
+    def pose_clip(self, gaussians, w2c: Tensor, *, torso: Tensor | None = None, head: Tensor | None = None):
         """Gaussians ``[F, N, ...]`` already made, with the torso posed where the clip has
         it for head cameras ``w2c [F, 4, 4]`` and torso offsets ``torso [F, 2]`` (a training
-        step that shows one latent at two cameras poses it once per camera)."""
+        step that shows one latent at two cameras poses it once per camera); ``head [F, 4,
+        4]`` first moves the head (not the shoulders; the neck blends) by a rigid motion of
+        the head frame (``head_motions``)."""
+        if head is not None:
+            means, quats, *rest = gaussians
+            means, quats = skin(means, quats, 1 - self.skin_weight.to(means.device), head)
+            gaussians = (means, quats, *rest)
         return self.pose_torso(gaussians, body_transforms(w2c, self.body_cameras(torso, w2c.device)))
+
+    def head_motions(self, frames: Tensor) -> Tensor:
+        """The rigid corrections ``[F, 4, 4]`` of training frames ``frames`` (``pose_track``
+        less its mean over the training frames: the track cannot move the head as a whole,
+        which the network would follow and a camera without a correction would miss)."""
+        track = self.pose_track
+        mask = self.train_mask.to(track.device)
+        mean = (track * mask[:, None]).sum(0) / mask.sum().clamp_min(1)
+        return rigid_motion((track[frames] - mean) * track.new_tensor(POSE_UNITS))
 
     def body_cameras(self, torso: Tensor | None, device=None) -> Tensor:
         """The body camera ``[4, 4]``, or per frame ``[F, 4, 4]`` moved by torso offsets
@@ -547,18 +598,20 @@ class Talker(nn.Module):
 
     def clip_frames(self, c_exp: Tensor, c_lip: Tensor, w2c: Tensor, Ks: Tensor, width: int, height: int, *,
                     blink: Tensor | None = None, background: Tensor | None = None, amp: bool = False,
-                    checked: bool | None = None, torso: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                    checked: bool | None = None, torso: Tensor | None = None,
+                    head: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``frames`` of clip frames at their own cameras, the torso following the clip's
         head motion and its tracked ``torso`` offsets (``clip_gaussians``); images ``[F, H,
         W, 3]`` and alphas ``[F, H, W]``."""
-        g = self.clip_gaussians(c_exp, c_lip, w2c, blink=blink, amp=amp, torso=torso)
+        g = self.clip_gaussians(c_exp, c_lip, w2c, blink=blink, amp=amp, torso=torso, head=head)
         return self.rasterize(g, w2c, Ks, width, height, background=background, checked=checked)
 
-    def with_mouth(self, gaussians, c_lip: Tensor):
+    def with_mouth(self, gaussians, c_lip: Tensor, *, head: Tensor | None = None):
         """Posed Gaussians ``[F, N, ...]`` with the mouth interior of lip coefficients
-        ``c_lip [F, Kl]`` appended (rigid with the head, so after the torso is posed) and
-        the face parted at the lips to show it (``MouthInterior.part_face``); unchanged for
-        a talker without one."""
+        ``c_lip [F, Kl]`` appended (rigid with the head, so after the torso is posed; moved
+        by the head's motions ``head [F, 4, 4]`` as ``pose_clip`` moved the head) and the
+        face parted at the lips to show it (``MouthInterior.part_face``); unchanged for a
+        talker without one."""
         if self.mouth is None:
             return gaussians
         means, quats, scales, opac, colors = gaussians
@@ -566,6 +619,8 @@ class Talker(nn.Module):
         # the face parts at the lips (head Gaussians only: the torso's follow them in the list)
         opac = self.mouth.part_face(opac, opening)
         inner = self.mouth(opening)
+        if head is not None:
+            inner = (*move_rigidly(inner[0], inner[1], head.to(inner[0])), *inner[2:])
         return tuple(torch.cat([g, m.to(g)], 1) for g, m in zip((means, quats, scales, opac, colors), inner))
 
     def pose_torso(self, gaussians, body: Tensor | None):
@@ -665,7 +720,7 @@ class Talker(nn.Module):
                 # the front end is not in any group: it stays as shipped
                 "blendshapes": list(self.blendshapes.parameters()), "encoder": list(self.encoder.parameters()),
                 "causal_encoder": list(self.causal_encoder.parameters()), "residual": [self.residual_track],
-                "eyelid": [self.blink_map], "lip_layer": [self.lip_map],
+                "pose": [self.pose_track], "eyelid": [self.blink_map], "lip_layer": [self.lip_map],
                 "mouth": [] if self.mouth is None else list(self.mouth.parameters())}
 
 
@@ -712,7 +767,7 @@ class TalkerCheckpointError(CheckpointError):
     The message names the file and the problem."""
 
 
-_OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "lip_map", "blink_track", "train_mask",
+_OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "lip_map", "blink_track", "train_mask", "pose_track",
                      *(f"{e}.lip_{b}" for e in ("encoder", "causal_encoder") for b in ("centre", "gain", "low", "high")),
                      # a mouth interior saved before it was placed from the clip: the template's mouth
                      "mouth.anchor", "mouth.gap_logit", "mouth.gap_gain")
