@@ -385,6 +385,9 @@ def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: floa
     rv, tv, _ = solve_poses(X, points, K, rigid)
     attached = None if features is None else attach_features(features, points, X)
     rv, tv, err = refine_poses(X, points, weights, K, rv, tv, features=attached)
+    for _ in range(FEATURE_ROUNDS if attached is not None else 0):
+        attached = triangulate_features(attached, rv, tv, K)
+        rv, tv, err = refine_poses(X, points, weights, K, rv, tv, features=attached)
     return X, rv, tv, focal, err
 
 
@@ -460,6 +463,13 @@ def refine_poses(X, points, weights, K, rvecs, tvecs, iterations: int = 5, featu
 # the rotations; corners of the skin's own texture, followed by optical flow, stay on
 # the surface. They join the landmarks in the final pose solve.
 FEATURE_WEIGHT = 4.0  # all of a frame's features together, against its landmarks' total 1
+# rounds of placing the features by their own observations (``triangulate_features``)
+# and solving the poses again: placed on the landmark mesh alone, a feature takes the
+# mesh's depth there, and the head's distance then drifts by 5-20 mm as the head turns
+# (docs/preprocess.md)
+FEATURE_ROUNDS = 2
+FEATURE_SPRING = 1e-3  # per observation, against the projection's squared focal length:
+                       # 1 mm off its mesh place costs what a 0.03 px reprojection error does
 FEATURE_REGION = 0.85  # the face oval shrunk about its centre: no corners on the outline
 
 
@@ -565,6 +575,12 @@ class FaceFeatures:
         self._obs = obs[order]
         self._starts = np.searchsorted(self._obs[:, 0], np.arange(int(obs[:, 0].max(initial=-1)) + 2))
 
+    def placed_at(self, points: np.ndarray) -> "FaceFeatures":
+        """The same observations with the features at head-frame ``points [tracks, 3]``."""
+        out = FaceFeatures.__new__(FaceFeatures)
+        out.points, out._obs, out._starts = points, self._obs, self._starts
+        return out
+
     def frame_points(self, f: int):
         if f + 1 >= len(self._starts):
             return np.zeros((0, 3)), np.zeros((0, 2))
@@ -625,6 +641,38 @@ def attach_features(observations: np.ndarray, points: list, X: np.ndarray, min_l
     np.add.at(total, track[inside], np.einsum("nk,nkc->nc", bary[inside], X[triangles[tri[inside]]]))
     np.add.at(count, track[inside], 1)
     return FaceFeatures(observations, total / np.maximum(count, 1)[:, None], count >= min_length)
+
+
+def triangulate_features(features: FaceFeatures, rvecs: np.ndarray, tvecs: np.ndarray, K: np.ndarray,
+                         iterations: int = 3) -> FaceFeatures:
+    """The features with each one's head-frame point moved to where its observations in
+    the frames with poses ``rvecs, tvecs`` [F, 3] put it (Gauss-Newton on its
+    reprojection error, a 3x3 system per feature), held to its place on the landmark
+    mesh by a weak spring (``FEATURE_SPRING``) where its views cannot fix it."""
+    from scipy.spatial.transform import Rotation
+
+    obs = features._obs
+    frame, track, uv = obs[:, 0].astype(np.int64), obs[:, 1].astype(np.int64), obs[:, 2:4]
+    posed = np.isfinite(rvecs[frame]).all(1) & np.isfinite(tvecs[frame]).all(1)
+    frame, track, uv = frame[posed], track[posed], uv[posed]
+    R = Rotation.from_rotvec(np.nan_to_num(rvecs)).as_matrix()
+    f, c = np.array([K[0, 0], K[1, 1]]), K[:2, 2]
+    Y0 = features.points
+    Y = Y0.copy()
+    count = np.bincount(track, minlength=len(Y)).astype(np.float64)
+    spring = FEATURE_SPRING * f.mean() ** 2 * np.maximum(count, 1)
+    for _ in range(iterations):
+        P = np.einsum("nij,nj->ni", R[frame], Y[track]) + tvecs[frame]
+        r = _project(P[:, None], f, c)[:, 0] - uv
+        J = _projection_jacobian(P[:, None], f)[:, 0] @ R[frame]  # [n, 2, 3]
+        A = np.zeros((len(Y), 3, 3))
+        g = np.zeros((len(Y), 3))
+        np.add.at(A, track, np.einsum("nki,nkj->nij", J, J))
+        np.add.at(g, track, np.einsum("nki,nk->ni", J, r))
+        A += spring[:, None, None] * np.eye(3)
+        g += spring[:, None] * (Y - Y0)
+        Y = Y - np.linalg.solve(A, g[..., None])[..., 0]
+    return features.placed_at(Y)
 
 
 def fill_and_smooth(rvecs: np.ndarray, tvecs: np.ndarray, sigma: float = 1.0):

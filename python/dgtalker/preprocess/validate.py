@@ -46,6 +46,16 @@ def rotation_errors(w2c_est: np.ndarray, w2c_true: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1, 1)))
 
 
+def distance_errors(w2c: np.ndarray, truth_w2c: np.ndarray) -> np.ndarray:
+    """Per frame, how far the head's distance from the camera, over its mean in the
+    clip, is from the truth's, in percent (scale-free: the tracked head and camera have
+    their own units of size)."""
+    def relative(v):
+        d = np.linalg.norm(np.linalg.inv(v)[:, :3, 3], axis=1)  # the camera centre in the head frame
+        return d / d.mean()
+    return np.abs(relative(w2c) - relative(truth_w2c)) * 100
+
+
 def compare(truth, pre, frames=None) -> dict:
     """Rotation errors over all frames and mask IoUs (threshold 0.5) on ``frames`` of the
     preprocessed dataset ``pre`` against the synthetic ``truth`` (same length and fps).
@@ -62,7 +72,10 @@ def compare(truth, pre, frames=None) -> dict:
         p = pre.masks(i)
         for c, k in ((3, "foreground"), (0, "head"), (1, "lower_face"), (2, "upper_face")):
             ious[k].append(_iou(t[..., c], p[..., c]))
+    dist = distance_errors(pre.w2c[:n], truth.w2c[:n])
     return {"rotation_deg": {"median": float(np.median(err)), "p95": float(np.percentile(err, 95)),
                              "max": float(err.max())},
+            "distance_pct": {"median": float(np.median(dist)), "p95": float(np.percentile(dist, 95)),
+                             "max": float(dist.max())},
             "true_rotation_range_deg": float(rotation_errors(truth.w2c[:n], truth.w2c[:n][:1].repeat(n, 0)).max()),
             "iou": {k: float(np.mean(v)) for k, v in ious.items()}, "frames": n}
