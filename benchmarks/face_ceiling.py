@@ -7,8 +7,8 @@ background, whole frame; PSNR and SSIM), on training and held-out frames.
 From least to most freedom, all with the talker's own cameras, torso pose and plate:
 
 - ``audio``: the talker from each frame's audio alone (what a user gets);
-- ``residual``: training frames with their learned expression residual, blink and head
-  pose correction (what training fitted through the talker's per-frame paths);
+- ``residual``: training frames with their learned expression residual and blink (what
+  training fitted through the talker's per-frame paths);
 - ``paths``: the talker's per-frame paths fitted to each frame, training or held-out
   (its speech-driven and residual coefficients ``c_exp``, ``c_lip`` and the blink amount
   free per frame, the network fixed): what those paths can express at all;
@@ -75,8 +75,6 @@ class Frames:
         i = torch.from_numpy(self.idx).to(device)
         self.residual = talker.residual_track.detach()[i]
         self.blink = talker.blink_track.detach()[i]
-        with torch.no_grad():  # the head pose corrections training learned (identity if it learned none)
-            self.head = talker.head_motions(i)
         self.torso = clip_torso(dataset, self.idx, device)
 
     def torso_of(self, k: slice):
@@ -99,7 +97,7 @@ def render_talker(talker, fr: Frames, size, batch, *, residual: bool):
             ce = fr.ce[k] + (fr.residual[k] if residual else 0)
             img, _ = talker.clip_frames(ce, fr.cl[k], fr.w2c[k], fr.K[k], size, size,
                                         blink=fr.blink[k] if residual else None, checked=True,
-                                        torso=fr.torso_of(k), head=fr.head[k] if residual else None)
+                                        torso=fr.torso_of(k))
             rows += scores(img, fr.gt[k], fr.masks[k])
     return mean_rows(rows)
 

@@ -13,8 +13,8 @@ from priors import TINY
 from dgtalker.models.audio_encoder import AudioEncoder, AudioEncoderConfig
 from dgtalker.models.blendshapes import Blendshapes
 from dgtalker.models.generator import Generator, GeneratorConfig
-from dgtalker.talker import (POSE_UNITS, Talker, TalkerCheckpointError, TalkerConfig, body_transforms, load_talker,
-                             mean_camera, rigid_motion, save_talker, skin)
+from dgtalker.talker import (Talker, TalkerCheckpointError, TalkerConfig, body_transforms, load_talker, mean_camera,
+                             rigid_motion, save_talker, skin)
 from dgtalker.train import clip, identity, losses, plate, sampler, state
 from dgtalker.train.config import IdentityTrainConfig
 
@@ -138,15 +138,10 @@ def test_rigid_motion_is_rodrigues_and_small_motions_add():
     assert torch.isfinite(p.grad).all() and torch.allclose(p.grad[0], torch.tensor([0, 0, -1.0, 0, 0, 0]), atol=1e-5)
 
 
-def test_pose_track_moves_the_head_and_not_the_shoulders():
+def test_a_head_motion_moves_the_head_and_not_the_shoulders():
     G = tiny_generator()
-    T = Talker(G, TalkerConfig(k_exp=1, k_lip=1, width=32, height=32), residual_frames=5)
-    T.train_mask[4] = False  # a held-out frame: its (untrained) entry does not count in the mean
-    with torch.no_grad():
-        T.pose_track[:, 5] = torch.tensor([1.0, 1.0, 1.0, 3.0, 100.0])  # +1 cm (+3 cm) in z
-    head = T.head_motions(torch.tensor([0, 3]))
-    # less the training frames' mean (1.5): a track cannot move the head as a whole
-    assert torch.allclose(head[:, 2, 3], torch.tensor([-0.5, 1.5]) * POSE_UNITS[5])
+    T = Talker(G, TalkerConfig(k_exp=1, k_lip=1, width=32, height=32))
+    head = rigid_motion(torch.tensor([[0, 0, 0, 0, 0, -0.005], [0, 0, 0, 0, 0, 0.015]]))
     with torch.no_grad():
         g = G.gaussians(G.mean_w()[None].expand(2, -1))
         w2c = torch.eye(4)[None].repeat(2, 1, 1)
@@ -573,34 +568,6 @@ def test_lip_layer_learns_in_training_and_a_rate_of_zero_keeps_it_off(tmp_path):
     identity.train_identity(SAMPLE, tmp_path / "u.safetensors", tiny_config(steps=3, lr_lip_layer=0.0),
                             prior=tiny_generator(), device="cpu", progress=False)
     assert float(load_talker(tmp_path / "u.safetensors").lip_map.abs().max()) == 0.0
-
-
-def test_pose_track_learns_only_with_a_rate_and_resumes_exactly(tmp_path):
-    out = tmp_path / "t.safetensors"
-    identity.train_identity(SAMPLE, out, tiny_config(steps=3), prior=tiny_generator(), device="cpu", progress=False)
-    assert float(load_talker(out).pose_track.abs().max()) == 0.0  # off by default
-    cfg = lambda steps: tiny_config(steps=steps, lr_pose=0.05)  # noqa: E731
-    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    identity.train_identity(SAMPLE, a, cfg(4), prior=tiny_generator(), device="cpu", progress=False)
-    T = load_talker(a)
-    drawn = T.pose_track.abs().sum(1) > 0
-    assert 0 < int(drawn.sum()) < len(drawn)  # only the frames drawn (and their momentum) move
-    identity.train_identity(SAMPLE, b, cfg(2), prior=tiny_generator(), device="cpu", progress=False)
-    identity.train_identity(SAMPLE, b, cfg(4), prior=tiny_generator(), device="cpu", progress=False)
-    assert torch.equal(load_talker(b).pose_track, T.pose_track)
-
-
-def test_a_talker_file_without_a_pose_track_loads_with_none(tmp_path):
-    from dgtalker.checkpoint import read_checkpoint, write_checkpoint
-
-    T = Talker(tiny_generator(), TalkerConfig(k_exp=1, k_lip=1, width=16, height=16), residual_frames=3)
-    path = save_talker(tmp_path / "t.safetensors", T)
-    tensors, meta, _ = read_checkpoint(path, format="dgtalker-talker", max_version=1)
-    del tensors["pose_track"]
-    write_checkpoint(tmp_path / "old.safetensors", tensors, format="dgtalker-talker", version=1,
-                     meta={k: v for k, v in meta.items() if k not in ("format", "version")})
-    old = load_talker(tmp_path / "old.safetensors")
-    assert old.pose_track.shape == (3, 6) and float(old.pose_track.abs().max()) == 0.0
 
 
 def test_blink_amounts_from_eyelid_distance():

@@ -17,12 +17,6 @@ A talker is the prior's generator tuned to one person plus what drives it:
   expression), a seeded excerpt of this track (``sample_expression``: natural brow
   motion and blinks at the clip's own times and rates, different per seed), or set
   by the caller;
-- ``pose_track [T, 6]``: a learned rigid correction of the head against each training
-  frame's tracked camera (``POSE_UNITS``: 0.01 rad and 1 cm), zero over the training
-  frames on average. A face tracked from landmarks misjudges the head's distance by
-  5-20 mm from frame to frame (docs/benchmarks.md); fitting the frames as tracked, the
-  head blurs to cover them all. Used on training frames only: renders take the camera
-  as given;
 - the eyelid layer: ``blink_map [14 G, M_eye]``, a learned offset of the generator's
   raw maps on the template's eye texels, added ``b`` times per frame (``b`` in
   [0, 1], 1 closes both eyes) before the decode kernel. Blinks are too rare and too
@@ -245,11 +239,6 @@ def _quat_from_rotation(Rm: Tensor) -> Tensor:
     return Fn.normalize(torch.stack([w, x, y, z], -1), dim=-1)
 
 
-# the pose track's units: rotation vectors in 0.01 rad (0.57 degrees), translations in cm,
-# so that a typical correction is O(1) for the optimiser
-POSE_UNITS = (0.01, 0.01, 0.01, 0.01, 0.01, 0.01)
-
-
 def rigid_motion(params: Tensor) -> Tensor:
     """``[F, 4, 4]`` rigid motions of the head frame from ``params [F, 6]``: a rotation
     vector (radians) about the head's origin, then a translation (metres)."""
@@ -335,7 +324,6 @@ class Talker(nn.Module):
         self.encoder = AudioEncoder(enc, seed=seed)
         self.causal_encoder = AudioEncoder(enc.causal(cfg.max_lookahead_s), seed=seed + 1)
         self.residual_track = nn.Parameter(torch.zeros(max(1, int(residual_frames)), cfg.k_exp))
-        self.pose_track = nn.Parameter(torch.zeros(max(1, int(residual_frames)), 6))
         texels, weight = eye_region(generator)
         self.register_buffer("eye_texels", texels, persistent=False)
         self.register_buffer("eye_weight", weight, persistent=False)
@@ -567,21 +555,13 @@ class Talker(nn.Module):
         it for head cameras ``w2c [F, 4, 4]`` and torso offsets ``torso [F, 2]`` (a training
         step that shows one latent at two cameras poses it once per camera); ``head [F, 4,
         4]`` first moves the head (not the shoulders; the neck blends) by a rigid motion of
-        the head frame (``head_motions``)."""
+        the head frame (``rigid_motion``: benchmarks/face_ceiling.py measures what the
+        tracked poses cost with it)."""
         if head is not None:
             means, quats, *rest = gaussians
             means, quats = skin(means, quats, 1 - self.skin_weight.to(means.device), head)
             gaussians = (means, quats, *rest)
         return self.pose_torso(gaussians, body_transforms(w2c, self.body_cameras(torso, w2c.device)))
-
-    def head_motions(self, frames: Tensor) -> Tensor:
-        """The rigid corrections ``[F, 4, 4]`` of training frames ``frames`` (``pose_track``
-        less its mean over the training frames: the track cannot move the head as a whole,
-        which the network would follow and a camera without a correction would miss)."""
-        track = self.pose_track
-        mask = self.train_mask.to(track.device)
-        mean = (track * mask[:, None]).sum(0) / mask.sum().clamp_min(1)
-        return rigid_motion((track[frames] - mean) * track.new_tensor(POSE_UNITS))
 
     def body_cameras(self, torso: Tensor | None, device=None) -> Tensor:
         """The body camera ``[4, 4]``, or per frame ``[F, 4, 4]`` moved by torso offsets
@@ -720,7 +700,7 @@ class Talker(nn.Module):
                 # the front end is not in any group: it stays as shipped
                 "blendshapes": list(self.blendshapes.parameters()), "encoder": list(self.encoder.parameters()),
                 "causal_encoder": list(self.causal_encoder.parameters()), "residual": [self.residual_track],
-                "pose": [self.pose_track], "eyelid": [self.blink_map], "lip_layer": [self.lip_map],
+                "eyelid": [self.blink_map], "lip_layer": [self.lip_map],
                 "mouth": [] if self.mouth is None else list(self.mouth.parameters())}
 
 
@@ -767,7 +747,7 @@ class TalkerCheckpointError(CheckpointError):
     The message names the file and the problem."""
 
 
-_OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "lip_map", "blink_track", "train_mask", "pose_track",
+_OPTIONAL_BUFFERS = ("coef_mean", "coef_std", "blink_map", "lip_map", "blink_track", "train_mask",
                      *(f"{e}.lip_{b}" for e in ("encoder", "causal_encoder") for b in ("centre", "gain", "low", "high")),
                      # a mouth interior saved before it was placed from the clip: the template's mouth
                      "mouth.anchor", "mouth.gap_logit", "mouth.gap_gain")

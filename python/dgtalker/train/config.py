@@ -26,7 +26,6 @@ class IdentityTrainConfig:
     lr_blendshapes: float = 3e-3
     lr_encoder: float = 5e-4
     lr_residual: float = 5e-2          # per-frame codes: each is drawn only every few hundred steps
-    lr_pose: float = 0.0              # the per-frame head pose corrections (pose_track, in 0.01 rad and cm; 0: off)
     lr_eyelid: float = 1e-2           # the eyelid layer (raw-map offsets on the eye texels)
     lr_lip_layer: float = 1e-2        # the lip layer (raw-map offsets on the mouth texels; 0: off)
     lr_mouth: float = 1e-2            # the mouth interior's colours, opacities, shift and jaw
@@ -62,7 +61,6 @@ class IdentityTrainConfig:
     leak_weight: float = 0.05         # each branch's change on the wrong face region over its change on its own
     residual_reg: float = 1e-3        # mean ||residual||^2
     residual_smooth: float = 1e-3     # mean ||residual_t - residual_t+1||^2 (blinks last ~4 frames)
-    pose_smooth: float = 1e-2         # mean ||pose_t - pose_t+1||^2 of those corrections (their units)
     coef_smooth: float = 1e-2         # mean ||c_t - c_t+1||^2 of the speech-driven coefficients
     coef_reg: float = 1e-4            # mean ||c||^2 (keeps coefficients O(1); the scales carry the size)
     locality: float = 1.0             # weight of the pivotal-tuning locality regulariser

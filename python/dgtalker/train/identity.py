@@ -128,9 +128,7 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     w2c = torch.cat([v["w2c"] for v in views])
     Ks = torch.cat([v["K"] for v in views])
     torso = None if bi["torso"] is None else torch.cat([v["torso"] for v in views])
-    # each view's frame's correction of its tracked head pose (views: i, j, and again i, j)
-    head = talker.head_motions(torch.cat([fi, fj] * (len(views) // 2))) if cfg.lr_pose > 0 else None
-    g = talker.with_mouth(talker.pose_clip(gather(gauss, lat), w2c, torso=torso, head=head), c_lip[lat], head=head)
+    g = talker.with_mouth(talker.pose_clip(gather(gauss, lat), w2c, torso=torso), c_lip[lat])
     checked = True if dev.type == "cuda" else None
     image, alpha = talker.rasterize(g, w2c, Ks, R, R, checked=checked, background=background)
     own_img, own_a = image[:2 * P], alpha[:2 * P]
@@ -184,9 +182,6 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
         loss = loss + cfg.aniso_reg * needle_penalty(gauss[2])
     loss = loss + cfg.residual_reg * res[:2 * P].pow(2).sum(-1).mean()
     loss = loss + cfg.residual_smooth * (res[:2 * P] - res[2 * P:]).pow(2).sum(-1).mean()
-    if cfg.lr_pose > 0:  # the tracker's errors drift slowly: neighbouring frames' corrections agree
-        pose = talker.pose_track[frames]
-        loss = loss + cfg.pose_smooth * (pose[:2 * P] - pose[2 * P:]).pow(2).sum(-1).mean()
     c_all = torch.cat([ce, cl], 1)
     loss = loss + cfg.coef_smooth * (c_all[:2 * P] - c_all[2 * P:]).pow(2).sum(-1).mean()
     loss = loss + cfg.coef_reg * c_all.pow(2).sum(-1).mean()

@@ -130,12 +130,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-residual", type=float, default=d.lr_residual,
                    help=f"learning rate of the per-frame expression residual codes; each code is only updated "
                         f"when its frame is drawn, so it needs a large one (default {d.lr_residual})")
-    p.add_argument("--lr-pose", type=float, default=d.lr_pose,
-                   help="learning rate of a per-frame correction of each training frame's tracked head pose "
-                        "(rotation in 0.01 rad, translation in cm): a face tracked from landmarks misjudges its "
-                        f"distance by 5-20 mm from frame to frame (0: the poses as tracked; default {d.lr_pose})")
-    p.add_argument("--pose-smooth", type=float, default=d.pose_smooth,
-                   help=f"weight of the agreement of neighbouring frames' pose corrections (default {d.pose_smooth})")
     p.add_argument("--lr-lip-layer", type=float, default=d.lr_lip_layer,
                    help=f"learning rate of the lip layer, raw-map offsets on the mouth that follow the tracked "
                         f"opening and width (0: off, lips from the latent blendshapes alone; default {d.lr_lip_layer})")
@@ -185,7 +179,6 @@ def train_config(args) -> IdentityTrainConfig:
                                checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                                locality=args.locality, lr_output_bias=rates["lr_output_bias"],
                                aniso_reg=args.aniso, lr_residual=args.lr_residual, lr_lip_layer=args.lr_lip_layer,
-                               lr_pose=args.lr_pose, pose_smooth=args.pose_smooth,
                                focus=args.focus, leak_weight=args.leak,
                                random_background=rates["random_background"], blink_share=args.blink_share,
                                side_silhouette=args.side_silhouette, lip_target=args.lip_target,

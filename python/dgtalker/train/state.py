@@ -23,7 +23,7 @@ def make_optimizer(talker, cfg: IdentityTrainConfig):
     groups = talker.parameter_groups()
     lrs = {"synthesis": cfg.lr_synthesis, "output_bias": cfg.lr_output_bias, "w_can": cfg.lr_w,
            "blendshapes": cfg.lr_blendshapes, "encoder": cfg.lr_encoder, "causal_encoder": cfg.lr_encoder,
-           "residual": cfg.lr_residual, "pose": cfg.lr_pose, "eyelid": cfg.lr_eyelid, "lip_layer": cfg.lr_lip_layer,
+           "residual": cfg.lr_residual, "eyelid": cfg.lr_eyelid, "lip_layer": cfg.lr_lip_layer,
            "mouth": cfg.lr_mouth}
     # a part with no parameters, or a rate of 0 (a layer switched off), gets no group: it stays as it is
     return torch.optim.Adam([{"params": groups[k], "lr": lrs[k], "name": k} for k in lrs if groups[k] and lrs[k] > 0],
