@@ -124,6 +124,38 @@ def test_feature_tracker_follows_the_skin(synthetic):
     assert all(cv2.pointPolygonTest(oval, tuple(map(float, p)), False) > 0 for p in first.values())
 
 
+def test_triangulated_features_move_to_where_their_views_put_them():
+    """Features placed 5 mm off in depth (as a mesh's depth can be) go back to their true
+    points when the views turn by +-15 degrees; seen from one camera only (no parallax),
+    the spring holds them where they were."""
+    from scipy.spatial.transform import Rotation
+
+    from dgtalker.preprocess import tracking
+
+    rng = np.random.default_rng(1)
+    Y = np.c_[rng.uniform(-0.05, 0.05, (60, 2)), rng.uniform(0.05, 0.09, 60)]
+    K = tracking.intrinsics(900.0, 512, 512)
+    yaw = np.radians(15) * np.sin(np.linspace(0, 2 * np.pi, 50))
+    rv = Rotation.from_matrix(np.diag([1.0, -1.0, -1.0]) @ Rotation.from_rotvec(yaw[:, None] * [0, 1, 0]).as_matrix())
+    rv = rv.as_rotvec()
+    tv = np.tile([0.0, 0.0, 0.6], (len(yaw), 1))
+
+    def features(frames):
+        R = Rotation.from_rotvec(rv).as_matrix()
+        rows = []
+        for f in frames:
+            q = (Y @ R[f].T + tv[f]) @ K.T
+            rows.append(np.c_[np.full(len(Y), f), np.arange(len(Y)), q[:, :2] / q[:, 2:3]])
+        off = Y + [0.0, 0.0, 0.005]
+        return tracking.FaceFeatures(np.concatenate(rows), off, np.ones(len(Y), bool))
+
+    moved = tracking.triangulate_features(features(range(len(yaw))), rv, tv, K)
+    assert np.abs(moved.points - Y).max() < 5e-4, np.abs(moved.points - Y).max()
+    still = tracking.triangulate_features(features([0, 0, 0]), rv, tv, K)  # one view, three times
+    assert np.abs(still.points - (Y + [0, 0, 0.005])).max() < 1e-3
+    assert np.isfinite(still.points).all()
+
+
 def test_surface_features_undo_landmark_sliding():
     """A curved face turning by +-15 degrees whose landmarks slide with the turn (as
     mediapipe's do: they show more turn than there is): the landmarks alone get the
@@ -331,7 +363,8 @@ def test_decisions_are_explained(tmp_path):
             "-c:v", "libx264", "-c:a", "aac", "-shortest", short)
     with pytest.raises(PreprocessError, match="1.0. s long"):
         preprocess(short, tmp_path / "a", quiet=True)
-    for kw, msg in ((dict(fps=0), "fps"), (dict(size=16), "size"), (dict(focal=-1), "focal")):
+    for kw, msg in ((dict(fps=0), "fps"), (dict(size=16), "size"), (dict(focal=-1), "focal"),
+                    (dict(feature_rounds=-1), "feature_rounds"), (dict(feature_rounds=1.5), "feature_rounds")):
         with pytest.raises(PreprocessError, match=msg):
             preprocess(short, tmp_path / "a", quiet=True, **kw)
     assert not (tmp_path / "a").exists()

@@ -156,7 +156,8 @@ def _crop_mask(small: np.ndarray, width: int, x0, y0, side, size) -> np.ndarray:
 def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float | None = None,
                image_format: str = "jpg", heldout: float = 0.1, allow_silent: bool = False,
                max_dropped: float = 0.25, min_seconds: float = 2.0, min_face_px: float = 40.0,
-               smooth: float = 1.0, overwrite: bool = False, quiet: bool = False) -> Summary:
+               smooth: float = 1.0, feature_rounds: int = 0, overwrite: bool = False,
+               quiet: bool = False) -> Summary:
     """Turn a talking-head video into a dataset directory ``out`` (see the module doc
     and docs/preprocess.md). Raises :class:`PreprocessError` or ``video.VideoError``
     with a message that names the problem."""
@@ -173,6 +174,8 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
         raise PreprocessError(f"focal must be a positive number of pixels, got {focal}")
     if not 0 <= heldout < 1:
         raise PreprocessError(f"heldout must be in [0, 1), got {heldout}")
+    if isinstance(feature_rounds, bool) or not isinstance(feature_rounds, int) or not 0 <= feature_rounds <= 10:
+        raise PreprocessError(f"feature_rounds must be an int in [0, 10], got {feature_rounds!r}")
     video, out = Path(video), Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
@@ -238,7 +241,8 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
     shape, weights = tracking.canonical_shape(sample)
     X, reg_rms = tracking.register_to_head(shape, weights)
     X, rv, tv, focal_px, err = tracking.bundle_adjust(X, points, weights, info.width, info.height, focal,
-                                                      features=features.observations())
+                                                      features=features.observations(),
+                                                      feature_rounds=feature_rounds)
     K = tracking.intrinsics(focal_px, info.width, info.height)
     timings["pose"] = time.perf_counter() - t_start - timings["tracking"]
     med = float(np.nanmedian(err))
@@ -316,7 +320,8 @@ def preprocess(video, out, *, fps: float = 25.0, size: int = 512, focal: float |
         writer.meta["source"] = {
             "kind": "photo" if photo else "video", "input": video.name, "sha256": _sha256(video),
             "settings": {"fps": fps, "size": size, "focal": focal, "image_format": image_format,
-                         "heldout": heldout, "allow_silent": allow_silent, "smooth": smooth},
+                         "heldout": heldout, "allow_silent": allow_silent, "smooth": smooth,
+                         "feature_rounds": feature_rounds},
             "video": {"width": info.width, "height": info.height, "fps": round(info.source_fps, 3),
                       "frames": info.num_source_frames, "seconds": round(info.duration, 3),
                       "rotation": info.rotation, "audio_rate": info.audio_rate},

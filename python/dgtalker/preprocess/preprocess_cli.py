@@ -38,6 +38,11 @@ def add_arguments(p) -> None:
                         "dropped frames stay in the clip (the sound stays in sync) but out of the splits")
     p.add_argument("--smooth", type=float, default=1.0,
                    help="head-pose smoothing, the sigma of a two-sided Gaussian in frames (no lag; 0 = off; default 1)")
+    p.add_argument("--feature-rounds", type=int, default=0, metavar="N",
+                   help="rounds of placing the tracked skin features by their own views and solving the poses "
+                        "again (default 0: placed on the face mesh). Helps clips of a minute or more in which "
+                        "the head turns by 15 degrees or more; on short or steady clips it can make the poses "
+                        "worse (docs/preprocess.md)")
     p.add_argument("--allow-silent", action="store_true",
                    help="accept a video without sound (writes silence; useful for inversion only)")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
@@ -58,7 +63,8 @@ def run(args) -> int:
     try:
         summary = preprocess(args.video, args.out, fps=args.fps, size=args.size, focal=args.focal,
                              image_format=args.image_format, heldout=args.heldout, allow_silent=args.allow_silent,
-                             max_dropped=args.max_dropped, smooth=args.smooth, overwrite=args.overwrite,
+                             max_dropped=args.max_dropped, smooth=args.smooth,
+                             feature_rounds=args.feature_rounds, overwrite=args.overwrite,
                              quiet=args.quiet)
     except (PreprocessError, VideoError, FileExistsError) as exc:
         print(f"dgtalker preprocess: {exc}", file=sys.stderr)

@@ -328,7 +328,7 @@ def _projection_jacobian(P, f):
 
 
 def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: float = 30.0, rounds: int = 12,
-                  features: np.ndarray | None = None):
+                  features: np.ndarray | None = None, feature_rounds: int = 0):
     """Refine the head-frame shape ``X [478, 3]``, the poses and (unless given) the
     focal length together, minimising the weighted reprojection error of the frames'
     2D points, on up to 100 frames spread over the clip; then every frame's pose with
@@ -337,7 +337,9 @@ def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: floa
     weakly, so it also has a weak prior (a ``fov_prior`` degree view, a usual framing
     for talking-head footage); pass ``focal`` when the camera is known. The final
     poses also fit the tracked skin features (``FeatureTracker.observations()``),
-    placed on the finished shape by ``attach_features``.
+    placed on the finished shape by ``attach_features``, then (``feature_rounds`` times)
+    re-placed by their own observations (``triangulate_features``) and the poses solved
+    again.
 
     The objective (mean over frames of the weighted squared reprojection error, plus
     the spring and the focal prior) is minimised by blocks, each exactly or by
@@ -385,7 +387,7 @@ def bundle_adjust(X, points, weights, width, height, focal=None, fov_prior: floa
     rv, tv, _ = solve_poses(X, points, K, rigid)
     attached = None if features is None else attach_features(features, points, X)
     rv, tv, err = refine_poses(X, points, weights, K, rv, tv, features=attached)
-    for _ in range(FEATURE_ROUNDS if attached is not None else 0):
+    for _ in range(feature_rounds if attached is not None else 0):
         attached = triangulate_features(attached, rv, tv, K)
         rv, tv, err = refine_poses(X, points, weights, K, rv, tv, features=attached)
     return X, rv, tv, focal, err
@@ -463,11 +465,6 @@ def refine_poses(X, points, weights, K, rvecs, tvecs, iterations: int = 5, featu
 # the rotations; corners of the skin's own texture, followed by optical flow, stay on
 # the surface. They join the landmarks in the final pose solve.
 FEATURE_WEIGHT = 4.0  # all of a frame's features together, against its landmarks' total 1
-# rounds of placing the features by their own observations (``triangulate_features``)
-# and solving the poses again: placed on the landmark mesh alone, a feature takes the
-# mesh's depth there, and the head's distance then drifts by 5-20 mm as the head turns
-# (docs/preprocess.md)
-FEATURE_ROUNDS = 2
 FEATURE_SPRING = 1e-3  # per observation, against the projection's squared focal length:
                        # 1 mm off its mesh place costs what a 0.03 px reprojection error does
 FEATURE_REGION = 0.85  # the face oval shrunk about its centre: no corners on the outline
