@@ -114,6 +114,21 @@ def test_talker_with_a_mouth_round_trips_and_renders_it(tmp_path):
         TalkerConfig(k_exp=2, k_lip=0, mouth_interior=True)
 
 
+def test_a_head_motion_carries_the_interior_with_the_head():
+    from dgtalker.talker import rigid_motion
+
+    T = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=2, width=64, height=64, mouth_interior=True))
+    with torch.no_grad():
+        g = T.pose_torso(T.gaussians(torch.zeros(1, 2), torch.zeros(1, 2)), None)
+        head = rigid_motion(torch.tensor([[0.0, 0.1, 0.0, 0.002, 0.0, -0.004]]))
+        still = T.with_mouth(g, torch.zeros(1, 2))
+        moved = T.with_mouth(g, torch.zeros(1, 2), head=head)
+    n = len(T.mouth)
+    expect = still[0][:, -n:] @ head[0, :3, :3].T + head[0, :3, 3]
+    assert torch.allclose(moved[0][:, -n:], expect, atol=1e-6)
+    assert torch.equal(moved[0][:, :-n], still[0][:, :-n])  # the face itself is moved by pose_clip
+
+
 def test_a_mouth_talker_saved_before_placement_and_parting_loads_with_the_templates_mouth(tmp_path):
     """Files written before the interior was placed from the clip and parted the face lack
     its anchor, rest, hinge and gap: they load with the template's mouth and the initial

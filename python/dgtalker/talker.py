@@ -255,13 +255,6 @@ def rigid_motion(params: Tensor) -> Tensor:
     return out
 
 
-def move_rigidly(means: Tensor, quats: Tensor, motion: Tensor) -> tuple[Tensor, Tensor]:
-    """Gaussians ``[F, N, ...]`` moved by rigid motions ``[F, 4, 4]`` (all of them, whole)."""
-    Rm, t = motion[:, None, :3, :3], motion[:, None, :3, 3]
-    q = _quat_from_rotation(motion[:, :3, :3])[:, None].expand_as(quats)
-    return (Rm @ means[..., None])[..., 0] + t, Fn.normalize(_quat_mul(q, quats), dim=-1)
-
-
 def skin(means: Tensor, quats: Tensor, weight: Tensor, body: Tensor | None) -> tuple[Tensor, Tensor]:
     """Poses the torso: ``body [F, 4, 4]`` moves the shoulders (weight 1) within the head
     frame; the neck blends linearly. ``None`` (or identity) leaves everything in place."""
@@ -541,14 +534,13 @@ class Talker(nn.Module):
         return add_on_texels(raw, self.mouth_texels, offset)
 
     def clip_gaussians(self, c_exp: Tensor, c_lip: Tensor, w2c: Tensor, *, blink: Tensor | None = None,
-                       amp: bool = False, torso: Tensor | None = None, head: Tensor | None = None):
+                       amp: bool = False, torso: Tensor | None = None):
         """Gaussians ``[F, N, ...]`` of clip frames seen by their own head cameras ``w2c
         [F, 4, 4]``: the torso posed where that clip has it (``body_transforms`` against
         the body camera, moved by the clip's tracked ``torso`` offsets ``[F, 2]`` if given:
-        ``body_cameras``; ``head``: ``pose_clip``). The one place that renders dataset frames
-        with their torso."""
+        ``body_cameras``). The one place that renders dataset frames with their torso."""
         g = self.gaussians(c_exp, c_lip, blink=blink, amp=amp)
-        return self.with_mouth(self.pose_clip(g, w2c, torso=torso, head=head), c_lip, head=head)
+        return self.with_mouth(self.pose_clip(g, w2c, torso=torso), c_lip)
 
     def pose_clip(self, gaussians, w2c: Tensor, *, torso: Tensor | None = None, head: Tensor | None = None):
         """Gaussians ``[F, N, ...]`` already made, with the torso posed where the clip has
@@ -578,12 +570,11 @@ class Talker(nn.Module):
 
     def clip_frames(self, c_exp: Tensor, c_lip: Tensor, w2c: Tensor, Ks: Tensor, width: int, height: int, *,
                     blink: Tensor | None = None, background: Tensor | None = None, amp: bool = False,
-                    checked: bool | None = None, torso: Tensor | None = None,
-                    head: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                    checked: bool | None = None, torso: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``frames`` of clip frames at their own cameras, the torso following the clip's
         head motion and its tracked ``torso`` offsets (``clip_gaussians``); images ``[F, H,
         W, 3]`` and alphas ``[F, H, W]``."""
-        g = self.clip_gaussians(c_exp, c_lip, w2c, blink=blink, amp=amp, torso=torso, head=head)
+        g = self.clip_gaussians(c_exp, c_lip, w2c, blink=blink, amp=amp, torso=torso)
         return self.rasterize(g, w2c, Ks, width, height, background=background, checked=checked)
 
     def with_mouth(self, gaussians, c_lip: Tensor, *, head: Tensor | None = None):
@@ -600,7 +591,8 @@ class Talker(nn.Module):
         opac = self.mouth.part_face(opac, opening)
         inner = self.mouth(opening)
         if head is not None:
-            inner = (*move_rigidly(inner[0], inner[1], head.to(inner[0])), *inner[2:])
+            whole = torch.ones(inner[0].shape[1], device=inner[0].device)
+            inner = (*skin(inner[0], inner[1], whole, head.to(inner[0])), *inner[2:])
         return tuple(torch.cat([g, m.to(g)], 1) for g, m in zip((means, quats, scales, opac, colors), inner))
 
     def pose_torso(self, gaussians, body: Tensor | None):
