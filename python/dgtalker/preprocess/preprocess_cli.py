@@ -40,9 +40,8 @@ def add_arguments(p) -> None:
                    help="head-pose smoothing, the sigma of a two-sided Gaussian in frames (no lag; 0 = off; default 1)")
     p.add_argument("--feature-rounds", type=int, default=0, metavar="N",
                    help="rounds of placing the tracked skin features by their own views and solving the poses "
-                        "again (default 0: placed on the face mesh). Helps clips of a minute or more in which "
-                        "the head turns by 15 degrees or more; on short or steady clips it can make the poses "
-                        "worse (docs/preprocess.md)")
+                        "again (default 0: placed on the face mesh; 2 brought synthetic clips' head rotations "
+                        "and distances closer to the truth, docs/preprocess.md)")
     p.add_argument("--allow-silent", action="store_true",
                    help="accept a video without sound (writes silence; useful for inversion only)")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")

@@ -465,8 +465,12 @@ def refine_poses(X, points, weights, K, rvecs, tvecs, iterations: int = 5, featu
 # the rotations; corners of the skin's own texture, followed by optical flow, stay on
 # the surface. They join the landmarks in the final pose solve.
 FEATURE_WEIGHT = 4.0  # all of a frame's features together, against its landmarks' total 1
-FEATURE_SPRING = 1e-3  # per observation, against the projection's squared focal length:
-                       # 1 mm off its mesh place costs what a 0.03 px reprojection error does
+# how firmly a re-placed feature is held to its place on the landmark mesh, per feature
+# (px^2 per m^2, whatever the number of views): 1 mm off costs what a 3 px error in one
+# view does, so a feature moves only as far as many views, turned apart, agree on. (Per
+# view instead, a brief track in a steady clip moved as freely as a long one in a turning
+# clip, and the CI test's clip lost 0.5 degrees.)
+FEATURE_SPRING = 1e7
 FEATURE_REGION = 0.85  # the face oval shrunk about its centre: no corners on the outline
 
 
@@ -656,8 +660,6 @@ def triangulate_features(features: FaceFeatures, rvecs: np.ndarray, tvecs: np.nd
     f, c = np.array([K[0, 0], K[1, 1]]), K[:2, 2]
     Y0 = features.points
     Y = Y0.copy()
-    count = np.bincount(track, minlength=len(Y)).astype(np.float64)
-    spring = FEATURE_SPRING * f.mean() ** 2 * np.maximum(count, 1)
     for _ in range(iterations):
         P = np.einsum("nij,nj->ni", R[frame], Y[track]) + tvecs[frame]
         r = _project(P[:, None], f, c)[:, 0] - uv
@@ -666,8 +668,8 @@ def triangulate_features(features: FaceFeatures, rvecs: np.ndarray, tvecs: np.nd
         g = np.zeros((len(Y), 3))
         np.add.at(A, track, np.einsum("nki,nkj->nij", J, J))
         np.add.at(g, track, np.einsum("nki,nk->ni", J, r))
-        A += spring[:, None, None] * np.eye(3)
-        g += spring[:, None] * (Y - Y0)
+        A += FEATURE_SPRING * np.eye(3)
+        g += FEATURE_SPRING * (Y - Y0)
         Y = Y - np.linalg.solve(A, g[..., None])[..., 0]
     return features.placed_at(Y)
 
