@@ -77,7 +77,8 @@ class Frames:
         self.blink = talker.blink_track.detach()[i]
         self.torso = clip_torso(dataset, self.idx, device)
 
-    def torso_of(self, k: slice):
+    def torso_of(self, k):
+        """The tracked torso offsets of rows ``k`` (a slice or an index tensor), or None."""
         return None if self.torso is None else self.torso[k]
 
     def __len__(self):
@@ -199,7 +200,8 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=40, help="training and held-out frames scored, each (default 40)")
     ap.add_argument("--single", type=int, default=3, help="frames fitted one at a time (default 3)")
     ap.add_argument("--steps", type=int, default=1500, help="steps of each raw-map fit (default 1500)")
-    ap.add_argument("--path-steps", type=int, default=100, help="steps of each per-frame path fit (default 100)")
+    ap.add_argument("--path-steps", type=int, default=100,
+                    help="steps of each per-frame path fit and rigid pose fit (default 100)")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--fits", default=",".join(FITS), help=f"which fits, comma-separated (default {','.join(FITS)})")
