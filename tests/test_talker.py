@@ -122,7 +122,7 @@ def test_skinning_moves_the_torso_with_the_body_and_keeps_the_head():
     assert torch.allclose(m3, means, atol=1e-7) and torch.allclose(q3, quats, atol=1e-6)
 
 
-def test_rigid_motion_is_rodrigues_and_small_motions_add():
+def test_rigid_motion_is_rodrigues_with_a_finite_gradient_at_zero():
     params = torch.tensor([[0.0, 0.3, 0.0, 0.01, -0.02, 0.03], [0.0] * 6, [1e-7, 0, 0, 0, 0, 0]])
     M = rigid_motion(params)
     c, s = np.cos(0.3), np.sin(0.3)

@@ -649,7 +649,7 @@ def triangulate_features(features: FaceFeatures, rvecs: np.ndarray, tvecs: np.nd
     """The features with each one's head-frame point moved to where its observations in
     the frames with poses ``rvecs, tvecs`` [F, 3] put it (Gauss-Newton on its
     reprojection error, a 3x3 system per feature), held to its place on the landmark
-    mesh by a weak spring (``FEATURE_SPRING``) where its views cannot fix it."""
+    mesh by a spring per feature (``FEATURE_SPRING``) where its views cannot fix it."""
     from scipy.spatial.transform import Rotation
 
     obs = features._obs
