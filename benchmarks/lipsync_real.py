@@ -3,34 +3,34 @@
 For each clip with sound in FOOTAGE (default ../shared/footage): mediapipe's face mesh
 (0.10.14, refine_landmarks, video mode) tracks every frame; the tracked opening is the
 inner-lip gap (points 13/14) over the outer eye-corner distance (33/263), the unit of
-``dgtalker.lipsync``. The front end runs on the clip's sound track at the clip's fps.
+``dgtalker.lipsync``. The lip-sync model runs on the clip's sound track at the clip's fps.
 Reported per clip: the Pearson correlation of tracked and predicted opening at lags
 -5..5 frames (lag k compares tracked frame i with predicted frame i + k: a positive
 best lag means the prediction runs late), the best lag, r at 0 and +-1, the same for
 log loudness (the mean log-mel of the frame, the baseline), std of both curves, and
-the front end's speed (x real time, CPU, 2 torch threads, log-mel included, best of 3).
+the model's speed (x real time, CPU, 2 torch threads, log-mel included, best of 3).
 
 Nothing is fitted to these clips; they are never used for training. Two optional
-measurements say what limits the front end on them:
+measurements say what limits the lip-sync model on them:
 
-* ``--readout``: a ridge regression from the front end's per-frame outputs (opening,
+* ``--readout``: a ridge regression from the model's per-frame outputs (opening,
   width, the 12 viseme probabilities) to the tracked opening, fitted on the other clips
   and scored on the one left out: how much of the real mouth those outputs carry, beyond
-  what the front end's own opening makes of them. Fitted on footage: a measurement only;
+  what the model's own opening makes of them. Fitted on footage: a measurement only;
   nothing of it is kept or shipped.
 * ``--phones``: the phones pocketsphinx recognises (``allphone`` search with its
   en-us acoustic model, trained on real speech; ``pip install pocketsphinx``) turned
   into an opening by the training corpus's own dominance model
   (``dgtalker.audio.tts_corpus.mouth_targets``): a recogniser of real speech in place
-  of the front end's network.
+  of the model's network.
 * ``--likelihoods``: pocketsphinx's per-frame acoustic scores instead of its decoded
   phones: every senone's score (all 5,126, logged by the decoder), the best of each of
   its 42 base phones, a softmax at temperature 3 -> phone posteriors [T, 42]. Scored as
   the expected opening of those posteriors under the corpus's phone openings (nothing
   fitted), and, with ``--readout``, as readouts of the posteriors alone, of the front
   end's outputs and the posteriors together, and of both with +-2 frames of context
-  (beside the front end's outputs with the same context): whether a real-speech acoustic
-  model adds what the front end misses.
+  (beside the model's outputs with the same context): whether a real-speech acoustic
+  model adds what the lip-sync model misses.
 
     python benchmarks/lipsync_real.py [--footage DIR] [--out lipsync_real.json] [--readout] [--phones]
                                       [--likelihoods]
@@ -225,9 +225,9 @@ def main(argv=None) -> int:
                    help="JSON to write (keep it out of the repository: it is measured on footage the project may not ship)")
     p.add_argument("--cache", default="/tmp/lipsync_real_tracks.json",
                    help="tracked curves are kept here between runs (the face mesh is the slow part)")
-    p.add_argument("--weights", help="front-end weights (default: the shipped ones)")
+    p.add_argument("--weights", help="lip-sync model weights (default: the shipped ones)")
     p.add_argument("--readout", action="store_true",
-                   help="also score a linear readout of the front end's outputs fitted on the other clips "
+                   help="also score a linear readout of the model's outputs fitted on the other clips "
                         "(leave one clip out; a measurement of what they carry, never shipped)")
     p.add_argument("--phones", action="store_true",
                    help="also score the opening of pocketsphinx's recognised phones (needs pocketsphinx)")
@@ -235,14 +235,15 @@ def main(argv=None) -> int:
                    help="pocketsphinx's language weight for --phones (default 1.0)")
     p.add_argument("--likelihoods", action="store_true",
                    help="also score pocketsphinx's per-frame phone posteriors (needs pocketsphinx; "
-                        "with --readout, their readouts beside the front end's)")
+                        "with --readout, their readouts beside the model's)")
     args = p.parse_args(argv)
 
     import torch
 
     import dgtalker
     from dgtalker import audio as A
-    from dgtalker.audio.frontend import load_frontend, sha256_file
+    from dgtalker.audio.lipsync_model import DEFAULT_WEIGHTS, load_lipsync
+    from dgtalker.io import sha256_file
 
     torch.set_num_threads(2)
     footage = Path(args.footage)
@@ -277,7 +278,7 @@ def main(argv=None) -> int:
                "tracked_frames": int(np.isfinite(track).sum()),
                "track_std": round(float(np.nanstd(track)), 4), "track_mean": round(float(np.nanmean(track)), 4),
                "pred_std": round(float(pred.std()), 4), "pred_mean": round(float(pred.mean()), 4),
-               "frontend": lag_table(track, pred), "frontend_causal": lag_table(track, causal.opening.astype(np.float64)),
+               "lipsync": lag_table(track, pred), "lipsync_causal": lag_table(track, causal.opening.astype(np.float64)),
                "loudness": lag_table(track, loud),
                "speed_x_realtime": round(len(samples) / rate / took, 1)}
         if args.phones:
@@ -308,11 +309,11 @@ def main(argv=None) -> int:
         print("no clips found", file=sys.stderr)
         return 1
     mean = lambda key, sub: round(float(np.mean([r[key][sub] for r in rows])), 4)  # noqa: E731
-    summary = {"clips": len(rows), "frontend_best_r_mean": mean("frontend", "best_r"),
-               "frontend_r_lag0_mean": mean("frontend", "r_lag0"),
-               "frontend_causal_best_r_mean": mean("frontend_causal", "best_r"),
+    summary = {"clips": len(rows), "lipsync_best_r_mean": mean("lipsync", "best_r"),
+               "lipsync_r_lag0_mean": mean("lipsync", "r_lag0"),
+               "lipsync_causal_best_r_mean": mean("lipsync_causal", "best_r"),
                "loudness_best_r_mean": mean("loudness", "best_r"),
-               "frontend_best_r_min": round(min(r["frontend"]["best_r"] for r in rows), 4),
+               "lipsync_best_r_min": round(min(r["lipsync"]["best_r"] for r in rows), 4),
                "speed_x_realtime_min": min(r["speed_x_realtime"] for r in rows)}
     scored = ("readout", "phones", "likelihoods", "readout_posteriors", "readout_both", "readout_both_context",
               "readout_context")
@@ -320,21 +321,22 @@ def main(argv=None) -> int:
         if key in rows[0]:
             summary[f"{key}_best_r_mean"] = mean(key, "best_r")
             summary[f"{key}_best_r_min"] = round(min(r[key]["best_r"] for r in rows), 4)
-    weights = Path(args.weights) if args.weights else dgtalker.audio.frontend.DEFAULT_WEIGHTS
-    fe = load_frontend(args.weights)
+    weights = Path(args.weights) if args.weights else DEFAULT_WEIGHTS
+    model = load_lipsync(args.weights)
     result = {"rows": rows, "summary": summary, "weights": weights.name, "weights_sha256": sha256_file(weights),
-              "frontend_extra": fe.meta, "torch_threads": torch.get_num_threads(), "cpu": _cpu()}
+              "model_extra": model.meta, "speech_encoder_sha256": sha256_file(model.encoder.path),
+              "torch_threads": torch.get_num_threads(), "cpu": _cpu()}
     print(f"| clip | fps | r best (lag) | r lag -1 / 0 / +1 | causal r best (lag) | loudness r best (lag) | "
           f"std track / pred | x real time |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        f, c, l = r["frontend"], r["frontend_causal"], r["loudness"]
+        f, c, l = r["lipsync"], r["lipsync_causal"], r["loudness"]
         print(f"| {r['clip']} | {r['fps']:g} | {f['best_r']:.3f} ({f['best_lag']:+d}) | {f['r_lag-1']:.3f} / "
               f"{f['r_lag0']:.3f} / {f['r_lag+1']:.3f} | {c['best_r']:.3f} ({c['best_lag']:+d}) | "
               f"{l['best_r']:.3f} ({l['best_lag']:+d}) | {r['track_std']:.3f} / {r['pred_std']:.3f} | "
               f"{r['speed_x_realtime']:.0f} |")
-    print(f"| mean | | {summary['frontend_best_r_mean']:.3f} | lag 0: {summary['frontend_r_lag0_mean']:.3f} | "
-          f"{summary['frontend_causal_best_r_mean']:.3f} | {summary['loudness_best_r_mean']:.3f} | | |")
+    print(f"| mean | | {summary['lipsync_best_r_mean']:.3f} | lag 0: {summary['lipsync_r_lag0_mean']:.3f} | "
+          f"{summary['lipsync_causal_best_r_mean']:.3f} | {summary['loudness_best_r_mean']:.3f} | | |")
     described = {"readout": "readout of the outputs, fitted on the other clips",
                  "phones": f"pocketsphinx phones (lw {args.phones_lw:g})",
                  "likelihoods": "pocketsphinx phone posteriors, expected opening",

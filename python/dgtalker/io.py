@@ -3,6 +3,7 @@ the same directory + rename, so a crash never leaves a half-written file) and im
 encoding."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +24,15 @@ def check_output_path(path, name: str = "path") -> Path:
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the directory of {name} does not exist: {path.parent}")
     return path
+
+
+def sha256_file(path) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -30,12 +30,13 @@ load; a corrupt or replaced file raises ``FrontEndError`` naming it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..io import sha256_file
 
 VISEMES = ("sil", "PBM", "FV", "TH", "SZ", "SH", "TDNL", "KG", "RW", "AA", "EI", "OU")
 VISEME_HELP = {"sil": "silence, mouth at rest", "PBM": "lips closed (p b m)", "FV": "lower lip to teeth (f v)",
@@ -321,14 +322,6 @@ class FrontEnd:
             emb = at_frames(out["embedding"][0], pos).T
         return {"opening": op.clamp_min(0).numpy().astype(np.float32), "width": wd.numpy().astype(np.float32),
                 "visemes": vis.numpy().astype(np.float32), "embedding": emb.numpy().astype(np.float32)}
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_frontend(path, model, config: FrontEndConfig, extra: dict | None = None) -> Path:

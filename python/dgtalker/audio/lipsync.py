@@ -5,12 +5,14 @@
     ls.opening      # [T] inner-lip gap / outer eye-corner distance (face-mesh unit)
     ls.width        # [T] mouth-corner distance, same unit
     ls.visemes      # [T, 12] class probabilities; ls.viseme_names
-    ls.embedding    # [T, 32] the front end's per-frame representation
+    ls.embedding    # [T, 32] the model's per-frame representation
     ls.to_csv("curves.csv"); ls.to_json("curves.json")
 
 ``T = ceil(duration * fps)`` like ``dgtalker.audio.features``; frame i describes the
-time i / fps. ``causal=True`` reads no audio later than ``lookahead_s`` (0.1225 s)
-after each frame's time, so it can run on a live stream.
+time i / fps. The model (``audio.lipsync_model``): the first blocks of Whisper base, a
+speech encoder trained on real speech, and heads trained on synthetic speech.
+``causal=True`` reads no audio later than ``lookahead_s`` (0.1725 s) after each
+frame's time, so it can run on a live stream.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..io import check_output_path
-from .frontend import VISEMES, load_frontend
+from .frontend import VISEMES
+from .lipsync_model import load_lipsync
 
 
 @dataclass
@@ -94,7 +97,7 @@ def lipsync(audio, fps: float = 25.0, sample_rate: int | None = None, causal: bo
     ``audio``: a path (wav/flac/mp3/... or a video's sound track), ``(samples, rate)``,
     or an array (``[S]``, ``[S, C]`` or ``[C, S]``, float in [-1, 1] or integer PCM)
     with ``sample_rate=``; the same checks and errors as ``dgtalker.render`` (``dgtalker.audio.speech``).
-    ``weights``: another front-end file (default: the shipped one, checksum-verified).
+    ``weights``: another lip-sync model file (default: the shipped one, checksum-verified).
     """
     from .. import audio as A
     from . import speech
@@ -108,7 +111,7 @@ def lipsync(audio, fps: float = 25.0, sample_rate: int | None = None, causal: bo
     if n < 1:
         raise A.AudioError(f"the audio ({len(samples)} samples at {rate} Hz) is shorter than one video frame at "
                            f"{fps:g} fps")
-    fe = load_frontend(weights)
-    mel = A.log_mel(samples, rate)
-    out = fe(mel, fps, n, causal=causal)
-    return LipSync(out["opening"], out["width"], out["visemes"], out["embedding"], fps, causal, fe.lookahead_s)
+    model = load_lipsync(weights)
+    x = A.resample(samples, rate, A.SAMPLE_RATE) if rate != A.SAMPLE_RATE else samples
+    out = model(x, fps, n, causal=causal)
+    return LipSync(out["opening"], out["width"], out["visemes"], out["embedding"], fps, causal, model.lookahead_s)

@@ -14,13 +14,14 @@ output (one row / entry per video frame, frame i at time i / fps):
   width      mouth-corner distance in the same unit
   viseme     the most likely mouth-shape class, and p_<class> the probability of each:
              sil PBM FV TH SZ SH TDNL KG RW AA EI OU
-The file type follows --out's extension (.csv or .json); --embedding adds the front
-end's per-frame vector to a JSON file.
+The file type follows --out's extension (.csv or .json); --embedding adds the model's
+per-frame vector to a JSON file. The model: the first blocks of Whisper base (a speech
+encoder trained on real speech) and heads trained on synthetic speech (docs/lipsync.md).
 
 examples:
   dgtalker lipsync speech.wav --out curves.csv
   dgtalker lipsync talk.mp4 --fps 30 --out curves.json        # a video's sound track
-  dgtalker lipsync live.wav --causal --out curves.csv          # <= 0.1225 s look-ahead per frame
+  dgtalker lipsync live.wav --causal --out curves.csv          # <= 0.1725 s look-ahead per frame
 """
 
 
@@ -32,15 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="file to write: .csv or .json")
     p.add_argument("--fps", type=float, default=25.0, help="frames per second of the curves (default 25)")
     p.add_argument("--causal", action="store_true",
-                   help="use only audio up to 0.1225 s after each frame (as a live stream would)")
+                   help="use only audio up to 0.1725 s after each frame (as a live stream would)")
     p.add_argument("--embedding", action="store_true", help="include the per-frame embedding (JSON only)")
-    p.add_argument("--weights", help="another front-end weights file (default: the shipped one)")
+    p.add_argument("--weights", help="another lip-sync model file (default: the shipped one)")
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from .frontend import FrontEndError
     from .lipsync import lipsync
 
     out = Path(args.out)
@@ -59,11 +59,11 @@ def run(args) -> int:
             res.to_csv(out)
         else:
             res.to_json(out, embedding=args.embedding)
-    except (ValueError, FileNotFoundError, IsADirectoryError, FrontEndError) as exc:
+    except (ValueError, FileNotFoundError, IsADirectoryError) as exc:  # the model's errors are ValueErrors
         print(f"dgtalker lipsync: {exc}", file=sys.stderr)
         return 2
     seconds = len(res) / res.fps
-    print(f"{len(res)} frames ({seconds:.1f} s at {res.fps:g} fps) in {took:.2f} s, loading the front end "
+    print(f"{len(res)} frames ({seconds:.1f} s at {res.fps:g} fps) in {took:.2f} s, loading the model "
           f"included -> {out}")
     return 0
 

@@ -414,8 +414,10 @@ def dequantise_mel(q: np.ndarray) -> np.ndarray:
     return (q.astype(np.float32) * MEL_Q_STEP + MEL_Q_LO).astype(np.float32)
 
 
-def build(minutes: float, seed: int = 0, flite_share: float = 0.2, log=print) -> dict:
-    """Synthesise ``minutes`` of speech; returns the arrays that ``--out`` stores."""
+def build(minutes: float, seed: int = 0, flite_share: float = 0.2, log=print, keep_audio: bool = False) -> dict:
+    """Synthesise ``minutes`` of speech; returns the arrays that ``--out`` stores. With
+    ``keep_audio`` also each utterance's 16 kHz samples (``audio``, int16, concatenated;
+    ``audio_offsets``), which the lip-sync model's training reads."""
     from . import SAMPLE_RATE, log_mel, resample
 
     rng = np.random.default_rng(seed)
@@ -427,7 +429,7 @@ def build(minutes: float, seed: int = 0, flite_share: float = 0.2, log=print) ->
     weights = np.array([4.0 if l in _MAJOR else 1.0 for l in langs])
     weights[langs.index("en-us")] = 8.0
     weights /= weights.sum()
-    mels, opens, widths, vis, offsets, meta = [], [], [], [], [0], []
+    mels, opens, widths, vis, offsets, meta, audio = [], [], [], [], [0], [], []
     total, t0 = 0.0, time.time()
     tmp = tempfile.mkdtemp(prefix="tts_corpus.")
     try:
@@ -471,14 +473,20 @@ def build(minutes: float, seed: int = 0, flite_share: float = 0.2, log=print) ->
             vis.append(v[:M].astype(np.uint8))
             offsets.append(offsets[-1] + M)
             meta.append(engine)
+            if keep_audio:
+                audio.append(np.clip(np.rint(a16 * 32767.0), -32768, 32767).astype(np.int16))
             total += dur
             if len(meta) % 200 == 0:
                 log(f"{len(meta)} utterances, {total / 60:.1f} min of speech, {time.time() - t0:.0f} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"mel": np.concatenate(mels), "opening": np.concatenate(opens), "width": np.concatenate(widths),
-            "viseme": np.concatenate(vis), "offsets": np.array(offsets, np.int64),
-            "engines": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+    arrays = {"mel": np.concatenate(mels), "opening": np.concatenate(opens), "width": np.concatenate(widths),
+              "viseme": np.concatenate(vis), "offsets": np.array(offsets, np.int64),
+              "engines": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+    if keep_audio:
+        arrays["audio"] = np.concatenate(audio)
+        arrays["audio_offsets"] = np.cumsum([0] + [len(a) for a in audio]).astype(np.int64)
+    return arrays
 
 
 def main(argv=None) -> int:
@@ -488,8 +496,10 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=90.0, help="minutes of speech to synthesise (default 90)")
     p.add_argument("--seed", type=int, default=0, help="seed of texts, voices and prosody (default 0)")
     p.add_argument("--flite-share", type=float, default=0.2, help="share of utterances spoken by flite (default 0.2)")
+    p.add_argument("--keep-audio", action="store_true",
+                   help="also store the 16 kHz speech (int16; what `python -m dgtalker.audio.lipsync_train` reads)")
     args = p.parse_args(argv)
-    arrays = build(args.minutes, args.seed, args.flite_share)
+    arrays = build(args.minutes, args.seed, args.flite_share, keep_audio=args.keep_audio)
     atomic_save_npz(Path(args.out), **arrays)
     n = len(arrays["offsets"]) - 1
     print(f"wrote {args.out}: {n} utterances, {len(arrays['mel']) / 6000:.1f} min")

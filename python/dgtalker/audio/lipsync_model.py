@@ -1,0 +1,219 @@
+"""``dgtalker.lipsync``'s model: the speech encoder's features -> what the mouth does.
+
+Two small temporal convolution heads read the features of ``audio.speech_encoder`` (the
+first blocks of Whisper base, 50 frames/s): the offline head reads the whole clip's
+features, the causal head the causal ones (banded attention, level so far) and at most
+``HeadConfig.ahead`` future frames. Each gives per frame the mouth opening and width
+(face-mesh unit, as ``audio.frontend``), viseme logits and an ``embed``-dimensional
+embedding. Trained only on synthetic speech (``python -m dgtalker.audio.lipsync_train``);
+the weights' SHA-256 is recorded in ``WEIGHTS_SHA256`` and checked on load.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .frontend import OPENING_MEAN, OPENING_SCALE, VISEMES, WIDTH_MEAN, WIDTH_SCALE, at_frames
+from ..io import sha256_file
+from .speech_encoder import RATE, SpeechEncoder, load_speech_encoder
+
+FORMAT = "dgtalker-lipsync"
+FORMAT_VERSION = 1
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "assets" / "lipsync.safetensors"
+WEIGHTS_SHA256 = "7518661c321ed24290bdba12364b1fa8bb2f74e34e73015e40d81d5421faa0fe"
+MODES = ("offline", "causal")
+
+
+class LipSyncModelError(ValueError):
+    """A missing, corrupt or mismatched lip-sync model file."""
+
+
+@dataclass
+class HeadConfig:
+    channels: int = 128
+    dilations: list = field(default_factory=lambda: [1, 2, 4, 1])
+    ahead: list = field(default_factory=lambda: [1, 2, 4, 1])  # future frames each block's convolution reads
+    embed: int = 32
+    n_visemes: int = len(VISEMES)
+
+    def check(self) -> "HeadConfig":
+        if len(self.dilations) != len(self.ahead) or not all(0 <= r <= 2 * d for d, r in zip(self.dilations, self.ahead)):
+            raise ValueError(f"each block reads 0..2*dilation future frames: dilations {self.dilations}, "
+                             f"ahead {self.ahead}")
+        return self
+
+    @property
+    def lookahead_frames(self) -> int:
+        return int(sum(self.ahead))
+
+
+def build_head(config: HeadConfig, width: int):
+    """The head (torch.nn.Module): ``head(features [B, T, width])`` -> dict of ``opening
+    [B, T]``, ``width [B, T]``, ``viseme_logits [B, V, T]``, ``embedding [B, D, T]``."""
+    import torch
+
+    nn, F = torch.nn, torch.nn.functional
+
+    class ChannelNorm(nn.Module):
+        """Layer norm over the channels of each frame alone (a norm over time would read the future)."""
+
+        def __init__(self, c):
+            super().__init__()
+            self.norm = nn.LayerNorm(c)
+
+        def forward(self, x):
+            return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+    class Block(nn.Module):
+        def __init__(self, c, d, r):
+            super().__init__()
+            self.norm = ChannelNorm(c)
+            self.conv = nn.Conv1d(c, c, 3, dilation=d)
+            self.pad = (2 * d - r, r)
+            self.mix = nn.Conv1d(c, c, 1)
+
+        def forward(self, x):
+            return x + self.mix(F.gelu(self.conv(F.pad(self.norm(x), self.pad))))
+
+    class Head(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            C = cfg.channels
+            self.register_buffer("feature_mean", torch.zeros(width))
+            self.register_buffer("feature_std", torch.ones(width))
+            self.stem = nn.Conv1d(width, C, 1)
+            self.blocks = nn.ModuleList(Block(C, d, r) for d, r in zip(cfg.dilations, cfg.ahead))
+            self.norm = ChannelNorm(C)
+            self.embed = nn.Conv1d(C, cfg.embed, 1)
+            self.out = nn.Conv1d(cfg.embed, 2 + cfg.n_visemes, 1)
+
+        def forward(self, features, dropout: float = 0.0):
+            x = ((features - self.feature_mean) / self.feature_std).transpose(1, 2)
+            h = self.stem(F.dropout(x, dropout, self.training))
+            for b in self.blocks:
+                h = b(h)
+            e = self.embed(self.norm(h))
+            y = self.out(F.gelu(e))
+            return {"opening": y[:, 0] * OPENING_SCALE + OPENING_MEAN, "width": y[:, 1] * WIDTH_SCALE + WIDTH_MEAN,
+                    "viseme_logits": y[:, 2:], "embedding": e}
+
+    return Head(config.check())
+
+
+class LipSyncModel:
+    """Loaded model: ``model(samples_16k, fps, num_frames, causal)`` -> dict of numpy
+    arrays at the video frames (``opening [T]``, ``width [T]``, ``visemes [T, V]``,
+    ``embedding [T, D]``)."""
+
+    def __init__(self, encoder: SpeechEncoder, heads: dict, configs: dict, meta=None, path: Path | None = None):
+        self.encoder = encoder
+        self.heads = {m: h.eval() for m, h in heads.items()}
+        self.configs = configs
+        self.meta = meta or {}
+        self.path = path
+
+    @property
+    def embed(self) -> int:
+        return self.configs["offline"].embed
+
+    @property
+    def lookahead_s(self) -> float:
+        """How far past a frame's time its causal outputs read audio: the encoder's reach,
+        the causal head's future frames, and one frame more where a video frame falls
+        between two of them (16 kHz input; resampling adds its own few samples)."""
+        return self.encoder.config.reach_s + (self.configs["causal"].lookahead_frames + 1) / RATE
+
+    def outputs(self, samples, causal: bool = False) -> dict:
+        """The 50 Hz outputs (torch, batch of one) of 16 kHz samples."""
+        import torch
+
+        mode = "causal" if causal else "offline"
+        with torch.inference_mode():
+            return self.heads[mode](self.encoder(samples, causal)[None])
+
+    def __call__(self, samples, fps: float, num_frames: int, causal: bool = False) -> dict:
+        import torch
+
+        out = self.outputs(samples, causal)
+        pos = np.arange(num_frames, dtype=np.float64) * (RATE / float(fps))
+        with torch.inference_mode():
+            op = at_frames(out["opening"][0], pos)
+            wd = at_frames(out["width"][0], pos)
+            vis = torch.softmax(at_frames(out["viseme_logits"][0], pos), dim=0).T
+            emb = at_frames(out["embedding"][0], pos).T
+        return {"opening": op.clamp_min(0).numpy().astype(np.float32), "width": wd.numpy().astype(np.float32),
+                "visemes": vis.numpy().astype(np.float32), "embedding": emb.numpy().astype(np.float32)}
+
+
+def save_lipsync(path, heads: dict, configs: dict, extra: dict | None = None) -> Path:
+    from ..checkpoint import write_checkpoint
+
+    tensors = {f"{m}.{k}": v.detach().float() for m in MODES for k, v in heads[m].state_dict().items()}
+    meta = {"config": json.dumps({m: asdict(configs[m]) for m in MODES}), "visemes": json.dumps(list(VISEMES)),
+            "extra": json.dumps(extra or {})}
+    return write_checkpoint(path, tensors, format=FORMAT, version=FORMAT_VERSION, meta=meta)
+
+
+_cache = {}
+
+
+def load_lipsync(path=None, *, verify: bool = True, encoder=None) -> LipSyncModel:
+    """The model stored at ``path`` (default: the shipped one, whose SHA-256 must equal
+    ``WEIGHTS_SHA256`` unless ``verify`` is False) over ``encoder`` (default: the shipped
+    speech encoder). Raises ``LipSyncModelError`` (or the encoder's ``SpeechEncoderError``)."""
+    import torch
+
+    from ..checkpoint import CheckpointError, read_checkpoint
+
+    default = path is None and encoder is None
+    p = DEFAULT_WEIGHTS if path is None else Path(path)
+    key = (str(p), verify)
+    if default and key in _cache:
+        return _cache[key]
+    if not p.is_file():
+        raise LipSyncModelError(f"the shipped lip-sync model {p} is missing; reinstall dgtalker or train one with "
+                                f"`python -m dgtalker.audio.lipsync_train`" if path is None else
+                                f"lip-sync weights {p} do not exist or are not a file")
+    if path is None and verify:
+        got = sha256_file(p)
+        if got != WEIGHTS_SHA256:
+            raise LipSyncModelError(f"{p} is corrupt or was replaced: its SHA-256 is {got}, the recorded one is "
+                                    f"{WEIGHTS_SHA256 or '(none)'}; reinstall dgtalker")
+
+    class _Err(LipSyncModelError, CheckpointError):
+        pass
+
+    try:
+        tensors, meta, _ = read_checkpoint(p, format=FORMAT, max_version=FORMAT_VERSION, error=_Err,
+                                           max_bytes=64 << 20)
+        configs = {m: HeadConfig(**c).check() for m, c in json.loads(meta["config"]).items()}
+        names = json.loads(meta.get("visemes", "[]"))
+    except CheckpointError as exc:
+        raise LipSyncModelError(str(exc)) from None
+    except OSError as exc:
+        raise LipSyncModelError(f"lip-sync weights {p} could not be read ({exc})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise LipSyncModelError(f"{p}: bad lip-sync config in the metadata ({exc})") from None
+    if tuple(names) != VISEMES or set(configs) != set(MODES):
+        raise LipSyncModelError(f"{p}: viseme classes {names} or heads {sorted(configs)} differ from this "
+                                f"version's {list(VISEMES)}, {list(MODES)}")
+    enc = encoder if encoder is not None else load_speech_encoder()
+    heads = {}
+    for m in MODES:
+        head = build_head(configs[m], enc.config.width)
+        state = head.state_dict()
+        mine = {k[len(m) + 1:]: v for k, v in tensors.items() if k.startswith(m + ".")}
+        if set(mine) != set(state) or any(tuple(mine[k].shape) != tuple(state[k].shape) for k in state):
+            raise LipSyncModelError(f"{p}: the {m} head's tensors do not match its config or the speech encoder "
+                                    f"({enc.config.width} features)")
+        if not all(bool(torch.isfinite(t).all()) for t in mine.values()):
+            raise LipSyncModelError(f"{p}: non-finite weights in the {m} head")
+        head.load_state_dict({k: mine[k].float() for k in state})
+        heads[m] = head
+    model = LipSyncModel(enc, heads, configs, json.loads(meta.get("extra", "{}") or "{}"), p)
+    if default:
+        _cache[key] = model
+    return model

@@ -1,0 +1,202 @@
+"""Train the heads of ``dgtalker.lipsync`` (``audio.lipsync_model``) on synthetic speech.
+
+The corpus (``python -m dgtalker.audio.tts_corpus --keep-audio``) holds speech from
+espeak-ng and flite voices and the mouth each utterance implies. Its utterances are packed
+into passages of 4-30 s, with pauses between some of them (up to 1.5 s of digital silence
+or of noise 35-75 dB below the speech: the mouth at rest), and a few passages are noise
+alone (the mouth at rest). Speech under noise is left to the encoder, which learnt it from
+real recordings (a third of the passages under noise at 5-35 dB SNR moved the best lag on
+two real clips from +1 to +2 frames at the same mean correlation, docs/lipsync.md).
+The speech encoder (``audio.speech_encoder``, frozen) turns every passage into features
+twice, offline and causal; each head learns its mode's features -> opening, width and
+viseme class (targets at 50 frames/s), on random crops, the last 5% of the passages held
+out for validation.
+
+    python -m dgtalker.audio.tts_corpus --out corpus.npz --minutes 150 --seed 0 --flite-share 0.3 --keep-audio
+    python -m dgtalker.audio.lipsync_train --corpus corpus.npz --out lipsync.safetensors --steps 3000 --threads 2
+
+Seeds are fixed; the result depends on the machine's floating point only. Record the
+written file's SHA-256 in ``dgtalker.audio.lipsync_model.WEIGHTS_SHA256`` when shipping it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .frontend import OPENING_MEAN, OPENING_SCALE, VISEMES, WIDTH_MEAN, WIDTH_SCALE
+from .lipsync_model import MODES, HeadConfig, build_head, save_lipsync
+from ..io import sha256_file
+from .speech_encoder import HOP, RATE, SAMPLE_RATE, load_speech_encoder
+from .tts_corpus import SIL_TARGET
+
+STEP = SAMPLE_RATE // RATE  # samples per encoder frame
+CAUSAL_AHEAD = [1, 1, 1, 0]
+
+
+def passages(corpus: dict, rng, log=print) -> list:
+    """``[(samples float32, opening [T], width [T], viseme [T])]`` at ``RATE`` frames/s."""
+    audio, aoff, off = corpus["audio"], corpus["audio_offsets"], corpus["offsets"]
+    n_utt = len(aoff) - 1
+    sil = VISEMES.index(SIL_TARGET[0])
+    out, i = [], 0
+    while i < n_utt:
+        if rng.random() < 0.03:  # noise alone: the mouth at rest
+            n = int(rng.uniform(2, 6) * SAMPLE_RATE)
+            x = _noise(rng, n) * 10 ** rng.uniform(-4, -1)
+            T = n // STEP + 1
+            out.append((x.astype(np.float32), np.full(T, SIL_TARGET[1], np.float32),
+                        np.full(T, SIL_TARGET[2], np.float32), np.full(T, sil, np.int64)))
+            continue
+        goal = rng.uniform(4, 30) * SAMPLE_RATE
+        pieces, spans, length = [], [], 0  # spans: (start sample, utterance or -1 for a pause)
+        while i < n_utt and (not pieces or length + aoff[i + 1] - aoff[i] <= goal):
+            speech = audio[aoff[i]:aoff[i + 1]].astype(np.float32) / 32767.0
+            if pieces and rng.random() < 0.5:
+                gap = int(rng.uniform(0.05, 1.5) * SAMPLE_RATE)
+                rms = float(np.sqrt(np.mean(speech ** 2)) + 1e-9)
+                g = np.zeros(gap, np.float32) if rng.random() < 0.4 else \
+                    _noise(rng, gap) * rms * 10 ** (-rng.uniform(35, 75) / 20)
+                spans.append((length, -1))
+                pieces.append(g)
+                length += gap
+            spans.append((length, i))
+            pieces.append(speech)
+            length += len(speech)
+            i += 1
+        x = np.concatenate(pieces)
+        T = len(x) // STEP + 1
+        smp = STEP * np.arange(T)
+        starts = np.array([s for s, _ in spans] + [len(x)])
+        which = np.clip(np.searchsorted(starts, smp, side="right") - 1, 0, len(spans) - 1)
+        o = np.full(T, SIL_TARGET[1], np.float32)
+        w = np.full(T, SIL_TARGET[2], np.float32)
+        v = np.full(T, sil, np.int64)
+        for u, (s0, k) in enumerate(spans):
+            if k < 0:
+                continue
+            m = which == u
+            local = np.clip(np.rint((smp[m] - s0) / HOP).astype(np.int64), 0, off[k + 1] - off[k] - 1) + off[k]
+            o[m], w[m], v[m] = corpus["opening"][local], corpus["width"][local], corpus["viseme"][local]
+        out.append((x.astype(np.float32), o, w, v))
+        if len(out) % 100 == 0:
+            log(f"{len(out)} passages, {i}/{n_utt} utterances")
+    return out
+
+
+def _noise(rng, n: int) -> np.ndarray:
+    """Unit-RMS white or brown (1/f^2) noise."""
+    x = rng.standard_normal(n)
+    if rng.random() < 0.5:
+        x = np.cumsum(x)
+        x -= np.convolve(x, np.ones(801) / 801, mode="same")  # no drift below ~20 Hz
+    return (x / (np.sqrt(np.mean(x ** 2)) + 1e-12)).astype(np.float32)
+
+
+def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, crop: int = 200, lr: float = 1e-3,
+          threads: int | None = None, log=print) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    if threads:
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    with np.load(corpus_path) as z:
+        if "audio" not in z.files:
+            raise SystemExit(f"{corpus_path} holds no audio: build it with `python -m dgtalker.audio.tts_corpus "
+                             f"--keep-audio`")
+        corpus = {k: z[k] for k in ("audio", "audio_offsets", "offsets", "opening", "width", "viseme")}
+    t0 = time.time()
+    ps = passages(corpus, rng, log)
+    enc = load_speech_encoder()
+    feats = {m: [] for m in MODES}
+    for n, (x, o, _, _) in enumerate(ps):
+        for m in MODES:
+            f = enc(x, causal=m == "causal").numpy().astype(np.float16)
+            feats[m].append(f[:len(o)])
+        if n % 100 == 0:
+            log(f"features of {n}/{len(ps)} passages ({time.time() - t0:.0f} s)")
+    lengths = np.array([len(f) for f in feats["offline"]])
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    held = max(1, len(ps) // 20)
+    train_end = int(bounds[-1 - held])
+    if train_end <= crop:
+        raise SystemExit(f"{corpus_path} is too small: {len(ps)} passages, {train_end} training frames for crops of "
+                         f"{crop}")
+    Y = {"opening": np.concatenate([p[1][:n] for p, n in zip(ps, lengths)]),
+         "width": np.concatenate([p[2][:n] for p, n in zip(ps, lengths)]),
+         "viseme": np.concatenate([p[3][:n] for p, n in zip(ps, lengths)])}
+    configs = {"offline": HeadConfig(), "causal": HeadConfig(ahead=list(CAUSAL_AHEAD))}
+    heads, record = {}, {}
+    for m in MODES:
+        torch.manual_seed(seed)
+        X = np.concatenate(feats[m])
+        head = build_head(configs[m], enc.config.width)
+        sample = X[:train_end:7].astype(np.float32)
+        head.feature_mean.copy_(torch.from_numpy(sample.mean(0)))
+        head.feature_std.copy_(torch.from_numpy(sample.std(0) + 1e-3))
+        opt = torch.optim.AdamW(head.parameters(), lr, weight_decay=1e-2)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+        val_idx = np.arange(train_end, len(X))
+
+        def validate():
+            head.eval()
+            with torch.no_grad():
+                pred = head(torch.from_numpy(X[val_idx].astype(np.float32))[None])["opening"][0].numpy()
+            head.train()
+            return round(float(np.corrcoef(pred, Y["opening"][val_idx])[0, 1]), 4)
+
+        for step in range(steps):
+            s = rng.integers(0, train_end - crop, batch)[:, None] + np.arange(crop)
+            x = torch.from_numpy(X[s].astype(np.float32))
+            y = head(x, dropout=0.1)
+            o = (torch.from_numpy(Y["opening"][s]) - OPENING_MEAN) / OPENING_SCALE
+            w = (torch.from_numpy(Y["width"][s]) - WIDTH_MEAN) / WIDTH_SCALE
+            loss = F.mse_loss((y["opening"] - OPENING_MEAN) / OPENING_SCALE, o) \
+                + F.mse_loss((y["width"] - WIDTH_MEAN) / WIDTH_SCALE, w) \
+                + 0.2 * F.cross_entropy(y["viseme_logits"], torch.from_numpy(Y["viseme"][s]), label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            if step % 500 == 0 or step == steps - 1:
+                r = validate()
+                log(f"{m} head: step {step}/{steps} loss {loss.item():.4f} validation r {r} ({time.time() - t0:.0f} s)")
+        record[m] = {"validation_r": validate(), "final_loss": round(loss.item(), 4)}
+        heads[m] = head.eval()
+    extra = {"corpus": Path(corpus_path).name, "corpus_minutes": round(len(corpus["audio"]) / SAMPLE_RATE / 60, 1),
+             "passages": len(ps), "steps": steps, "seed": seed, "batch": batch, "crop_frames": crop, "lr": lr,
+             "seconds": round(time.time() - t0), "speech_encoder_sha256": sha256_file(enc.path), **record}
+    save_lipsync(out, heads, configs, extra)
+    return {"sha256": sha256_file(out), **extra}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dgtalker.audio.lipsync_train", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", required=True, help="corpus .npz from `python -m dgtalker.audio.tts_corpus --keep-audio`")
+    p.add_argument("--out", required=True, help="weights .safetensors to write")
+    p.add_argument("--steps", type=int, default=3000, help="optimiser steps per head (default 3000)")
+    p.add_argument("--batch", type=int, default=32, help="crops per step (default 32)")
+    p.add_argument("--crop", type=int, default=200, help="frames per crop, 50 per second (default 200)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--log", help="also write the training record (JSON) here")
+    a = p.parse_args(argv)
+    res = train(Path(a.corpus), Path(a.out), a.steps, a.seed, a.batch, a.crop, a.lr, a.threads)
+    if a.log:
+        from ..io import atomic_write_json
+
+        atomic_write_json(Path(a.log), res)
+    print(f"wrote {a.out} (SHA-256 {res['sha256']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Training of dgtalker.lipsync's heads (audio.lipsync_train): the passages' targets line
+up with their speech, pauses are the mouth at rest, and a short run writes a model that
+loads and runs (CPU, a made-up corpus; no speech synthesiser needed)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from dgtalker.audio import lipsync_model as LM  # noqa: E402
+from dgtalker.audio import lipsync_train as LT  # noqa: E402
+from dgtalker.audio.tts_corpus import SIL_TARGET  # noqa: E402
+
+
+def _corpus(n=14, seed=0):
+    """Utterance k's samples count its own samples (sample s holds s / 32767) and its
+    opening targets (100 per second) hold k + 1 + frame / 1000: a passage's targets then
+    say which utterance and frame they came from, and its samples where it is."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(6000, 30000, n)
+    audio = [np.arange(L, dtype=np.int16) for L in lengths]
+    frames = [int(L) // 160 + 1 for L in lengths]
+    opening = np.concatenate([k + 1 + np.arange(f) / 1000 for k, f in enumerate(frames)]).astype(np.float32)
+    return {"audio": np.concatenate(audio), "audio_offsets": np.cumsum([0, *lengths]).astype(np.int64),
+            "offsets": np.cumsum([0, *frames]).astype(np.int64), "opening": opening,
+            "width": np.full(len(opening), 0.5, np.float32), "viseme": np.full(len(opening), 9, np.uint8)}
+
+
+def test_passage_targets_follow_their_speech_and_pauses_rest():
+    corpus = _corpus()
+    ps = LT.passages(corpus, np.random.default_rng(1), log=lambda *a: None)
+    seen, pauses = set(), 0
+    for x, o, w, v in ps:
+        assert len(o) == len(w) == len(v) == len(x) // LT.STEP + 1
+        for j in range(len(o) - 1):
+            s = LT.STEP * j
+            if o[j] < 1:  # a pause or noise alone: the mouth at rest
+                assert o[j] == pytest.approx(SIL_TARGET[1]) and v[j] == 0
+                pauses += 1
+                continue
+            k, frame = int(o[j]) - 1, int(round((o[j] % 1) * 1000))
+            seen.add(k)
+            # the sample under frame j is the utterance's own sample within half a mel hop
+            # (a hop at its end, whose last target is the nearest)
+            last = corpus["offsets"][k + 1] - corpus["offsets"][k] - 1
+            off_by = round(float(x[s]) * 32767) - frame * 160
+            assert abs(off_by) <= 80 or (frame == last and 0 < off_by < 160), (k, frame, x[s] * 32767)
+            assert v[j] == 9 and w[j] == pytest.approx(0.5)
+    assert seen == set(range(14)) and pauses > 0
+
+
+def test_a_short_training_run_writes_a_model_that_loads_and_runs(tmp_path):
+    from dgtalker.io import atomic_save_npz
+
+    corpus = _corpus(n=40)
+    rng = np.random.default_rng(2)  # speech-like samples: the encoder reads real features
+    corpus["audio"] = (rng.standard_normal(len(corpus["audio"])) * 3000).astype(np.int16)
+    path = tmp_path / "corpus.npz"
+    atomic_save_npz(path, **corpus)
+    out = tmp_path / "lipsync.safetensors"
+    res = LT.train(path, out, steps=3, seed=0, batch=4, crop=40, log=lambda *a: None)
+    assert res["steps"] == 3 and set(LM.MODES) <= set(res)
+    model = LM.load_lipsync(out)
+    assert model.meta["speech_encoder_sha256"] == res["speech_encoder_sha256"]
+    y = model(np.zeros(16000, np.float32), fps=25, num_frames=25, causal=True)
+    assert y["opening"].shape == (25,) and np.isfinite(y["embedding"]).all()
+    without_audio = tmp_path / "no_audio.npz"
+    atomic_save_npz(without_audio, **{k: v for k, v in corpus.items() if not k.startswith("audio")})
+    with pytest.raises(SystemExit, match="--keep-audio"):
+        LT.train(without_audio, out, steps=1, seed=0, log=lambda *a: None)
