@@ -258,7 +258,8 @@ def main(argv=None):
     torch.set_num_threads(2)
 
     from dgtalker import audio as A
-    from dgtalker.audio.frontend import load_frontend, sha256_file
+    from dgtalker.audio.frontend import load_frontend
+    from dgtalker.io import sha256_file
     from dgtalker.data import load
     from dgtalker.prior import load_prior
     from dgtalker.talker import Talker, TalkerConfig

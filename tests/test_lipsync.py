@@ -22,6 +22,7 @@ from dgtalker.audio import lipsync_model as LM  # noqa: E402
 from dgtalker.audio import speech_encoder as SE  # noqa: E402
 from dgtalker.audio.lipsync import lipsync  # noqa: E402
 from dgtalker.audio.lipsync_cli import main as cli_main  # noqa: E402
+from dgtalker.io import sha256_file  # noqa: E402
 
 SR = 16000
 
@@ -158,13 +159,13 @@ def test_speaker_independent_two_voices():
 def test_shipped_weights_checksum():
     assert FE.DEFAULT_WEIGHTS.is_file()
     assert FE.DEFAULT_WEIGHTS.stat().st_size < 3 << 20
-    assert FE.sha256_file(FE.DEFAULT_WEIGHTS) == FE.WEIGHTS_SHA256
+    assert sha256_file(FE.DEFAULT_WEIGHTS) == FE.WEIGHTS_SHA256
     fe = FE.load_frontend()
     assert fe.config.lookahead_s <= 0.2
     assert LM.DEFAULT_WEIGHTS.stat().st_size < 3 << 20
-    assert SE.sha256_file(LM.DEFAULT_WEIGHTS) == LM.WEIGHTS_SHA256
+    assert sha256_file(LM.DEFAULT_WEIGHTS) == LM.WEIGHTS_SHA256
     assert SE.DEFAULT_WEIGHTS.stat().st_size < 32 << 20
-    assert SE.sha256_file(SE.DEFAULT_WEIGHTS) == SE.WEIGHTS_SHA256
+    assert sha256_file(SE.DEFAULT_WEIGHTS) == SE.WEIGHTS_SHA256
     assert (SE.DEFAULT_WEIGHTS.parent / "WHISPER_LICENSE").is_file()  # the MIT licence travels with the weights
 
 

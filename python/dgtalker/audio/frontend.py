@@ -30,13 +30,14 @@ load; a corrupt or replaced file raises ``FrontEndError`` naming it.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..io import sha256_file
+from ..io import check_weights_file
 
 VISEMES = ("sil", "PBM", "FV", "TH", "SZ", "SH", "TDNL", "KG", "RW", "AA", "EI", "OU")
 VISEME_HELP = {"sil": "silence, mouth at rest", "PBM": "lips closed (p b m)", "FV": "lower lip to teeth (f v)",
@@ -102,17 +103,18 @@ def _torch():
     return torch
 
 
-def build_model(config: FrontEndConfig):
-    """The network (a torch.nn.Module): ``model(x [B, n_mels, M])`` -> dict of 100 Hz
-    outputs ``opening [B, M]``, ``width [B, M]``, ``viseme_logits [B, V, M]``,
-    ``embedding [B, D, M]``; ``x`` is normalised log-mel (``normalise``)."""
+@functools.lru_cache(maxsize=None)
+def conv_layers():
+    """The layers the front end and ``dgtalker.lipsync``'s heads are built of:
+    ``(Conv, ChannelNorm, Block)``. ``Conv``: a 1-D convolution reading ``ahead`` future
+    frames and the rest from the past; ``ChannelNorm``: layer norm over each frame's
+    channels alone (a norm over time would read the future); ``Block``: residual norm ->
+    ``Conv`` (kernel 3) -> GELU -> 1x1 convolution."""
     torch = _torch()
     nn = torch.nn
     F = torch.nn.functional
 
     class Conv(nn.Module):
-        """1-D convolution reading ``ahead`` future frames and the rest from the past."""
-
         def __init__(self, cin, cout, k, dilation=1, ahead=0):
             super().__init__()
             self.conv = nn.Conv1d(cin, cout, k, dilation=dilation)
@@ -138,6 +140,18 @@ def build_model(config: FrontEndConfig):
 
         def forward(self, x):
             return x + self.mix(F.gelu(self.conv(self.norm(x))))
+
+    return Conv, ChannelNorm, Block
+
+
+def build_model(config: FrontEndConfig):
+    """The network (a torch.nn.Module): ``model(x [B, n_mels, M])`` -> dict of 100 Hz
+    outputs ``opening [B, M]``, ``width [B, M]``, ``viseme_logits [B, V, M]``,
+    ``embedding [B, D, M]``; ``x`` is normalised log-mel (``normalise``)."""
+    torch = _torch()
+    nn = torch.nn
+    F = torch.nn.functional
+    Conv, ChannelNorm, Block = conv_layers()
 
     class FrontEnd(nn.Module):
         def __init__(self, cfg):
@@ -346,19 +360,7 @@ def load_frontend(path=None, *, verify: bool = True) -> FrontEnd:
     key = (str(p), verify)
     if default and key in _cache:
         return _cache[key]
-    if not p.is_file():
-        if default:
-            raise FrontEndError(f"the shipped lip-sync front end {p} is missing; reinstall dgtalker or train one "
-                                f"with `python -m dgtalker.audio.frontend_train`")
-        raise FrontEndError(f"front-end weights {p} do not exist" if not p.exists() else
-                            f"front-end weights {p} is not a file")
-    if default and verify:
-        if not WEIGHTS_SHA256:
-            raise FrontEndError(f"no checksum is recorded for the shipped front end {p}")
-        got = sha256_file(p)
-        if got != WEIGHTS_SHA256:
-            raise FrontEndError(f"{p} is corrupt or was replaced: its SHA-256 is {got}, the recorded one is "
-                                f"{WEIGHTS_SHA256}; reinstall dgtalker")
+    check_weights_file(p, WEIGHTS_SHA256 if default and verify else None, FrontEndError, "lip-sync front end")
 
     class _Err(FrontEndError, CheckpointError):
         pass

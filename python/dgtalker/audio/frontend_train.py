@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .frontend import (FrontEndConfig, VISEMES, build_model, normalise, save_frontend, sha256_file)
+from ..io import sha256_file
+from .frontend import FrontEndConfig, VISEMES, build_model, normalise, save_frontend
 
 SR = 16000
 

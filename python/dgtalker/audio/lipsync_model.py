@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .frontend import OPENING_MEAN, OPENING_SCALE, VISEMES, WIDTH_MEAN, WIDTH_SCALE, at_frames
-from ..io import sha256_file
+from .frontend import OPENING_MEAN, OPENING_SCALE, VISEMES, WIDTH_MEAN, WIDTH_SCALE, at_frames, conv_layers
+from ..io import check_weights_file
 from .speech_encoder import RATE, SpeechEncoder, load_speech_encoder
 
 FORMAT = "dgtalker-lipsync"
 FORMAT_VERSION = 1
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "assets" / "lipsync.safetensors"
-WEIGHTS_SHA256 = "7518661c321ed24290bdba12364b1fa8bb2f74e34e73015e40d81d5421faa0fe"
+WEIGHTS_SHA256 = "e57298ca2c722b584cb9e9a162b120b3ac2d74cc49eca16a2e55d5abe19d6f96"
 MODES = ("offline", "causal")
 
 
@@ -57,26 +57,7 @@ def build_head(config: HeadConfig, width: int):
 
     nn, F = torch.nn, torch.nn.functional
 
-    class ChannelNorm(nn.Module):
-        """Layer norm over the channels of each frame alone (a norm over time would read the future)."""
-
-        def __init__(self, c):
-            super().__init__()
-            self.norm = nn.LayerNorm(c)
-
-        def forward(self, x):
-            return self.norm(x.transpose(1, 2)).transpose(1, 2)
-
-    class Block(nn.Module):
-        def __init__(self, c, d, r):
-            super().__init__()
-            self.norm = ChannelNorm(c)
-            self.conv = nn.Conv1d(c, c, 3, dilation=d)
-            self.pad = (2 * d - r, r)
-            self.mix = nn.Conv1d(c, c, 1)
-
-        def forward(self, x):
-            return x + self.mix(F.gelu(self.conv(F.pad(self.norm(x), self.pad))))
+    _, ChannelNorm, Block = conv_layers()
 
     class Head(nn.Module):
         def __init__(self, cfg):
@@ -173,15 +154,7 @@ def load_lipsync(path=None, *, verify: bool = True, encoder=None) -> LipSyncMode
     key = (str(p), verify)
     if default and key in _cache:
         return _cache[key]
-    if not p.is_file():
-        raise LipSyncModelError(f"the shipped lip-sync model {p} is missing; reinstall dgtalker or train one with "
-                                f"`python -m dgtalker.audio.lipsync_train`" if path is None else
-                                f"lip-sync weights {p} do not exist or are not a file")
-    if path is None and verify:
-        got = sha256_file(p)
-        if got != WEIGHTS_SHA256:
-            raise LipSyncModelError(f"{p} is corrupt or was replaced: its SHA-256 is {got}, the recorded one is "
-                                    f"{WEIGHTS_SHA256 or '(none)'}; reinstall dgtalker")
+    check_weights_file(p, WEIGHTS_SHA256 if path is None and verify else None, LipSyncModelError, "lip-sync model")
 
     class _Err(LipSyncModelError, CheckpointError):
         pass

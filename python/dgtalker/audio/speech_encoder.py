@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import sha256_file
+from ..io import check_weights_file, sha256_file
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -200,14 +200,7 @@ def load_speech_encoder(path=None, *, verify: bool = True) -> SpeechEncoder:
     key = (str(p), verify)
     if default and key in _cache:
         return _cache[key]
-    if not p.is_file():
-        raise SpeechEncoderError(f"the speech encoder {p} is missing; reinstall dgtalker" if default else
-                                 f"speech-encoder weights {p} do not exist or are not a file")
-    if default and verify:
-        got = sha256_file(p)
-        if got != WEIGHTS_SHA256:
-            raise SpeechEncoderError(f"{p} is corrupt or was replaced: its SHA-256 is {got}, the recorded one is "
-                                     f"{WEIGHTS_SHA256 or '(none)'}; reinstall dgtalker")
+    check_weights_file(p, WEIGHTS_SHA256 if default and verify else None, SpeechEncoderError, "speech encoder")
 
     class _Err(SpeechEncoderError, CheckpointError):
         pass
