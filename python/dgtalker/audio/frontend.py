@@ -303,6 +303,20 @@ def at_frames(series, positions: np.ndarray):
     return a + (b - a) * f
 
 
+def curves_at(out: dict, positions: np.ndarray) -> dict:
+    """Per-frame outputs (torch, batch of one: ``opening``, ``width``, ``viseme_logits``,
+    ``embedding``) at fractional ``positions`` -> numpy ``opening [T]`` (not below 0),
+    ``width [T]``, ``visemes [T, V]`` (probabilities), ``embedding [T, D]``."""
+    torch = _torch()
+    with torch.inference_mode():
+        op = at_frames(out["opening"][0], positions)
+        wd = at_frames(out["width"][0], positions)
+        vis = torch.softmax(at_frames(out["viseme_logits"][0], positions), dim=0).T
+        emb = at_frames(out["embedding"][0], positions).T
+    return {"opening": op.clamp_min(0).numpy().astype(np.float32), "width": wd.numpy().astype(np.float32),
+            "visemes": vis.numpy().astype(np.float32), "embedding": emb.numpy().astype(np.float32)}
+
+
 class FrontEnd:
     """Loaded front end: ``frontend(mel [M, 80], fps, num_frames, causal)`` -> dict of
     numpy arrays at the video frames (``opening [T]``, ``width [T]``, ``visemes [T, V]``,
@@ -326,16 +340,7 @@ class FrontEnd:
             return self.model(normalise(x, causal))
 
     def __call__(self, mel: np.ndarray, fps: float, num_frames: int, causal: bool = False) -> dict:
-        torch = _torch()
-        out = self.run_mel(mel, causal)
-        pos = frame_positions(num_frames, fps)
-        with torch.inference_mode():
-            op = at_frames(out["opening"][0], pos)
-            wd = at_frames(out["width"][0], pos)
-            vis = torch.softmax(at_frames(out["viseme_logits"][0], pos), dim=0).T
-            emb = at_frames(out["embedding"][0], pos).T
-        return {"opening": op.clamp_min(0).numpy().astype(np.float32), "width": wd.numpy().astype(np.float32),
-                "visemes": vis.numpy().astype(np.float32), "embedding": emb.numpy().astype(np.float32)}
+        return curves_at(self.run_mel(mel, causal), frame_positions(num_frames, fps))
 
 
 def save_frontend(path, model, config: FrontEndConfig, extra: dict | None = None) -> Path:

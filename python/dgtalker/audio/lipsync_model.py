@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .frontend import OPENING_MEAN, OPENING_SCALE, VISEMES, WIDTH_MEAN, WIDTH_SCALE, at_frames, conv_layers
+from .frontend import OPENING_MEAN, OPENING_SCALE, VISEMES, WIDTH_MEAN, WIDTH_SCALE, conv_layers, curves_at
 from ..io import check_weights_file
 from .speech_encoder import RATE, SpeechEncoder, load_speech_encoder
 
@@ -116,17 +116,7 @@ class LipSyncModel:
             return self.heads[mode](self.encoder(samples, causal)[None])
 
     def __call__(self, samples, fps: float, num_frames: int, causal: bool = False) -> dict:
-        import torch
-
-        out = self.outputs(samples, causal)
-        pos = np.arange(num_frames, dtype=np.float64) * (RATE / float(fps))
-        with torch.inference_mode():
-            op = at_frames(out["opening"][0], pos)
-            wd = at_frames(out["width"][0], pos)
-            vis = torch.softmax(at_frames(out["viseme_logits"][0], pos), dim=0).T
-            emb = at_frames(out["embedding"][0], pos).T
-        return {"opening": op.clamp_min(0).numpy().astype(np.float32), "width": wd.numpy().astype(np.float32),
-                "visemes": vis.numpy().astype(np.float32), "embedding": emb.numpy().astype(np.float32)}
+        return curves_at(self.outputs(samples, causal), np.arange(num_frames, dtype=np.float64) * (RATE / float(fps)))
 
 
 def save_lipsync(path, heads: dict, configs: dict, extra: dict | None = None) -> Path:
