@@ -146,11 +146,6 @@ class SpeechEncoder:
     def device(self):
         return self.mel_filters.device
 
-    def to(self, device):
-        self.model.to(device)
-        self.mel_filters = self.mel_filters.to(device)
-        return self
-
     def log_mel(self, samples, causal: bool = False):
         """Normalised Whisper log-mel ``[n_mels, M]`` of 16 kHz samples (see the module doc)."""
         torch = _torch()
