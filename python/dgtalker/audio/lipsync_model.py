@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .frontend import OPENING_MEAN, OPENING_SCALE, VISEMES, WIDTH_MEAN, WIDTH_SCALE, conv_layers, curves_at
 from ..io import check_weights_file
+from .frontend import OPENING_MEAN, OPENING_SCALE, VISEMES, WIDTH_MEAN, WIDTH_SCALE, conv_layers, curves_at
 from .speech_encoder import RATE, SpeechEncoder, load_speech_encoder
 
 FORMAT = "dgtalker-lipsync"
