@@ -39,7 +39,7 @@ import math
 import struct
 from pathlib import Path
 
-from .io import check_output_path
+from .io import check_output_path, sha256_file
 
 FORMAT = "dgtalker-prior"
 FORMAT_VERSION = 1
@@ -426,3 +426,39 @@ def _template_from_tensors(path: Path, tensors: dict, config, error=PriorCheckpo
     return dict(texel_index=ti.numpy(), position=tensors["template_position"].numpy(),
                 frame=tensors["template_frame"].numpy(), log_size=tensors["template_log_size"].numpy(),
                 log_axis=np.zeros((M, 2), np.float32), region=np.zeros(M, np.int8), resolution=R)
+
+
+def read_weights(path: Path, sha256: str | None, *, format: str, max_version: int, error, what: str,
+                 max_bytes: int = MAX_CHECKPOINT_BYTES) -> tuple[dict, dict]:
+    """``(tensors, meta)`` of a model's weights file, for its loader (``read_checkpoint``).
+
+    Raises ``error`` (the loader's own ``ValueError`` subclass), naming the file, where
+    it is missing; where it is a shipped file (``sha256`` given) whose SHA-256 is not
+    ``sha256``; where it cannot be read or is not a ``format`` checkpoint of version
+    ``max_version`` or older; or where a floating-point tensor is not finite."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"the shipped {what} {path} is missing; reinstall dgtalker" if sha256 is not None else
+                    f"{what} weights {path} do not exist or are not a file")
+    if sha256 is not None:
+        got = sha256_file(path)
+        if got != sha256:
+            raise error(f"{path} is corrupt or was replaced: its SHA-256 is {got}, the recorded one is "
+                        f"{sha256 or '(none)'}; reinstall dgtalker")
+
+    class _Error(error, CheckpointError):
+        pass
+
+    try:
+        tensors, meta, _ = read_checkpoint(path, format=format, max_version=max_version, error=_Error,
+                                           max_bytes=max_bytes)
+    except CheckpointError as exc:
+        raise error(str(exc)) from None
+    except OSError as exc:
+        raise error(f"{what} weights {path} could not be read ({exc})") from None
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise error(f"{path}: non-finite weights ({', '.join(bad[:3])})")
+    return tensors, meta

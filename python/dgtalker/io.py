@@ -35,19 +35,6 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
-def check_weights_file(path: Path, sha256: str | None, error, what: str) -> None:
-    """Raises ``error`` naming the file unless ``path`` is a file and, for a shipped one
-    (``sha256`` given), its SHA-256 is ``sha256``."""
-    if not path.is_file():
-        raise error(f"the shipped {what} {path} is missing; reinstall dgtalker" if sha256 is not None else
-                    f"{what} weights {path} do not exist or are not a file")
-    if sha256 is not None:
-        got = sha256_file(path)
-        if got != sha256:
-            raise error(f"{path} is corrupt or was replaced: its SHA-256 is {got}, the recorded one is "
-                        f"{sha256 or '(none)'}; reinstall dgtalker")
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

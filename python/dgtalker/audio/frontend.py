@@ -37,8 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import check_weights_file
-
 VISEMES = ("sil", "PBM", "FV", "TH", "SZ", "SH", "TDNL", "KG", "RW", "AA", "EI", "OU")
 VISEME_HELP = {"sil": "silence, mouth at rest", "PBM": "lips closed (p b m)", "FV": "lower lip to teeth (f v)",
                "TH": "tongue between teeth (th)", "SZ": "s z", "SH": "rounded fricatives (sh zh ch j)",
@@ -358,24 +356,16 @@ _cache = {}
 def load_frontend(path=None, *, verify: bool = True) -> FrontEnd:
     """The front end stored at ``path`` (default: the shipped weights, whose SHA-256 must
     equal ``WEIGHTS_SHA256`` unless ``verify`` is False). Raises ``FrontEndError``."""
-    from ..checkpoint import CheckpointError, read_checkpoint
+    from ..checkpoint import read_weights
 
     default = path is None
     p = DEFAULT_WEIGHTS if default else Path(path)
     key = (str(p), verify)
     if default and key in _cache:
         return _cache[key]
-    check_weights_file(p, WEIGHTS_SHA256 if default and verify else None, FrontEndError, "lip-sync front end")
-
-    class _Err(FrontEndError, CheckpointError):
-        pass
-
-    try:
-        tensors, meta, _ = read_checkpoint(p, format=FORMAT, max_version=FORMAT_VERSION, error=_Err, max_bytes=64 << 20)
-    except CheckpointError as exc:
-        raise FrontEndError(str(exc)) from None
-    except OSError as exc:
-        raise FrontEndError(f"front-end weights {p} could not be read ({exc})") from None
+    tensors, meta = read_weights(p, WEIGHTS_SHA256 if default and verify else None, format=FORMAT,
+                                 max_version=FORMAT_VERSION, error=FrontEndError, what="lip-sync front end",
+                                 max_bytes=64 << 20)
     try:
         config = FrontEndConfig(**json.loads(meta["config"])).check()
         names = json.loads(meta.get("visemes", "[]"))
@@ -391,9 +381,6 @@ def load_frontend(path=None, *, verify: bool = True) -> FrontEnd:
     if missing or unexpected or wrong:
         raise FrontEndError(f"{p}: tensors do not match the front-end config (missing {missing[:3]}, unexpected "
                             f"{unexpected[:3]}, wrong shapes {wrong[:3]})")
-    torch = _torch()
-    if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
-        raise FrontEndError(f"{p}: non-finite weights")
     model.load_state_dict({k: tensors[k].float() for k in state})
     fe = FrontEnd(model, config, json.loads(meta.get("extra", "{}") or "{}"), p)
     if default:

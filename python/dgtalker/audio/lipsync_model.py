@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import check_weights_file
 from .frontend import OPENING_MEAN, OPENING_SCALE, VISEMES, WIDTH_MEAN, WIDTH_SCALE, conv_layers, curves_at
 from .speech_encoder import RATE, SpeechEncoder, load_speech_encoder
 
@@ -135,29 +134,19 @@ def load_lipsync(path=None, *, verify: bool = True, encoder=None) -> LipSyncMode
     """The model stored at ``path`` (default: the shipped one, whose SHA-256 must equal
     ``WEIGHTS_SHA256`` unless ``verify`` is False) over ``encoder`` (default: the shipped
     speech encoder). Raises ``LipSyncModelError`` (or the encoder's ``SpeechEncoderError``)."""
-    import torch
-
-    from ..checkpoint import CheckpointError, read_checkpoint
+    from ..checkpoint import read_weights
 
     default = path is None and encoder is None
     p = DEFAULT_WEIGHTS if path is None else Path(path)
     key = (str(p), verify)
     if default and key in _cache:
         return _cache[key]
-    check_weights_file(p, WEIGHTS_SHA256 if path is None and verify else None, LipSyncModelError, "lip-sync model")
-
-    class _Err(LipSyncModelError, CheckpointError):
-        pass
-
+    tensors, meta = read_weights(p, WEIGHTS_SHA256 if path is None and verify else None, format=FORMAT,
+                                 max_version=FORMAT_VERSION, error=LipSyncModelError, what="lip-sync model",
+                                 max_bytes=64 << 20)
     try:
-        tensors, meta, _ = read_checkpoint(p, format=FORMAT, max_version=FORMAT_VERSION, error=_Err,
-                                           max_bytes=64 << 20)
         configs = {m: HeadConfig(**c).check() for m, c in json.loads(meta["config"]).items()}
         names = json.loads(meta.get("visemes", "[]"))
-    except CheckpointError as exc:
-        raise LipSyncModelError(str(exc)) from None
-    except OSError as exc:
-        raise LipSyncModelError(f"lip-sync weights {p} could not be read ({exc})") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise LipSyncModelError(f"{p}: bad lip-sync config in the metadata ({exc})") from None
     if tuple(names) != VISEMES or set(configs) != set(MODES):
@@ -172,8 +161,6 @@ def load_lipsync(path=None, *, verify: bool = True, encoder=None) -> LipSyncMode
         if set(mine) != set(state) or any(tuple(mine[k].shape) != tuple(state[k].shape) for k in state):
             raise LipSyncModelError(f"{p}: the {m} head's tensors do not match its config or the speech encoder "
                                     f"({enc.config.width} features)")
-        if not all(bool(torch.isfinite(t).all()) for t in mine.values()):
-            raise LipSyncModelError(f"{p}: non-finite weights in the {m} head")
         head.load_state_dict({k: mine[k].float() for k in state})
         heads[m] = head
     model = LipSyncModel(enc, heads, configs, json.loads(meta.get("extra", "{}") or "{}"), p)

@@ -165,9 +165,10 @@ def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, 
             opt.step()
             sched.step()
             if step % 500 == 0 or step == steps - 1:
-                r = validate()
-                log(f"{m} head: step {step}/{steps} loss {loss.item():.4f} validation r {r} ({time.time() - t0:.0f} s)")
-        record[m] = {"validation_r": validate(), "final_loss": round(loss.item(), 4)}
+                val_r = validate()
+                log(f"{m} head: step {step}/{steps} loss {loss.item():.4f} validation r {val_r} "
+                    f"({time.time() - t0:.0f} s)")
+        record[m] = {"validation_r": val_r, "final_loss": round(loss.item(), 4)}  # the last step's
         heads[m] = head.eval()
     extra = {"corpus": Path(corpus_path).name, "corpus_minutes": round(len(corpus["audio"]) / SAMPLE_RATE / 60, 1),
              "passages": len(ps), "steps": steps, "seed": seed, "batch": batch, "crop_frames": crop, "lr": lr,

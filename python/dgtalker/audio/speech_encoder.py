@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import check_weights_file, sha256_file
+from ..io import sha256_file
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -188,26 +188,18 @@ _cache = {}
 def load_speech_encoder(path=None, *, verify: bool = True) -> SpeechEncoder:
     """The encoder stored at ``path`` (default: the shipped one, whose SHA-256 must equal
     ``WEIGHTS_SHA256`` unless ``verify`` is False). Raises ``SpeechEncoderError``."""
-    from ..checkpoint import CheckpointError, read_checkpoint
+    from ..checkpoint import read_weights
 
     default = path is None
     p = DEFAULT_WEIGHTS if default else Path(path)
     key = (str(p), verify)
     if default and key in _cache:
         return _cache[key]
-    check_weights_file(p, WEIGHTS_SHA256 if default and verify else None, SpeechEncoderError, "speech encoder")
-
-    class _Err(SpeechEncoderError, CheckpointError):
-        pass
-
+    tensors, meta = read_weights(p, WEIGHTS_SHA256 if default and verify else None, format=FORMAT,
+                                 max_version=FORMAT_VERSION, error=SpeechEncoderError, what="speech encoder",
+                                 max_bytes=256 << 20)
     try:
-        tensors, meta, _ = read_checkpoint(p, format=FORMAT, max_version=FORMAT_VERSION, error=_Err,
-                                           max_bytes=256 << 20)
         config = SpeechEncoderConfig(**json.loads(meta["config"]))
-    except CheckpointError as exc:
-        raise SpeechEncoderError(str(exc)) from None
-    except OSError as exc:
-        raise SpeechEncoderError(f"speech-encoder weights {p} could not be read ({exc})") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise SpeechEncoderError(f"{p}: bad speech-encoder config in the metadata ({exc})") from None
     model = build_model(config)
