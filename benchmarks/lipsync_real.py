@@ -236,6 +236,8 @@ def main(argv=None) -> int:
     p.add_argument("--likelihoods", action="store_true",
                    help="also score pocketsphinx's per-frame phone posteriors (needs pocketsphinx; "
                         "with --readout, their readouts beside the model's)")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="the speech encoder's precision (default auto: bfloat16 where the CPU computes it natively)")
     args = p.parse_args(argv)
 
     import torch
@@ -243,9 +245,12 @@ def main(argv=None) -> int:
     import dgtalker
     from dgtalker import audio as A
     from dgtalker.audio.lipsync_model import DEFAULT_WEIGHTS, load_lipsync
+    from dgtalker.audio.speech_encoder import load_speech_encoder, native_bfloat16
     from dgtalker.io import sha256_file
 
     torch.set_num_threads(2)
+    encoder = load_speech_encoder()
+    encoder.precision = args.precision
     footage = Path(args.footage)
     cache_path = Path(args.cache)
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
@@ -325,7 +330,8 @@ def main(argv=None) -> int:
     model = load_lipsync(args.weights)
     result = {"rows": rows, "summary": summary, "weights": weights.name, "weights_sha256": sha256_file(weights),
               "model_extra": model.meta, "speech_encoder_sha256": sha256_file(model.encoder.path),
-              "torch_threads": torch.get_num_threads(), "cpu": _cpu()}
+              "torch_threads": torch.get_num_threads(), "cpu": _cpu(), "precision": args.precision,
+              "native_bfloat16": native_bfloat16()}
     print(f"| clip | fps | r best (lag) | r lag -1 / 0 / +1 | causal r best (lag) | loudness r best (lag) | "
           f"std track / pred | x real time |")
     print("|---|---|---|---|---|---|---|---|")
