@@ -272,6 +272,35 @@ def test_region_scores_have_known_answers():
     assert np.isnan(M.region_scores(render, truth, empty)["face"]["psnr"])
 
 
+def test_detail_ratio_sees_blur_and_sharpening():
+    """The regions' detail ratio: 1 for the truth itself, well below 1 for a blurred copy,
+    above 1 for an over-sharpened one; NaN where the truth is flat (nothing to compare)."""
+    import torch
+
+    from dgtalker.eval import metrics as M
+
+    H = W = 64
+    masks = torch.zeros(H, W, 4)
+    masks[8:40, 16:48, 0] = 1
+    masks[12:40, 20:44, 1] = 1
+    masks[8:60, 8:56, 3] = 1
+    truth = torch.rand(H, W, 3, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.25
+    img = truth.permute(2, 0, 1)[None]
+    box = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(img, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    blurred = box[0].permute(1, 2, 0)
+    sharpened = (truth + 0.5 * (truth - blurred)).clamp(0, 1)
+    same = M.region_scores(truth, truth, masks)
+    soft = M.region_scores(blurred, truth, masks)
+    sharp = M.region_scores(sharpened, truth, masks)
+    for name in ("lower_face", "head_rest", "torso", "background"):
+        assert abs(same[name]["detail"] - 1.0) < 1e-6, name
+        assert soft[name]["detail"] < 0.5, (name, soft[name])
+        assert sharp[name]["detail"] > 1.2, (name, sharp[name])
+    flat = torch.full((H, W, 3), 0.5)
+    assert np.isnan(M.region_scores(flat, flat, masks)["face"]["detail"])
+    assert M.region_scores(flat, flat, masks)["face"]["psnr"] == float("inf")
+
+
 def test_a_reencoded_copy_of_the_training_clip_is_still_the_training_clip(tmp_path):
     import shutil
     from types import SimpleNamespace

@@ -307,6 +307,31 @@ def test_random_background_composites_the_targets_and_the_renders(monkeypatch):
         tiny_config(random_background=1.5).validate()
 
 
+def test_gradient_loss_sees_blur_that_the_l1_barely_does():
+    """``metrics.gradient_l1``: zero for the target itself; a blurred copy, close to the
+    target in L1, is far from it in gradients; the image loss adds it only when asked,
+    and its weights are checked."""
+    from dgtalker.metrics import gradient_l1, photometric_loss
+
+    g = torch.Generator().manual_seed(3)
+    target = torch.rand(2, 32, 32, 3, generator=g) * 0.2 + 0.4
+    nchw = target.permute(0, 3, 1, 2)
+    blurred = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(nchw, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    blurred = blurred.permute(0, 2, 3, 1)
+    assert float(gradient_l1(target, target)) == 0.0
+    l1 = float((blurred - target).abs().mean())
+    assert float(gradient_l1(blurred, target)) > 2.5 * l1
+    shifted = target + 0.05  # a flat change of level has no gradient
+    assert float(gradient_l1(shifted, target)) < 1e-6
+    base = photometric_loss(blurred, target)
+    assert torch.equal(photometric_loss(blurred, target, grad_weight=0.0), base)
+    assert torch.allclose(photometric_loss(blurred, target, grad_weight=0.5), base + 0.5 * gradient_l1(blurred, target))
+    with pytest.raises(ValueError, match="ssim_weight"):
+        tiny_config(ssim_weight=1.5).validate()
+    with pytest.raises(ValueError, match="grad_weight"):
+        tiny_config(grad_weight=-1.0).validate()
+
+
 def test_side_silhouette_compares_outlines_with_the_prior_beyond_the_clip_views():
     """Side cameras are the clip's turned 20-45 degrees around the head (seeded); the loss
     is zero for the untuned prior, sees outlines only (not colours), and its gradient

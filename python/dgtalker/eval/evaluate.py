@@ -100,7 +100,7 @@ def _frame_metrics(render, gt, masks, detector=None, px_scale: float = 1.0) -> l
                     "ssim": M.ssim(r, g), "mouth_render": M.mouth_opening(r, m[..., 1]),
                     "mouth_truth": M.mouth_opening(g, m[..., 1])})
         for name, sc in M.region_scores(r, g, m).items():
-            out[-1][f"region_{name}_psnr"], out[-1][f"region_{name}_ssim"] = sc["psnr"], sc["ssim"]
+            out[-1].update({f"region_{name}_{q}": v for q, v in sc.items()})
         if detector is not None:
             from ..data.face_mesh import INNER_LIP_RING, eye_span, inner_lip_mask, mouth_opening
             from .landmarks import lip_gap
@@ -192,7 +192,7 @@ def _summary(rows: list[dict]) -> dict:
         with warnings.catch_warnings():  # a region absent from every frame is NaN, silently
             warnings.simplefilter("ignore", RuntimeWarning)
             out["regions"] = {name: {q: float(np.nanmean([r[f"region_{name}_{q}"] for r in rows]))
-                                     for q in ("psnr", "ssim")} for name in M.REGIONS}
+                                     for q in ("psnr", "ssim", "detail")} for name in M.REGIONS}
     truth = [r["mouth_truth"] for r in rows]
     pred = [r["mouth_render"] for r in rows]
     out["mouth_corr"] = M.pearson(truth, pred)

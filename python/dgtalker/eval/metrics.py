@@ -54,21 +54,34 @@ def region_masks(masks) -> dict:
             "torso": (fg - head).clamp(0, 1), "background": (1 - fg).clamp(0, 1)}
 
 
+def fine_detail(img) -> torch.Tensor:
+    """``[H, W]``: the magnitude of the luminance's 3x3 Laplacian (edges replicated), the
+    finest texture of an image (skin pores, hair strands, fabric), what blur removes first."""
+    y = luminance(img)[None, None]
+    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=y.dtype)[None, None]
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(y, (1, 1, 1, 1), mode="replicate"), k)[0, 0].abs()
+
+
 def region_scores(render, truth, masks, min_pixels: float = 16.0) -> dict:
-    """``{region: {"psnr", "ssim"}}`` of one image ``[H, W, 3]`` against its truth inside
-    each of ``region_masks(masks)`` (SSIM: the per-pixel map, reflected at the borders,
-    averaged with the mask's weights); NaN for a region of fewer than ``min_pixels``."""
+    """``{region: {"psnr", "ssim", "detail"}}`` of one image ``[H, W, 3]`` against its truth
+    inside each of ``region_masks(masks)`` (SSIM: the per-pixel map, reflected at the
+    borders, averaged with the mask's weights; detail: the render's ``fine_detail`` over
+    the truth's, summed with those weights: 1 as sharp as the truth, below 1 softer);
+    NaN for a region of fewer than ``min_pixels``."""
     from ..metrics import ssim_map
 
     r, g = _t(render).float(), _t(truth).float()
     smap = ssim_map(r[None], g[None], same=True)[0].mean(-1)  # [H, W]
+    dr, dg = fine_detail(r), fine_detail(g)
     out = {}
     for name, w in region_masks(masks).items():
         n = float(w.sum())
         if n < min_pixels:
-            out[name] = {"psnr": float("nan"), "ssim": float("nan")}
+            out[name] = {"psnr": float("nan"), "ssim": float("nan"), "detail": float("nan")}
             continue
-        out[name] = {"psnr": psnr(r, g, w), "ssim": float((smap * w).sum() / n)}
+        truth_detail = float((dg * w).sum())  # 0 on a flat region: no detail to compare
+        out[name] = {"psnr": psnr(r, g, w), "ssim": float((smap * w).sum() / n),
+                     "detail": float((dr * w).sum()) / truth_detail if truth_detail > 0 else float("nan")}
     return out
 
 

@@ -175,11 +175,13 @@ def markdown(rep: dict) -> str:
             lines += ["", "Talker minus static head: " + ", ".join(f"{k} {v:+.3f}" for k, v in d.items()), ""]
     if fr.get("regions"):
         names = list(fr["regions"])
-        lines += ["| regions (PSNR / SSIM) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += ["| regions (PSNR / SSIM / detail) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for name, m in [("talker", fr)] + [(k, v) for k, v in rep["baselines"].items() if "regions" in v]:
-            lines.append(f"| {name} | " + " | ".join(f"{f(m['regions'][n]['psnr'])} / {f(m['regions'][n]['ssim'], 3)}"
-                                                      for n in names) + " |")
-        lines.append("")
+            lines.append(f"| {name} | " + " | ".join(
+                f"{f(m['regions'][n]['psnr'])} / {f(m['regions'][n]['ssim'], 3)} / {f(m['regions'][n].get('detail'))}"
+                for n in names) + " |")
+        lines += ["", "Detail: the render's finest texture (the luminance's Laplacian) over the truth's in the "
+                      "region; 1 is as sharp as the truth, below 1 softer.", ""]
     lines += ["| | PSNR | PSNR head | PSNR lower face | SSIM | LMD px | mouth corr | lag |", "|---|---|---|---|---|---|---|---|"]
     for name, m in [("talker", rep["frames"])] + [(k, v) for k, v in rep["baselines"].items()]:
         lines.append(f"| {name} | {f(m['psnr'])} | {f(m['psnr_head'])} | {f(m['psnr_lower_face'])} | "

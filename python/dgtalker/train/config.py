@@ -33,6 +33,7 @@ class IdentityTrainConfig:
     open_share: float = 0.0           # share of lip frames drawn among the clip's wide-open-mouth frames
     blink_share: float = 0.1          # share of expression frames drawn among the clip's closed-eye frames
     ssim_weight: float = 0.2
+    grad_weight: float = 0.0          # weight of an L1 on image gradients (metrics.gradient_l1) beside L1 + SSIM
     mask_weight: float = 0.5
     mouth_weight: float = 1.0         # extra L1 inside a square around the tracked lips (its mean, like the frame's)
     cross_weight: float = 1.0
@@ -119,6 +120,8 @@ class IdentityTrainConfig:
             raise ValueError(f"motion_window must be seconds in [0, 60], got {self.motion_window!r}")
         if self.lip_holdback > 0.5:
             raise ValueError(f"lip_holdback is a share of the training frames, in [0, 0.5]; got {self.lip_holdback!r}")
+        if self.ssim_weight > 1:
+            raise ValueError(f"ssim_weight is SSIM's share of the image loss, in [0, 1]; got {self.ssim_weight!r}")
         for name in ("focus", "random_background", "blink_share", "open_share"):
             if getattr(self, name) > 1:
                 raise ValueError(f"{name} is a share of steps or frames, in [0, 1]; got {getattr(self, name)!r}")

@@ -134,7 +134,7 @@ def train_step(talker, reference, opt, data: ClipFrames, step: int, cfg: Identit
     own_img, own_a = image[:2 * P], alpha[:2 * P]
     target = torch.cat([bi["rgb"], bj["rgb"]])
     fg = torch.cat([bi["fg"], bj["fg"]])
-    photo = photometric_loss(own_img, target, ssim_weight=cfg.ssim_weight)
+    photo = photometric_loss(own_img, target, ssim_weight=cfg.ssim_weight, grad_weight=cfg.grad_weight)
     mask = (own_a - fg).abs().mean()
     loss = photo + cfg.mask_weight * mask
     out = {}

@@ -60,6 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"each frame (its landmarks; 0 = photometric lips only; default {d.lip_target})")
     p.add_argument("--lip-batch", type=positive_int, default=d.lip_batch, metavar="N",
                    help=f"training frames per step of that target, through the audio encoder alone (default {d.lip_batch})")
+    p.add_argument("--ssim-weight", type=float, default=d.ssim_weight, metavar="W",
+                   help=f"share of 1 - SSIM in the image loss, the rest L1 (default {d.ssim_weight})")
+    p.add_argument("--grad-weight", type=float, default=d.grad_weight, metavar="W",
+                   help="weight of an L1 on the image's gradients beside it: asks for the clip's edges and fine "
+                        f"texture (default {d.grad_weight})")
     p.add_argument("--mouth-weight", type=float, default=d.mouth_weight, metavar="W",
                    help="weight of an extra L1 term inside a square around each frame's tracked lips, whose "
                         f"pixels are too few for the frame-wide loss to see (default {d.mouth_weight})")
@@ -186,7 +191,8 @@ def train_config(args) -> IdentityTrainConfig:
                                lip_concordance=args.lip_concordance, lip_holdback=args.lip_holdback,
                                encoder_noise=args.encoder_noise, encoder_steps=args.encoder_steps,
                                adapt_frontend=args.adapt_frontend, open_share=args.open_share,
-                               mouth_weight=args.mouth_weight,
+                               mouth_weight=args.mouth_weight, ssim_weight=args.ssim_weight,
+                               grad_weight=args.grad_weight,
                                encoder_context=args.encoder_context, encoder_members=args.encoder_members,
                                level_window=args.level_window, motion_window=args.motion_window,
                                lips_from_picture=args.lips_from_picture, mouth_interior=args.mouth_interior,
