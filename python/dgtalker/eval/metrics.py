@@ -58,7 +58,7 @@ def fine_detail(img) -> torch.Tensor:
     """``[H, W]``: the magnitude of the luminance's 3x3 Laplacian (edges replicated), the
     finest texture of an image (skin pores, hair strands, fabric), what blur removes first."""
     y = luminance(img)[None, None]
-    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=y.dtype)[None, None]
+    k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=y.dtype, device=y.device)[None, None]
     return torch.nn.functional.conv2d(torch.nn.functional.pad(y, (1, 1, 1, 1), mode="replicate"), k)[0, 0].abs()
 
 
