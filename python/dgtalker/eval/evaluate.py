@@ -8,6 +8,9 @@ the ground-truth frame:
 
 - ``psnr`` (whole frame), ``psnr_head``, ``psnr_lower_face``, ``psnr_upper_face``
   (inside the ground truth's masks), ``ssim``;
+- per region (face, lower and upper face, the rest of the head, torso, background;
+  ``metrics.region_scores``): PSNR, SSIM and the detail ratio, the render's finest
+  texture over the truth's (1: as sharp as the truth; below 1: softer);
 - mouth motion: ``mouth_corr`` and ``mouth_lag_frames`` between the mouth opening
   measured on renders and on ground truth (``metrics.mouth_opening``, the same
   measurement on both), over the evaluated frames in time order;
