@@ -1,6 +1,7 @@
 """Where a real talker's blur comes from: the same frames fitted with more and more
 freedom, scored per region (head, face, lower / upper face, rest of the head, torso,
-background, whole frame; PSNR and SSIM), on training and held-out frames.
+background, whole frame; PSNR, SSIM and the detail ratio of ``dgtalker eval``), on
+training and held-out frames.
 
     python benchmarks/face_ceiling.py DATA TALKER --json ceiling.json [--frames 40] [--steps 1500]
 
@@ -54,7 +55,7 @@ def scores(img: torch.Tensor, gt: torch.Tensor, masks: torch.Tensor) -> list[dic
     for r, g, m in zip(img.clamp(0, 1), gt, masks):
         row = {"whole_psnr": M.psnr(r, g), "whole_ssim": M.ssim(r, g), "head_psnr": M.psnr(r, g, m[..., 0])}
         for name, sc in M.region_scores(r, g, m).items():
-            row[f"{name}_psnr"], row[f"{name}_ssim"] = sc["psnr"], sc["ssim"]
+            row.update({f"{name}_{q}": v for q, v in sc.items()})
         rows.append(row)
     return rows
 
@@ -256,12 +257,12 @@ def main(argv=None):
 
 def table(out: dict) -> str:
     cols = ("head_psnr", "face_psnr", "lower_face_psnr", "upper_face_psnr", "head_rest_psnr", "torso_psnr",
-            "background_psnr", "whole_psnr", "whole_ssim")
+            "background_psnr", "whole_psnr", "whole_ssim", "face_detail", "head_rest_detail")
     lines = ["| frames | fit | " + " | ".join(c.replace("_psnr", "").replace("_", " ") for c in cols) + " |",
              "|---" * (len(cols) + 2) + "|"]
     for name, res in out["fits"].items():
         for fit, row in res.items():
-            lines.append(f"| {name} | {fit} | " + " | ".join(f"{row[c]:.3f}" if c.endswith("ssim") else f"{row[c]:.2f}"
+            lines.append(f"| {name} | {fit} | " + " | ".join(f"{row[c]:.2f}" if c.endswith("psnr") else f"{row[c]:.3f}"
                                                             for c in cols) + " |")
     return "\n".join(lines)
 
