@@ -116,7 +116,8 @@ def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, 
     feats = {m: [] for m in MODES}
     for n, (x, o, _, _) in enumerate(ps):
         for m in MODES:
-            f = enc(x, causal=m == "causal").numpy().astype(np.float16)
+            # float32, as the shipped heads were trained (running, the encoder may use bfloat16)
+            f = enc(x, causal=m == "causal", precision="float32").numpy().astype(np.float16)
             feats[m].append(f[:len(o)])
         if n % 100 == 0:
             log(f"features of {n}/{len(ps)} passages ({time.time() - t0:.0f} s)")
