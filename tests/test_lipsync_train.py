@@ -69,3 +69,26 @@ def test_a_short_training_run_writes_a_model_that_loads_and_runs(tmp_path):
     atomic_save_npz(without_audio, **{k: v for k, v in corpus.items() if not k.startswith("audio")})
     with pytest.raises(SystemExit, match="--keep-audio"):
         LT.train(without_audio, out, steps=1, seed=0, log=lambda *a: None)
+
+
+def test_the_corpus_keeps_phoneme_timings_that_give_its_targets_again():
+    """A few seconds of the real corpus (espeak-ng): its stored phoneme timings, read back,
+    give the stored mouth targets again, so they can be recomputed without synthesising."""
+    import shutil
+
+    from dgtalker.audio import tts_corpus as TC
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    arrays = TC.build(0.15, seed=3, flite_share=0.0, log=lambda *a: None, keep_audio=True)
+    phones = TC.corpus_phones(arrays)
+    off, aoff = arrays["offsets"], arrays["audio_offsets"]
+    assert len(phones) == len(off) - 1 >= 2
+    for k, ph in enumerate(phones):
+        assert all(0 <= s <= e for s, e, _ in ph) and any(sym for _, _, sym in ph)
+        o, w, v = TC.mouth_targets(ph, (aoff[k + 1] - aoff[k]) / 16000)
+        n = off[k + 1] - off[k]
+        np.testing.assert_allclose(o[:n], arrays["opening"][off[k]:off[k + 1]].astype(np.float32), atol=1e-3)
+        np.testing.assert_array_equal(v[:n], arrays["viseme"][off[k]:off[k + 1]])
+    with pytest.raises(ValueError, match="phoneme timings"):
+        TC.corpus_phones({"opening": arrays["opening"]})

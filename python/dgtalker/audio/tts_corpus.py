@@ -31,7 +31,8 @@ mouth keeps the neighbouring vowels' shape); the mouth leads the sound by 50 ms,
     python -m dgtalker.audio.tts_corpus --out corpus.npz --minutes 90 --seed 0
 
 writes log-mel frames (the project's ``dgtalker.audio.log_mel``, quantised to uint8)
-and 100 Hz targets; ``dgtalker.audio.frontend_train`` trains on it.
+and 100 Hz targets, with each utterance's phoneme timings (``corpus_phones``: the targets
+can be recomputed without synthesising again); ``dgtalker.audio.frontend_train`` trains on it.
 """
 from __future__ import annotations
 
@@ -429,7 +430,7 @@ def build(minutes: float, seed: int = 0, flite_share: float = 0.2, log=print, ke
     weights = np.array([4.0 if l in _MAJOR else 1.0 for l in langs])
     weights[langs.index("en-us")] = 8.0
     weights /= weights.sum()
-    mels, opens, widths, vis, offsets, meta, audio = [], [], [], [], [0], [], []
+    mels, opens, widths, vis, offsets, meta, audio, timings = [], [], [], [], [0], [], [], []
     total, t0 = 0.0, time.time()
     tmp = tempfile.mkdtemp(prefix="tts_corpus.")
     try:
@@ -473,6 +474,7 @@ def build(minutes: float, seed: int = 0, flite_share: float = 0.2, log=print, ke
             vis.append(v[:M].astype(np.uint8))
             offsets.append(offsets[-1] + M)
             meta.append(engine)
+            timings.append([[round(s, 5), round(e, 5), sym] for s, e, sym in ph])
             if keep_audio:
                 audio.append(np.clip(np.rint(a16 * 32767.0), -32768, 32767).astype(np.int16))
             total += dur
@@ -482,11 +484,20 @@ def build(minutes: float, seed: int = 0, flite_share: float = 0.2, log=print, ke
         shutil.rmtree(tmp, ignore_errors=True)
     arrays = {"mel": np.concatenate(mels), "opening": np.concatenate(opens), "width": np.concatenate(widths),
               "viseme": np.concatenate(vis), "offsets": np.array(offsets, np.int64),
-              "engines": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+              "engines": np.frombuffer(json.dumps(meta).encode(), np.uint8),
+              "phones": np.frombuffer(json.dumps(timings, ensure_ascii=False).encode(), np.uint8)}
     if keep_audio:
         arrays["audio"] = np.concatenate(audio)
         arrays["audio_offsets"] = np.cumsum([0] + [len(a) for a in audio]).astype(np.int64)
     return arrays
+
+
+def corpus_phones(corpus) -> list:
+    """Each utterance's phonemes, ``[(start s, end s, IPA symbol or '')]`` at the stored
+    speed (what ``mouth_targets`` read when the corpus was built), from a loaded corpus."""
+    if "phones" not in corpus:
+        raise ValueError("this corpus keeps no phoneme timings: rebuild it with this version")
+    return [[tuple(p) for p in u] for u in json.loads(bytes(np.asarray(corpus["phones"], np.uint8)).decode())]
 
 
 def main(argv=None) -> int:
