@@ -738,3 +738,80 @@ def test_training_measures_the_persons_mouth_motion_on_training_frames_only():
         TalkerConfig(lip_motion=float("nan"))
     with pytest.raises(ValueError, match="k_lip >= 1"):
         TalkerConfig(k_exp=2, k_lip=0, motion_window=4.0)
+
+
+def test_motion_gain_matches_the_renders_spread_to_the_truths():
+    """The gain undoes the render's spread ratio (known answers), within MAX_GAIN, reads
+    only frames where both mouths were found, and refuses too few frames or a still mouth."""
+    from dgtalker.eval.calibrate import MAX_GAIN, MIN_FRAMES, motion_gain
+
+    rng = np.random.default_rng(0)
+    truth = 0.04 + 0.02 * rng.standard_normal(80)
+    res = motion_gain(0.8 * truth + 0.01, truth)
+    assert res["motion_ratio"] == pytest.approx(0.8, abs=1e-3) and res["gain"] == pytest.approx(1.25, abs=1e-3)
+    assert res["corr"] == pytest.approx(1.0) and res["frames"] == 80
+    render = 0.8 * truth
+    render[:10] = np.nan
+    assert motion_gain(render, truth)["frames"] == 70
+    assert motion_gain(0.2 * truth, truth)["gain"] == pytest.approx(MAX_GAIN)
+    assert motion_gain(4.0 * truth, truth)["gain"] == pytest.approx(1 / MAX_GAIN, abs=1e-4)
+    with pytest.raises(ValueError, match=f"at least {MIN_FRAMES}"):
+        motion_gain(truth[:MIN_FRAMES - 1], truth[:MIN_FRAMES - 1])
+    with pytest.raises(ValueError, match="does not move"):
+        motion_gain(truth, np.full_like(truth, 0.03))
+
+
+def test_calibrate_lips_scales_the_steady_motion_and_rewrites_the_talker(tmp_path, monkeypatch, capsys):
+    """``dgtalker calibrate-lips`` renders training frames only (evaluate stubbed with known
+    openings), scales lip_motion by the gain, records it, keeps the file's precision, and
+    refuses a talker without steady motion, a missing talker and too few frames by name."""
+    import dataclasses
+    from pathlib import Path
+
+    from test_talker import tiny_generator
+
+    from dgtalker.cli import main
+    from dgtalker.data import load
+    from dgtalker.eval import calibrate, evaluate, landmarks
+    from dgtalker.talker import Talker, TalkerConfig, load_talker, read_talker_metadata, save_talker
+
+    data = Path(__file__).parent / "data" / "sample"
+    ds = load(data)
+    talker = Talker(tiny_generator(), TalkerConfig(k_exp=2, k_lip=3, width=96, height=96, motion_window=4.0,
+                                                   lip_motion=0.9), residual_frames=len(ds))
+    path = save_talker(tmp_path / "t.safetensors", talker, half=True)
+    seen = {}
+
+    def fake_evaluate(t, dataset, *, frames, **kw):
+        seen["frames"] = np.asarray(frames)
+        truth = 0.04 + 0.02 * np.sin(np.arange(len(frames)))
+        return {"per_frame": [{"opening_render": 0.75 * v, "opening_truth": v} for v in truth]}
+
+    monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(landmarks, "available", lambda: True)
+    assert main(["calibrate-lips", "--data", str(data), "--talker", str(path), "--frames", "16",
+                 "--device", "cpu"]) == 0
+    assert set(seen["frames"].tolist()) <= set(ds.splits["train"].tolist()) and len(seen["frames"]) == min(
+        16, ds.splits["train"].size)
+    cal = load_talker(path, device="cpu")
+    assert cal.config.lip_motion == pytest.approx(0.9 / 0.75, abs=1e-3)
+    meta = read_talker_metadata(path)
+    assert meta["source"]["motion_calibration"]["gain"] == pytest.approx(1 / 0.75, abs=1e-3)
+    assert "0.75 as much" in capsys.readouterr().out
+    from dgtalker.checkpoint import read_checkpoint
+    from dgtalker.talker import FORMAT, FORMAT_VERSION
+    tensors, _, _ = read_checkpoint(path, format=FORMAT, max_version=FORMAT_VERSION)
+    assert any(str(v.dtype).endswith("float16") for v in tensors.values())
+
+    still = dataclasses.replace(talker.config, motion_window=0.0, lip_motion=0.0)
+    talker.config = still
+    plain = save_talker(tmp_path / "plain.safetensors", talker)
+    assert main(["calibrate-lips", "--data", str(data), "--talker", str(plain), "--device", "cpu"]) == 2
+    assert "no steady mouth motion" in capsys.readouterr().err
+    assert main(["calibrate-lips", "--data", str(data), "--talker", str(tmp_path / "none.safetensors"),
+                 "--device", "cpu"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["calibrate-lips", "--data", str(data), "--talker", str(path), "--frames", "3"])
+    with pytest.raises(ValueError, match="frames must be"):
+        calibrate.calibrate_motion(load_talker(path, device="cpu"), ds, frames=4)
