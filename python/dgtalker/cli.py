@@ -61,7 +61,7 @@ SUBCOMMANDS = {
     "blendshapes": ("dgtalker.blendshapes_cli", "picture of what each expression and lip blendshape of a talker does"),
     "eval": ("dgtalker.eval.eval_cli", "measure a talker against a clip's ground truth (report.json, report.md, figures)"),
     "train": ("dgtalker.train.identity_cli", "train a talking head (a talker) on one person's clip"),
-    "calibrate-lips": ("dgtalker.eval.calibrate", "after training: make the rendered mouth move as much as the person's "
+    "calibrate-lips": ("dgtalker.eval.calibrate_cli", "after training: make the rendered mouth move as much as the person's "
                                                   "(measured with the face mesh on training frames)"),
     "pretrain-prior": ("dgtalker.train.prior_cli", "train the Gaussian generative prior on a multi-identity corpus"),
     "lipsync": ("dgtalker.audio.lipsync_cli", "mouth curves of any speech (opening, width, visemes per frame) as CSV "

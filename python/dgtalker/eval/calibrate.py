@@ -1,5 +1,5 @@
-"""``dgtalker calibrate-lips``: a trained talker's mouth made to move, in its own renders, as
-much as the person's mouth moves in the clip.
+"""A trained talker's mouth made to move, in its own renders, as much as the person's mouth
+moves in the clip (``dgtalker calibrate-lips``, ``calibrate_cli``).
 
 Training keeps the opening coefficient's motion at the person's over each passage
 (``TalkerConfig.lip_motion``, ``Talker.steady_lips``), but the rendered mouth, measured
@@ -20,8 +20,6 @@ does, after training, on training frames only:
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -85,42 +83,3 @@ def calibrate_motion(talker, dataset, *, frames: int = 60, size: int | None = No
     after = round(before * out["gain"], 4)
     talker.config = dataclasses.replace(cfg, lip_motion=min(after, 100.0))
     return {**out, "lip_motion_before": before, "lip_motion": talker.config.lip_motion}
-
-
-def add_arguments(p) -> None:
-    from ..cli import int_at_least
-
-    p.add_argument("--data", required=True, help="the talker's training clip (a dgtalker preprocess dataset)")
-    p.add_argument("--talker", required=True, help="the talker to calibrate; rewritten in place unless --out")
-    p.add_argument("--out", help="write the calibrated talker here instead")
-    p.add_argument("--frames", type=int_at_least(MIN_FRAMES), default=60,
-                   help="training frames to render and measure, spread over the clip (default 60)")
-    p.add_argument("--size", type=int_at_least(64), help="render size (default: the dataset's)")
-    p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-
-
-def run(args) -> int:
-    from ..checkpoint import read_checkpoint
-    from ..cli import check_device
-    from ..data import load
-    from ..talker import FORMAT, FORMAT_VERSION, TalkerCheckpointError, load_talker, save_talker
-
-    try:
-        device = check_device(args.device)
-        src = Path(args.talker)
-        if not src.is_file():
-            raise FileNotFoundError(f"--talker {src}: no such file")
-        tensors, _, _ = read_checkpoint(src, format=FORMAT, max_version=FORMAT_VERSION, error=TalkerCheckpointError)
-        half = any(str(getattr(v, "dtype", "")) in ("float16", "torch.float16") for v in tensors.values())
-        talker = load_talker(src, device=device)
-        dataset = load(args.data)
-        res = calibrate_motion(talker, dataset, frames=args.frames, size=args.size, device=device, progress=True)
-    except (ValueError, FileNotFoundError, RuntimeError, TalkerCheckpointError) as exc:
-        print(f"dgtalker calibrate-lips: error: {exc}", file=sys.stderr)
-        return 2
-    talker.source = {**talker.source, "motion_calibration": {**res, "data": str(Path(args.data).resolve())}}
-    out = save_talker(args.out or src, talker, half=half)
-    print(f"rendered mouth moved {res['motion_ratio']:.2f} as much as the person's on {res['frames']} training frames "
-          f"(corr {res['corr']:.2f}): mouth motion {res['lip_motion_before']:.3f} -> {res['lip_motion']:.3f}; "
-          f"wrote {out}")
-    return 0
