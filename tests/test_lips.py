@@ -811,6 +811,9 @@ def test_calibrate_lips_scales_the_steady_motion_and_rewrites_the_talker(tmp_pat
     assert main(["calibrate-lips", "--data", str(data), "--talker", str(tmp_path / "none.safetensors"),
                  "--device", "cpu"]) == 2
     assert "no such file" in capsys.readouterr().err
+    assert main(["calibrate-lips", "--data", str(data), "--talker", str(path), "--out",
+                 str(tmp_path / "missing" / "t.safetensors"), "--device", "cpu"]) == 2
+    assert "calibrate-lips: error" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["calibrate-lips", "--data", str(data), "--talker", str(path), "--frames", "3"])
     with pytest.raises(ValueError, match="frames must be"):

@@ -38,11 +38,11 @@ def run(args) -> int:
         talker = load_talker(src, device=device)
         dataset = load(args.data)
         res = calibrate_motion(talker, dataset, frames=args.frames, size=args.size, device=device, progress=True)
-    except (ValueError, FileNotFoundError, RuntimeError, TalkerCheckpointError) as exc:
+        talker.source = {**talker.source, "motion_calibration": {**res, "data": str(Path(args.data).resolve())}}
+        out = save_talker(args.out or src, talker, half=half)
+    except (ValueError, OSError, RuntimeError) as exc:  # bad files and folders, no mediapipe, too few faces
         print(f"dgtalker calibrate-lips: error: {exc}", file=sys.stderr)
         return 2
-    talker.source = {**talker.source, "motion_calibration": {**res, "data": str(Path(args.data).resolve())}}
-    out = save_talker(args.out or src, talker, half=half)
     print(f"rendered mouth moved {res['motion_ratio']:.2f} as much as the person's on {res['frames']} training frames "
           f"(corr {res['corr']:.2f}): mouth motion {res['lip_motion_before']:.3f} -> {res['lip_motion']:.3f}; "
           f"wrote {out}")
