@@ -37,17 +37,10 @@ import numpy as np
 import torch
 
 from dgtalker.eval import metrics as M
-from dgtalker.eval.evaluate import GroundTruth, clip_coefficients, clip_torso, view_cameras
+from dgtalker.eval.evaluate import GroundTruth, clip_coefficients, clip_torso, spread_frames, view_cameras
 from dgtalker.metrics import photometric_loss
 
 FITS = ("audio", "residual", "rigid", "paths", "static", "one")
-
-
-def spread(frames: np.ndarray, n: int) -> np.ndarray:
-    """``n`` frames spread evenly over ``frames`` (all of them if there are fewer)."""
-    if len(frames) <= n:
-        return np.asarray(frames)
-    return np.asarray(frames)[np.linspace(0, len(frames) - 1, n).round().astype(int)]
 
 
 def scores(img: torch.Tensor, gt: torch.Tensor, masks: torch.Tensor) -> list[dict]:
@@ -222,7 +215,8 @@ def main(argv=None):
         raise SystemExit(f"{a.talker} was trained on a clip of {len(mask)} frames, {a.data} has {len(dataset)}: "
                          "the ceilings compare a talker with its own clip (or a copy of it)")
     coefficients = clip_coefficients(talker, dataset)
-    sets = {"train": spread(np.nonzero(mask)[0], a.frames), "heldout": spread(dataset.splits["heldout"], a.frames)}
+    sets = {"train": spread_frames(np.nonzero(mask)[0], a.frames),
+            "heldout": spread_frames(dataset.splits["heldout"], a.frames)}
     out = {"data": str(a.data), "talker": str(a.talker), "size": a.size, "steps": a.steps,
            "path_steps": a.path_steps, "frames": {k: [int(i) for i in v] for k, v in sets.items()}, "fits": {}}
     for name, idx in sets.items():
@@ -245,7 +239,7 @@ def main(argv=None):
             res["static"] = score_raw(talker, static, fr, every, a.size, a.batch)
         if "one" in fits and name == "train":
             rows = []
-            for k in spread(every, a.single):
+            for k in spread_frames(every, a.single):
                 raw = fit_raw(talker, fr, np.array([k]), a.size, 1, a.steps)
                 rows.append(score_raw(talker, raw, fr, np.array([k]), a.size, 1))
             res["one"] = mean_rows(rows)

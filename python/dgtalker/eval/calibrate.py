@@ -27,14 +27,6 @@ MAX_GAIN = 1.5     # the most one calibration widens (or narrows) the motion by
 MIN_FRAMES = 16    # frames where the face mesh found both mouths, for a spread to mean something
 
 
-def spread_frames(frames: np.ndarray, n: int) -> np.ndarray:
-    """``n`` of ``frames`` spread evenly over them (all of them if there are fewer)."""
-    frames = np.asarray(frames)
-    if len(frames) <= n:
-        return frames
-    return frames[np.linspace(0, len(frames) - 1, n).round().astype(int)]
-
-
 def motion_gain(render: np.ndarray, truth: np.ndarray) -> dict:
     """What ``calibrate_motion`` reads from per-frame mouth openings (NaN where the face mesh
     found no face): the render's spread over the truth's (``motion_ratio``) and the gain that
@@ -61,7 +53,7 @@ def calibrate_motion(talker, dataset, *, frames: int = 60, size: int | None = No
     talker without steady mouth motion, a clip without training frames, or too few faces;
     RuntimeError without mediapipe."""
     from . import landmarks as L
-    from .evaluate import evaluate
+    from .evaluate import evaluate, spread_frames
 
     cfg = talker.config
     if not (cfg.motion_window > 0 and cfg.lip_motion > 0):

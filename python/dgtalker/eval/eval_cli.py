@@ -75,7 +75,7 @@ def run(args) -> int:
     from ..data import DatasetError, load
     from ..io import atomic_write_bytes, atomic_write_json
     from ..talker import load_talker
-    from .evaluate import clip_coefficients, evaluate, spiral_consistency
+    from .evaluate import clip_coefficients, evaluate, spiral_consistency, spread_frames
     from .report import clean, contact_sheet, detail_sheet, markdown, mouth_plot, render_speed
 
     out = Path(args.out)
@@ -99,8 +99,7 @@ def run(args) -> int:
             train = np.asarray(dataset.splits["train"], np.int64)
             if train.size == 0:
                 raise ValueError(f"{args.data} has no training frames (splits.json) for --training-frames")
-            n = min(args.training_frames, train.size)
-            frames = train[np.linspace(0, train.size - 1, n).round().astype(np.int64)]
+            frames = spread_frames(train, args.training_frames)
         elif dataset.splits["heldout"].size:
             frames = dataset.splits["heldout"]
         else:

@@ -44,6 +44,14 @@ def _resize(img: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(img.permute(2, 0, 1)[None], size=(size, size), mode="area")[0].permute(1, 2, 0)
 
 
+def spread_frames(frames, n: int) -> np.ndarray:
+    """``n`` of ``frames`` spread evenly over them (all of them if there are fewer)."""
+    frames = np.asarray(frames)
+    if len(frames) <= n:
+        return frames
+    return frames[np.linspace(0, len(frames) - 1, n).round().astype(np.int64)]
+
+
 def clip_coefficients(talker, dataset, *, causal: bool = False):
     """Speech-driven (c_exp, c_lip) ``[N, K]`` of every frame of a talking dataset, on the
     CPU whatever the talker's device (callers index them per batch and read them as numpy)."""
