@@ -22,10 +22,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..checkpoint import read_checkpoint
+    from safetensors import safe_open
+
     from ..cli import check_device
     from ..data import load
-    from ..talker import FORMAT, FORMAT_VERSION, TalkerCheckpointError, load_talker, save_talker
+    from ..talker import load_talker, save_talker
     from .calibrate import calibrate_motion
 
     try:
@@ -33,9 +34,9 @@ def run(args) -> int:
         src = Path(args.talker)
         if not src.is_file():
             raise FileNotFoundError(f"--talker {src}: no such file")
-        tensors, _, _ = read_checkpoint(src, format=FORMAT, max_version=FORMAT_VERSION, error=TalkerCheckpointError)
-        half = any(str(getattr(v, "dtype", "")) in ("float16", "torch.float16") for v in tensors.values())
-        talker = load_talker(src, device=device)
+        talker = load_talker(src, device=device)  # validates the file; then its header says its precision
+        with safe_open(str(src), "pt") as f:
+            half = any(f.get_slice(k).get_dtype() == "F16" for k in f.keys())
         dataset = load(args.data)
         res = calibrate_motion(talker, dataset, frames=args.frames, size=args.size, device=device, progress=True)
         talker.source = {**talker.source, "motion_calibration": {**res, "data": str(Path(args.data).resolve())}}
