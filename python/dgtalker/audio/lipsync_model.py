@@ -17,11 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from .frontend import OPENING_MEAN, OPENING_SCALE, VISEMES, WIDTH_MEAN, WIDTH_SCALE, conv_layers, curves_at
-from .speech_encoder import RATE, SpeechEncoder, load_speech_encoder
+from .speech_encoder import RATE, SAMPLE_RATE, SpeechEncoder, load_speech_encoder
 
 FORMAT = "dgtalker-lipsync"
 FORMAT_VERSION = 1
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "assets" / "lipsync.safetensors"
+# Encoder frames (0.5 s) of silence read before and after the audio, their outputs dropped:
+# the heads learnt the mouth at rest from pauses of silence, never from the encoder's zero
+# padding at a clip's edges (without them a silent clip's first frame opened to 0.026)
+EDGE_FRAMES = 25
 WEIGHTS_SHA256 = "e57298ca2c722b584cb9e9a162b120b3ac2d74cc49eca16a2e55d5abe19d6f96"
 MODES = ("offline", "causal")
 
@@ -107,12 +111,15 @@ class LipSyncModel:
         return self.encoder.config.reach_s + (self.configs["causal"].lookahead_frames + 1) / RATE
 
     def outputs(self, samples, causal: bool = False) -> dict:
-        """The 50 Hz outputs (torch, batch of one) of 16 kHz samples."""
+        """The 50 Hz outputs (torch, batch of one) of 16 kHz samples, frame j at time j / RATE."""
         import torch
 
         mode = "causal" if causal else "offline"
+        pad = EDGE_FRAMES * SAMPLE_RATE // RATE
+        x = np.pad(np.asarray(samples, np.float32), (pad, pad))
         with torch.inference_mode():
-            return self.heads[mode](self.encoder(samples, causal)[None])
+            y = self.heads[mode](self.encoder(x, causal)[None])
+        return {k: v[..., EDGE_FRAMES:v.shape[-1] - EDGE_FRAMES] for k, v in y.items()}
 
     def __call__(self, samples, fps: float, num_frames: int, causal: bool = False) -> dict:
         return curves_at(self.outputs(samples, causal), np.arange(num_frames, dtype=np.float64) * (RATE / float(fps)))
