@@ -59,9 +59,11 @@ def test_a_short_training_run_writes_a_model_that_loads_and_runs(tmp_path):
     path = tmp_path / "corpus.npz"
     atomic_save_npz(path, **corpus)
     out = tmp_path / "lipsync.safetensors"
-    res = LT.train(path, out, steps=3, seed=0, batch=4, crop=40, log=lambda *a: None)
+    res = LT.train(path, out, steps=3, seed=0, batch=4, crop=40, lead=None, log=lambda *a: None)
     assert res["steps"] == 3 and set(LM.MODES) <= set(res)
     model = LM.load_lipsync(out)
+    for m in LM.MODES:  # the heads read the features' 64 leading directions, stored with them
+        assert model.configs[m].components == 64 and tuple(model.heads[m].projection.shape) == (512, 64)
     assert model.meta["speech_encoder_sha256"] == res["speech_encoder_sha256"]
     y = model(np.zeros(16000, np.float32), fps=25, num_frames=25, causal=True)
     assert y["opening"].shape == (25,) and np.isfinite(y["embedding"]).all()
@@ -69,6 +71,23 @@ def test_a_short_training_run_writes_a_model_that_loads_and_runs(tmp_path):
     atomic_save_npz(without_audio, **{k: v for k, v in corpus.items() if not k.startswith("audio")})
     with pytest.raises(SystemExit, match="--keep-audio"):
         LT.train(without_audio, out, steps=1, seed=0, log=lambda *a: None)
+    with pytest.raises(SystemExit, match="no phoneme timings"):  # the default lead recomputes the targets
+        LT.train(path, out, steps=1, seed=0, log=lambda *a: None)
+
+
+def test_the_principal_projection_keeps_the_leading_directions_at_unit_variance():
+    rng = np.random.default_rng(4)
+    basis = np.linalg.qr(rng.standard_normal((12, 12)))[0]
+    spread = np.array([9.0, 5.0, 3.0] + [0.3] * 9)
+    x = (rng.standard_normal((4000, 12)) * spread) @ basis.T + 2.0
+    p = LM.principal_projection(x, 3)
+    z = (x - x.mean(0)) @ p
+    np.testing.assert_allclose(np.cov(z.T), np.eye(3), atol=1e-3)  # unit variance, uncorrelated
+    for i in range(3):  # each column lies along one of the three strong directions, in order
+        cos = abs(p[:, i] @ basis[:, i]) / np.linalg.norm(p[:, i])
+        assert cos > 0.99, (i, cos)
+    with pytest.raises(ValueError, match="components"):
+        LM.HeadConfig(components=-1).check()
 
 
 def test_the_corpus_keeps_phoneme_timings_that_give_its_targets_again():
@@ -92,3 +111,11 @@ def test_the_corpus_keeps_phoneme_timings_that_give_its_targets_again():
         np.testing.assert_array_equal(v[:n], arrays["viseme"][off[k]:off[k + 1]])
     with pytest.raises(ValueError, match="phoneme timings"):
         TC.corpus_phones({"opening": arrays["opening"]})
+    # the trainer's retargeting: the corpus' own lead gives its targets, a longer one moves them earlier
+    same = {k: arrays[k] for k in ("offsets", "audio_offsets")}
+    LT.retarget(same, phones, TC.ANTICIPATION_S)
+    np.testing.assert_allclose(same["opening"], arrays["opening"].astype(np.float32), atol=1e-3)
+    ahead = dict(same)
+    LT.retarget(ahead, phones, TC.ANTICIPATION_S + 0.04)  # 4 frames at 100 Hz
+    lag = max(range(-8, 9), key=lambda k: np.corrcoef(np.roll(ahead["opening"], k), same["opening"])[0, 1])
+    assert lag == 4, lag

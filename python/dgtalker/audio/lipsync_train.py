@@ -10,10 +10,11 @@ two real clips from +1 to +2 frames at the same mean correlation, docs/lipsync.m
 The speech encoder (``audio.speech_encoder``, frozen) turns every passage into features
 twice, offline and causal; each head learns its mode's features -> opening, width and
 viseme class (targets at 50 frames/s), on random crops, the last 5% of the passages held
-out for validation.
+out for validation. The heads read the features' 64 leading principal directions over
+the training passages (``--components``), not all 512.
 
     python -m dgtalker.audio.tts_corpus --out corpus.npz --minutes 150 --seed 0 --flite-share 0.3 --keep-audio
-    python -m dgtalker.audio.lipsync_train --corpus corpus.npz --out lipsync.safetensors --steps 3000 --threads 2
+    python -m dgtalker.audio.lipsync_train --corpus corpus.npz --out lipsync.safetensors --steps 1500 --threads 1
 
 Seeds are fixed; the result depends on the machine's floating point only. Record the
 written file's SHA-256 in ``dgtalker.audio.lipsync_model.WEIGHTS_SHA256`` when shipping it.
@@ -29,13 +30,17 @@ from pathlib import Path
 import numpy as np
 
 from .frontend import OPENING_MEAN, OPENING_SCALE, VISEMES, WIDTH_MEAN, WIDTH_SCALE
-from .lipsync_model import MODES, HeadConfig, build_head, save_lipsync
+from .lipsync_model import MODES, HeadConfig, build_head, principal_projection, save_lipsync
 from ..io import sha256_file
 from .speech_encoder import HOP, RATE, SAMPLE_RATE, load_speech_encoder
-from .tts_corpus import SIL_TARGET
+from .tts_corpus import SIL_TARGET, corpus_phones, mouth_targets
 
 STEP = SAMPLE_RATE // RATE  # samples per encoder frame
 CAUSAL_AHEAD = [1, 1, 1, 0]
+# How far the heads' mouth runs ahead of the sound. The corpus' own 50 ms (tts_corpus) left
+# heads reading 64 components late on the real clips (best lag +2 frames on one); 90 ms
+# centres them (docs/lipsync.md)
+LEAD_S = 0.09
 
 
 def passages(corpus: dict, rng, log=print) -> list:
@@ -97,8 +102,20 @@ def _noise(rng, n: int) -> np.ndarray:
     return (x / (np.sqrt(np.mean(x ** 2)) + 1e-12)).astype(np.float32)
 
 
+def retarget(corpus: dict, phones: list, lead: float) -> None:
+    """Replaces the corpus' mouth targets (``opening``, ``width``, ``viseme``) with those
+    its stored phoneme timings give when the mouth leads the sound by ``lead`` seconds."""
+    off, aoff = corpus["offsets"], corpus["audio_offsets"]
+    parts = {"opening": [], "width": [], "viseme": []}
+    for i, ph in enumerate(phones):
+        n = int(off[i + 1] - off[i])
+        for k, v in zip(parts, mouth_targets(ph, (aoff[i + 1] - aoff[i]) / SAMPLE_RATE, lead=lead)):
+            parts[k].append(v[:n])
+    corpus.update({k: np.concatenate(v) for k, v in parts.items()})
+
+
 def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, crop: int = 200, lr: float = 1e-3,
-          threads: int | None = None, log=print) -> dict:
+          components: int = 64, lead: float | None = LEAD_S, threads: int | None = None, log=print) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -110,6 +127,11 @@ def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, 
             raise SystemExit(f"{corpus_path} holds no audio: build it with `python -m dgtalker.audio.tts_corpus "
                              f"--keep-audio`")
         corpus = {k: z[k] for k in ("audio", "audio_offsets", "offsets", "opening", "width", "viseme")}
+        if lead is not None:
+            if "phones" not in z.files:
+                raise SystemExit(f"{corpus_path} keeps no phoneme timings to place the mouth {lead * 1000:g} ms "
+                                 f"ahead of the sound: build it with this version's tts_corpus")
+            retarget(corpus, corpus_phones(z), lead)
     t0 = time.time()
     ps = passages(corpus, rng, log)
     enc = load_speech_encoder()
@@ -131,15 +153,22 @@ def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, 
     Y = {"opening": np.concatenate([p[1][:n] for p, n in zip(ps, lengths)]),
          "width": np.concatenate([p[2][:n] for p, n in zip(ps, lengths)]),
          "viseme": np.concatenate([p[3][:n] for p, n in zip(ps, lengths)])}
-    configs = {"offline": HeadConfig(), "causal": HeadConfig(ahead=list(CAUSAL_AHEAD))}
+    configs = {"offline": HeadConfig(components=components).check(),
+               "causal": HeadConfig(ahead=list(CAUSAL_AHEAD), components=components).check()}
     heads, record = {}, {}
     for m in MODES:
         torch.manual_seed(seed)
         X = np.concatenate(feats[m])
         head = build_head(configs[m], enc.config.width)
-        sample = X[:train_end:7].astype(np.float32)
+        sample = X[:train_end:7] if train_end >= 14 * components else X[:train_end]
+        if len(sample) <= components:
+            raise SystemExit(f"{corpus_path} is too small: {train_end} training frames for {components} components")
+        sample = sample.astype(np.float32)
         head.feature_mean.copy_(torch.from_numpy(sample.mean(0)))
         head.feature_std.copy_(torch.from_numpy(sample.std(0) + 1e-3))
+        if components:
+            head.projection.copy_(torch.from_numpy(principal_projection(
+                (sample - head.feature_mean.numpy()) / head.feature_std.numpy(), components)))
         opt = torch.optim.AdamW(head.parameters(), lr, weight_decay=1e-2)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
         val_idx = np.arange(train_end, len(X))
@@ -173,6 +202,7 @@ def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, 
         heads[m] = head.eval()
     extra = {"corpus": Path(corpus_path).name, "corpus_minutes": round(len(corpus["audio"]) / SAMPLE_RATE / 60, 1),
              "passages": len(ps), "steps": steps, "seed": seed, "batch": batch, "crop_frames": crop, "lr": lr,
+             "components": components, "lead_s": lead,
              "seconds": round(time.time() - t0), "speech_encoder_sha256": sha256_file(enc.path), **record}
     save_lipsync(out, heads, configs, extra)
     return {"sha256": sha256_file(out), **extra}
@@ -183,15 +213,22 @@ def main(argv=None) -> int:
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", required=True, help="corpus .npz from `python -m dgtalker.audio.tts_corpus --keep-audio`")
     p.add_argument("--out", required=True, help="weights .safetensors to write")
-    p.add_argument("--steps", type=int, default=3000, help="optimiser steps per head (default 3000)")
+    p.add_argument("--steps", type=int, default=1500, help="optimiser steps per head (default 1500)")
     p.add_argument("--batch", type=int, default=32, help="crops per step (default 32)")
     p.add_argument("--crop", type=int, default=200, help="frames per crop, 50 per second (default 200)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--components", type=int, default=64,
+                   help="leading principal directions of the features the heads read (0: all; default 64)")
+    p.add_argument("--lead", type=float, default=LEAD_S,
+                   help=f"seconds the mouth targets run ahead of the sound, recomputed from the corpus' phoneme "
+                        f"timings (default {LEAD_S})")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--log", help="also write the training record (JSON) here")
     a = p.parse_args(argv)
-    res = train(Path(a.corpus), Path(a.out), a.steps, a.seed, a.batch, a.crop, a.lr, a.threads)
+    if a.components < 0:
+        p.error(f"--components must be >= 0, got {a.components}")
+    res = train(Path(a.corpus), Path(a.out), a.steps, a.seed, a.batch, a.crop, a.lr, a.components, a.lead, a.threads)
     if a.log:
         from ..io import atomic_write_json
 
