@@ -37,9 +37,9 @@ from .tts_corpus import SIL_TARGET, corpus_phones, mouth_targets
 
 STEP = SAMPLE_RATE // RATE  # samples per encoder frame
 CAUSAL_AHEAD = [1, 1, 1, 0]
-# How far the heads' mouth runs ahead of the sound. The corpus' own 50 ms (tts_corpus) left
-# heads reading 64 components late on the real clips (best lag +2 frames on one); 90 ms
-# centres them (docs/lipsync.md)
+# How far the heads' mouth runs ahead of the sound. With the corpus' own 50 ms (tts_corpus)
+# heads reading 64 components peaked late on the real clips (+2 frames on one); with 90 ms
+# every clip's best lag is -1 or 0 (docs/lipsync.md)
 LEAD_S = 0.09
 
 
