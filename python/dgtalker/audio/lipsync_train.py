@@ -22,7 +22,6 @@ written file's SHA-256 in ``dgtalker.audio.lipsync_model.WEIGHTS_SHA256`` when s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
