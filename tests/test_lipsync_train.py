@@ -75,6 +75,37 @@ def test_a_short_training_run_writes_a_model_that_loads_and_runs(tmp_path):
         LT.train(path, out, steps=1, seed=0, log=lambda *a: None)
 
 
+
+def test_an_ensemble_of_heads_gives_its_members_mean(tmp_path):
+    """--members: each mode holds that many heads, trained with their own seeds, and the
+    model's opening, width and viseme logits are their mean."""
+    from dgtalker.io import atomic_save_npz
+
+    corpus = _corpus(n=40)
+    rng = np.random.default_rng(3)
+    corpus["audio"] = (rng.standard_normal(len(corpus["audio"])) * 3000).astype(np.int16)
+    path = tmp_path / "corpus.npz"
+    atomic_save_npz(path, **corpus)
+    out = tmp_path / "lipsync.safetensors"
+    res = LT.train(path, out, steps=2, seed=0, batch=4, crop=40, lead=None, members=2, log=lambda *a: None)
+    assert res["members"] == 2 and {"member0_validation_r", "member1_validation_r"} <= set(res["offline"])
+    model = LM.load_lipsync(out)
+    x = torch.randn(1, 60, 512)
+    for m in LM.MODES:
+        head = model.heads[m]
+        assert model.configs[m].members == 2 and len(head.members) == 2
+        a, b = head.members
+        assert not torch.equal(a.stem.weight, b.stem.weight)  # their own seeds
+        with torch.no_grad():
+            y, ya, yb = head(x), a(x), b(x)
+        for k in ("opening", "width", "viseme_logits"):
+            torch.testing.assert_close(y[k], (ya[k] + yb[k]) / 2)
+        torch.testing.assert_close(y["embedding"], ya["embedding"])
+    assert model(np.zeros(16000, np.float32), fps=30, num_frames=30)["opening"].shape == (30,)
+    for bad in (0, 17, 1.5, True):
+        with pytest.raises(ValueError, match="members"):
+            LM.HeadConfig(members=bad).check()
+
 def test_the_principal_projection_keeps_the_leading_directions_at_unit_variance():
     rng = np.random.default_rng(4)
     basis = np.linalg.qr(rng.standard_normal((12, 12)))[0]

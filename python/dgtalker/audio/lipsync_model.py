@@ -43,6 +43,7 @@ class HeadConfig:
     embed: int = 32
     n_visemes: int = len(VISEMES)
     components: int = 0   # the features' leading principal directions the head reads (0: all the features)
+    members: int = 1      # heads of this shape trained with their own seeds; the outputs are their mean
 
     def check(self) -> "HeadConfig":
         if len(self.dilations) != len(self.ahead) or not all(0 <= r <= 2 * d for d, r in zip(self.dilations, self.ahead)):
@@ -50,6 +51,8 @@ class HeadConfig:
                              f"ahead {self.ahead}")
         if not isinstance(self.components, int) or self.components < 0:
             raise ValueError(f"components must be a whole number >= 0, got {self.components!r}")
+        if not isinstance(self.members, int) or isinstance(self.members, bool) or not 1 <= self.members <= 16:
+            raise ValueError(f"members must be a whole number in 1..16, got {self.members!r}")
         return self
 
     @property
@@ -61,7 +64,10 @@ def build_head(config: HeadConfig, width: int):
     """The head (torch.nn.Module): ``head(features [B, T, width])`` -> dict of ``opening
     [B, T]``, ``width [B, T]``, ``viseme_logits [B, V, T]``, ``embedding [B, D, T]``.
     With ``config.components`` k > 0 the standardised features are first projected on k
-    directions (``projection [width, k]``, set by training: ``principal_projection``)."""
+    directions (``projection [width, k]``, set by training: ``principal_projection``).
+    With ``config.members`` m > 1 it holds m such heads (``members.i``) and gives the mean of
+    their opening, width and viseme logits, and the first member's embedding (the members'
+    embeddings are not aligned with each other)."""
     import torch
 
     nn, F = torch.nn, torch.nn.functional
@@ -95,7 +101,18 @@ def build_head(config: HeadConfig, width: int):
             return {"opening": y[:, 0] * OPENING_SCALE + OPENING_MEAN, "width": y[:, 1] * WIDTH_SCALE + WIDTH_MEAN,
                     "viseme_logits": y[:, 2:], "embedding": e}
 
-    return Head(config.check())
+    class Ensemble(nn.Module):
+        def __init__(self, cfg):
+            super().__init__()
+            self.members = nn.ModuleList(Head(cfg) for _ in range(cfg.members))
+
+        def forward(self, features, dropout: float = 0.0):
+            ys = [m(features, dropout) for m in self.members]
+            mean = {k: torch.stack([y[k] for y in ys]).mean(0) for k in ("opening", "width", "viseme_logits")}
+            return {**mean, "embedding": ys[0]["embedding"]}
+
+    config.check()
+    return Head(config) if config.members == 1 else Ensemble(config)
 
 
 def principal_projection(standardised: np.ndarray, k: int) -> np.ndarray:

@@ -114,7 +114,8 @@ def retarget(corpus: dict, phones: list, lead: float) -> None:
 
 
 def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, crop: int = 200, lr: float = 1e-3,
-          components: int = 64, lead: float | None = LEAD_S, threads: int | None = None, log=print) -> dict:
+          components: int = 64, lead: float | None = LEAD_S, members: int = 1, threads: int | None = None,
+          log=print) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -152,56 +153,66 @@ def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, 
     Y = {"opening": np.concatenate([p[1][:n] for p, n in zip(ps, lengths)]),
          "width": np.concatenate([p[2][:n] for p, n in zip(ps, lengths)]),
          "viseme": np.concatenate([p[3][:n] for p, n in zip(ps, lengths)])}
-    configs = {"offline": HeadConfig(components=components).check(),
-               "causal": HeadConfig(ahead=list(CAUSAL_AHEAD), components=components).check()}
+    configs = {"offline": HeadConfig(components=components, members=members).check(),
+               "causal": HeadConfig(ahead=list(CAUSAL_AHEAD), components=components, members=members).check()}
     heads, record = {}, {}
     for m in MODES:
-        torch.manual_seed(seed)
         X = np.concatenate(feats[m])
-        head = build_head(configs[m], enc.config.width)
         sample = X[:train_end:7] if train_end >= 14 * components else X[:train_end]
         if len(sample) <= components:
             raise SystemExit(f"{corpus_path} is too small: {train_end} training frames for {components} components")
         sample = sample.astype(np.float32)
-        head.feature_mean.copy_(torch.from_numpy(sample.mean(0)))
-        head.feature_std.copy_(torch.from_numpy(sample.std(0) + 1e-3))
-        if components:
-            head.projection.copy_(torch.from_numpy(principal_projection(
-                (sample - head.feature_mean.numpy()) / head.feature_std.numpy(), components)))
-        opt = torch.optim.AdamW(head.parameters(), lr, weight_decay=1e-2)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+        mean, std = sample.mean(0), sample.std(0) + 1e-3
+        projection = principal_projection((sample - mean) / std, components) if components else None
         val_idx = np.arange(train_end, len(X))
+        x_val = torch.from_numpy(X[val_idx].astype(np.float32))[None]
 
-        def validate():
+        def validate(head):
             head.eval()
             with torch.no_grad():
-                pred = head(torch.from_numpy(X[val_idx].astype(np.float32))[None])["opening"][0].numpy()
+                pred = head(x_val)["opening"][0].numpy()
             head.train()
             return round(float(np.corrcoef(pred, Y["opening"][val_idx])[0, 1]), 4)
 
-        for step in range(steps):
-            s = rng.integers(0, train_end - crop, batch)[:, None] + np.arange(crop)
-            x = torch.from_numpy(X[s].astype(np.float32))
-            y = head(x, dropout=0.1)
-            o = (torch.from_numpy(Y["opening"][s]) - OPENING_MEAN) / OPENING_SCALE
-            w = (torch.from_numpy(Y["width"][s]) - WIDTH_MEAN) / WIDTH_SCALE
-            loss = F.mse_loss((y["opening"] - OPENING_MEAN) / OPENING_SCALE, o) \
-                + F.mse_loss((y["width"] - WIDTH_MEAN) / WIDTH_SCALE, w) \
-                + 0.2 * F.cross_entropy(y["viseme_logits"], torch.from_numpy(Y["viseme"][s]), label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            if step % 500 == 0 or step == steps - 1:
-                val_r = validate()
-                log(f"{m} head: step {step}/{steps} loss {loss.item():.4f} validation r {val_r} "
-                    f"({time.time() - t0:.0f} s)")
-        record[m] = {"validation_r": val_r, "final_loss": round(loss.item(), 4)}  # the last step's
-        heads[m] = head.eval()
+        heads[m] = build_head(configs[m], enc.config.width)
+        singles = list(heads[m].members) if members > 1 else [heads[m]]
+        record[m] = {}
+        for i, head in enumerate(singles):
+            torch.manual_seed(seed + i)
+            head.feature_mean.copy_(torch.from_numpy(mean))
+            head.feature_std.copy_(torch.from_numpy(std))
+            if projection is not None:
+                head.projection.copy_(torch.from_numpy(projection))
+            opt = torch.optim.AdamW(head.parameters(), lr, weight_decay=1e-2)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
+            what = f"{m} head" + (f" {i + 1}/{members}" if members > 1 else "")
+            for step in range(steps):
+                s = rng.integers(0, train_end - crop, batch)[:, None] + np.arange(crop)
+                x = torch.from_numpy(X[s].astype(np.float32))
+                y = head(x, dropout=0.1)
+                o = (torch.from_numpy(Y["opening"][s]) - OPENING_MEAN) / OPENING_SCALE
+                w = (torch.from_numpy(Y["width"][s]) - WIDTH_MEAN) / WIDTH_SCALE
+                loss = F.mse_loss((y["opening"] - OPENING_MEAN) / OPENING_SCALE, o) \
+                    + F.mse_loss((y["width"] - WIDTH_MEAN) / WIDTH_SCALE, w) \
+                    + 0.2 * F.cross_entropy(y["viseme_logits"], torch.from_numpy(Y["viseme"][s]), label_smoothing=0.1)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                if step % 500 == 0 or step == steps - 1:
+                    val_r = validate(head)
+                    log(f"{what}: step {step}/{steps} loss {loss.item():.4f} validation r {val_r} "
+                        f"({time.time() - t0:.0f} s)")
+            key = f"member{i}_" if members > 1 else ""
+            record[m].update({f"{key}validation_r": val_r, f"{key}final_loss": round(loss.item(), 4)})  # last step's
+        if members > 1:
+            record[m]["validation_r"] = validate(heads[m])
+            log(f"{m} heads: the {members} members' mean, validation r {record[m]['validation_r']}")
+        heads[m].eval()
     extra = {"corpus": Path(corpus_path).name, "corpus_minutes": round(len(corpus["audio"]) / SAMPLE_RATE / 60, 1),
              "passages": len(ps), "steps": steps, "seed": seed, "batch": batch, "crop_frames": crop, "lr": lr,
-             "components": components, "lead_s": lead,
+             "components": components, "lead_s": lead, "members": members,
              "seconds": round(time.time() - t0), "speech_encoder_sha256": sha256_file(enc.path), **record}
     save_lipsync(out, heads, configs, extra)
     return {"sha256": sha256_file(out), **extra}
@@ -221,13 +232,19 @@ def main(argv=None) -> int:
     p.add_argument("--lead", type=float, default=LEAD_S,
                    help=f"seconds the mouth targets run ahead of the sound, recomputed from the corpus' phoneme "
                         f"timings (default {LEAD_S})")
+    p.add_argument("--members", type=int, default=1,
+                   help="heads per mode, each trained with its own seed (seed, seed + 1, ...); the model gives "
+                        "their mean (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--log", help="also write the training record (JSON) here")
     a = p.parse_args(argv)
     if a.components < 0:
         p.error(f"--components must be >= 0, got {a.components}")
-    res = train(Path(a.corpus), Path(a.out), a.steps, a.seed, a.batch, a.crop, a.lr, a.components, a.lead, a.threads)
+    if not 1 <= a.members <= 16:
+        p.error(f"--members must be in 1..16, got {a.members}")
+    res = train(Path(a.corpus), Path(a.out), a.steps, a.seed, a.batch, a.crop, a.lr, a.components, a.lead, a.members,
+                a.threads)
     if a.log:
         from ..io import atomic_write_json
 
