@@ -174,6 +174,7 @@ def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, 
             head.train()
             return round(float(np.corrcoef(pred, Y["opening"][val_idx])[0, 1]), 4)
 
+        torch.manual_seed(seed)  # the members' initial weights (torch's own generator is seeded at random)
         heads[m] = build_head(configs[m], enc.config.width)
         singles = list(heads[m].members) if members > 1 else [heads[m]]
         record[m] = {}
