@@ -1,13 +1,15 @@
 """``dgtalker.lipsync``'s model: the speech encoder's features -> what the mouth does.
 
-Two small temporal convolution heads read the features of ``audio.speech_encoder`` (the
+Small temporal convolution heads read the features of ``audio.speech_encoder`` (the
 first blocks of Whisper base, 50 frames/s; the shipped heads their 64 leading principal
-directions, ``HeadConfig.components``): the offline head reads the whole clip's
-features, the causal head the causal ones (banded attention, level so far) and at most
-``HeadConfig.ahead`` future frames. Each gives per frame the mouth opening and width
-(face-mesh unit, as ``audio.frontend``), viseme logits and an ``embed``-dimensional
-embedding. Trained only on synthetic speech (``python -m dgtalker.audio.lipsync_train``);
-the weights' SHA-256 is recorded in ``WEIGHTS_SHA256`` and checked on load.
+directions, ``HeadConfig.components``): the offline heads read the whole clip's
+features, the causal heads the causal ones (banded attention, level so far) and at most
+``HeadConfig.ahead`` future frames. Each mode may hold several heads trained from their
+own seeds (``HeadConfig.members``), whose outputs are averaged. Each mode gives per
+frame the mouth opening and width (face-mesh unit, as ``audio.frontend``), viseme logits
+and an ``embed``-dimensional embedding. Trained only on synthetic speech (``python -m
+dgtalker.audio.lipsync_train``); the weights' SHA-256 is recorded in ``WEIGHTS_SHA256``
+and checked on load.
 """
 from __future__ import annotations
 

@@ -11,10 +11,11 @@ The speech encoder (``audio.speech_encoder``, frozen) turns every passage into f
 twice, offline and causal; each head learns its mode's features -> opening, width and
 viseme class (targets at 50 frames/s), on random crops, the last 5% of the passages held
 out for validation. The heads read the features' 64 leading principal directions over
-the training passages (``--components``), not all 512.
+the training passages (``--components``), not all 512. ``--members 3`` trains three heads
+per mode from seeds seed, seed + 1, seed + 2; the model gives their mean.
 
     python -m dgtalker.audio.tts_corpus --out corpus.npz --minutes 150 --seed 0 --flite-share 0.3 --keep-audio
-    python -m dgtalker.audio.lipsync_train --corpus corpus.npz --out lipsync.safetensors --steps 1500 --threads 1
+    python -m dgtalker.audio.lipsync_train --corpus corpus.npz --out lipsync.safetensors --steps 1500 --members 3 --threads 2
 
 Seeds are fixed; the result depends on the machine's floating point only. Record the
 written file's SHA-256 in ``dgtalker.audio.lipsync_model.WEIGHTS_SHA256`` when shipping it.
