@@ -29,7 +29,7 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "assets" / "l
 # the heads learnt the mouth at rest from pauses of silence, never from the encoder's zero
 # padding at a clip's edges (without them a silent clip's first frame opened to 0.026)
 EDGE_FRAMES = 25
-WEIGHTS_SHA256 = "f97d52579d78779260bc1372c995b48fad2641a969c2369d97bb12fe47b33dfe"
+WEIGHTS_SHA256 = "6446d0abd98848e5677e91f740a320367b41868ddc3abceeb85a9460021b8cd1"
 MODES = ("offline", "causal")
 
 
