@@ -75,7 +75,6 @@ def test_a_short_training_run_writes_a_model_that_loads_and_runs(tmp_path):
         LT.train(path, out, steps=1, seed=0, log=lambda *a: None)
 
 
-
 def test_an_ensemble_of_heads_gives_its_members_mean(tmp_path):
     """--members: each mode holds that many heads, trained with their own seeds, and the
     model's opening, width and viseme logits are their mean; a second run is the same."""
@@ -112,6 +111,10 @@ def test_an_ensemble_of_heads_gives_its_members_mean(tmp_path):
     for bad in (0, 17, 1.5, True):
         with pytest.raises(ValueError, match="members"):
             LM.HeadConfig(members=bad).check()
+    with pytest.raises(SystemExit) as refused:  # the command refuses it before reading the corpus
+        LT.main(["--corpus", str(tmp_path / "missing.npz"), "--out", str(out), "--members", "0"])
+    assert refused.value.code == 2
+
 
 def test_the_principal_projection_keeps_the_leading_directions_at_unit_variance():
     rng = np.random.default_rng(4)

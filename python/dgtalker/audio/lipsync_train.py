@@ -114,6 +114,12 @@ def retarget(corpus: dict, phones: list, lead: float) -> None:
     corpus.update({k: np.concatenate(v) for k, v in parts.items()})
 
 
+def head_configs(components: int, members: int) -> dict:
+    """Each mode's ``HeadConfig``; raises ValueError naming a bad ``components`` or ``members``."""
+    return {"offline": HeadConfig(components=components, members=members).check(),
+            "causal": HeadConfig(ahead=list(CAUSAL_AHEAD), components=components, members=members).check()}
+
+
 def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, crop: int = 200, lr: float = 1e-3,
           components: int = 64, lead: float | None = LEAD_S, members: int = 1, threads: int | None = None,
           log=print) -> dict:
@@ -122,6 +128,7 @@ def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, 
 
     if threads:
         torch.set_num_threads(threads)
+    configs = head_configs(components, members)  # a bad value fails here, before minutes of features
     rng = np.random.default_rng(seed)
     with np.load(corpus_path) as z:
         if "audio" not in z.files:
@@ -154,8 +161,6 @@ def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, 
     Y = {"opening": np.concatenate([p[1][:n] for p, n in zip(ps, lengths)]),
          "width": np.concatenate([p[2][:n] for p, n in zip(ps, lengths)]),
          "viseme": np.concatenate([p[3][:n] for p, n in zip(ps, lengths)])}
-    configs = {"offline": HeadConfig(components=components, members=members).check(),
-               "causal": HeadConfig(ahead=list(CAUSAL_AHEAD), components=components, members=members).check()}
     heads, record = {}, {}
     for m in MODES:
         X = np.concatenate(feats[m])
@@ -241,10 +246,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--log", help="also write the training record (JSON) here")
     a = p.parse_args(argv)
-    if a.components < 0:
-        p.error(f"--components must be >= 0, got {a.components}")
-    if not 1 <= a.members <= 16:
-        p.error(f"--members must be in 1..16, got {a.members}")
+    try:
+        head_configs(a.components, a.members)
+    except ValueError as exc:
+        p.error(f"--{exc}")
     res = train(Path(a.corpus), Path(a.out), a.steps, a.seed, a.batch, a.crop, a.lr, a.components, a.lead, a.members,
                 a.threads)
     if a.log:
