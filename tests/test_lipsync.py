@@ -279,6 +279,17 @@ def test_bad_audio_errors(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(A.AudioError, match="empty"):
         lipsync(empty)
+    with pytest.raises(A.AudioError, match="6 ms long, shorter than one video frame"):  # as render says it
+        lipsync(np.full(100, 0.1, np.float32), sample_rate=SR)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_audio_shorter_than_an_encoder_frame_gives_its_video_frame(causal):
+    """At a high fps one video frame can be shorter than the encoder's 20 ms frame: the
+    curves still have that frame (the edges' silence around it), finite and at rest."""
+    res = lipsync(np.full(48, 0.01, np.float32), sample_rate=SR, fps=500, causal=causal)  # 3 ms, 1.5 frames
+    assert len(res) == 2 and np.isfinite(res.opening).all() and np.isfinite(res.visemes).all()
+    assert res.opening.max() < 0.03
 
 
 def test_cli_csv_json_and_bad_files(tmp_path, capsys):

@@ -482,10 +482,7 @@ def render_talker(talker, audio, camera=None, *, fps: float = 25.0, expression=N
     expression = check_expression(expression, talker.config.k_exp)
     bg = check_background(background, W, H, fps)
     samples, rate = speech(audio, sample_rate)
-    if len(samples) < rate / fps:
-        raise RenderError(f"audio is {1000 * len(samples) / rate:.0f} ms long, shorter than one video frame "
-                          f"({1000 / fps:.0f} ms at {fps:g} fps)")
-    T = A.num_video_frames(len(samples), rate, fps)
+    T = A.check_duration(len(samples), rate, fps, RenderError)
     vm, K, torso = frame_cameras(cam, T, fps)
     if isinstance(blink, torch.Tensor) and blink.dim() == 1 and blink.shape != (T,):
         raise RenderError(f"blink must be a number or [{T}] per-frame amounts (0 open, 1 closed), got "

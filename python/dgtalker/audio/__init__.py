@@ -319,6 +319,15 @@ def num_video_frames(num_samples: int, sample_rate: int, fps: float) -> int:
     return int(np.ceil(num_samples * fps / sample_rate - 1e-9))
 
 
+def check_duration(num_samples: int, sample_rate: int, fps: float, error=None) -> int:
+    """The video frames of ``num_samples`` of audio at ``fps``; raises ``error`` (default
+    ``AudioError``) when the audio is shorter than one video frame."""
+    if num_samples < sample_rate / fps:
+        raise (error or AudioError)(f"audio is {1000 * num_samples / sample_rate:.0f} ms long, shorter than one "
+                                    f"video frame ({1000 / fps:.0f} ms at {fps:g} fps)")
+    return num_video_frames(num_samples, sample_rate, fps)
+
+
 def _check_fps(fps):
     if isinstance(fps, bool) or not isinstance(fps, (int, float, np.floating, np.integer)) or not np.isfinite(fps) or fps <= 0:
         raise AudioError(f"fps must be a positive number, got {fps!r}")
@@ -408,9 +417,9 @@ def features(samples: np.ndarray, sample_rate: int, fps: float = 25.0, context: 
     fps = _check_fps(fps)
     a = _check_samples(samples)
     a = resample(a, check_sample_rate(sample_rate), SAMPLE_RATE)
-    n = num_video_frames(len(a), SAMPLE_RATE, fps) if num_frames is None else int(num_frames)
+    n = check_duration(len(a), SAMPLE_RATE, fps) if num_frames is None else int(num_frames)
     if n < 1:
-        raise AudioError(f"the clip ({len(a)} samples at {SAMPLE_RATE} Hz) is shorter than one video frame at {fps:g} fps")
+        raise AudioError(f"num_frames must be at least 1, got {num_frames!r}")
     mel = log_mel(a)
     return AudioFeatures(mel, frame_windows(mel, fps, n, context), fps, SAMPLE_RATE, bool(np.all(a == 0)))
 

@@ -107,10 +107,7 @@ def lipsync(audio, fps: float = 25.0, sample_rate: int | None = None, causal: bo
         raise A.AudioError(f"causal must be True or False, got {causal!r}")
     causal = bool(causal)
     samples, rate = speech(audio, sample_rate)
-    n = A.num_video_frames(len(samples), rate, fps)
-    if n < 1:
-        raise A.AudioError(f"the audio ({len(samples)} samples at {rate} Hz) is shorter than one video frame at "
-                           f"{fps:g} fps")
+    n = A.check_duration(len(samples), rate, fps)
     model = load_lipsync(weights)
     x = A.resample(samples, rate, A.SAMPLE_RATE) if rate != A.SAMPLE_RATE else samples
     out = model(x, fps, n, causal=causal)

@@ -159,7 +159,8 @@ class LipSyncModel:
         x = np.pad(np.asarray(samples, np.float32), (pad, pad))
         with torch.inference_mode():
             y = self.heads[mode](self.encoder(x, causal)[None])
-        return {k: v[..., EDGE_FRAMES:v.shape[-1] - EDGE_FRAMES] for k, v in y.items()}
+        end = max(y["opening"].shape[-1] - EDGE_FRAMES, EDGE_FRAMES + 1)  # audio under one frame (20 ms) keeps one
+        return {k: v[..., EDGE_FRAMES:end] for k, v in y.items()}
 
     def __call__(self, samples, fps: float, num_frames: int, causal: bool = False) -> dict:
         return curves_at(self.outputs(samples, causal), np.arange(num_frames, dtype=np.float64) * (RATE / float(fps)))
