@@ -386,6 +386,21 @@ def test_bad_cameras_are_named(talker):
         talker.render((x, RATE), expression="happy")
 
 
+def test_a_video_is_saved_only_under_a_name_its_format_fits(talker, tmp_path):
+    """Video.save writes an mp4 (h264 + aac): .mp4, .m4v or .mov (any case) take it; any other
+    name is refused by name before ffmpeg runs; the contact sheet is a PNG, so .png only."""
+    video = talker.render((speech_like(0.3), RATE), width=24, height=24, device="cpu")
+    for name in ("a.mp4", "b.MOV", "c.m4v"):
+        assert video.save(tmp_path / name).stat().st_size > 0
+    for name in ("d.txt", "e.webm", "f"):
+        with pytest.raises(ValueError, match=r"the video path must end in \.mp4, \.m4v or \.mov"):
+            video.save(tmp_path / name)
+        assert not (tmp_path / name).exists()
+    assert video.contact_sheet(tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="must end in .png"):
+        video.contact_sheet(tmp_path / "s.jpg")
+
+
 def test_commands_end_to_end(talker, tmp_path):
     from dgtalker.cli import main
     from dgtalker.talker import save_talker
@@ -415,8 +430,12 @@ def test_commands_end_to_end(talker, tmp_path):
     try:
         for bad in (["--out", str(tmp_path / "nodir" / "o.mp4")], ["--out", str(tmp_path)],
                     ["--out", str(tmp_path / "o.mp4"), "--size", "0"], ["--out", str(tmp_path / "o.mp4"), "--fps", "0"],
-                    ["--out", str(tmp_path / "o.mp4"), "--sheet", str(tmp_path / "nodir" / "s.png")]):
+                    ["--out", str(tmp_path / "o.mp4"), "--sheet", str(tmp_path / "nodir" / "s.png")],
+                    ["--out", str(tmp_path / "o.txt")], ["--out", str(tmp_path / "o.gif")],
+                    ["--out", str(tmp_path / "o.mp4"), "--sheet", str(tmp_path / "s.jpg")]):
             assert main(["render", "--talker", str(tpath), "--audio", str(tmp_path / "s.wav")] + bad) == 2, bad
+        assert main(["demo", "--talker", str(tpath), "--audio", str(tmp_path / "s.wav"), "--out",
+                     str(tmp_path / "demo.webm"), "--device", "cpu"]) == 2
         if not torch.cuda.is_available():
             assert main(["render", "--talker", str(tpath), "--audio", str(tmp_path / "s.wav"), "--device", "cuda",
                          "--out", str(tmp_path / "o.mp4")]) == 2

@@ -103,14 +103,16 @@ def run(args) -> int:
 
     from .camera import spiral
     from .checkpoint import CheckpointError
+    from .inference import VIDEO_SUFFIXES
+    from .io import check_output_path
     from .talker import load_talker
 
     if args.size < 16:
         raise SystemExit("dgtalker demo: --size must be >= 16")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    out = Path(args.out)
     start = time.perf_counter()
     try:
+        out = check_output_path(args.out, "--out", VIDEO_SUFFIXES)  # before any work
         talker = load_talker(args.talker, device=device)
         with tempfile.TemporaryDirectory() as tmp:
             wav, what = _speech(args, Path(tmp))
@@ -124,7 +126,7 @@ def run(args) -> int:
         took = time.perf_counter() - t0
         video.save(out)
         sheet = video.contact_sheet(out.with_suffix(".png"))
-    except (ValueError, FileNotFoundError, CheckpointError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, IsADirectoryError, CheckpointError, RuntimeError) as exc:
         # RuntimeError: ffmpeg missing or failing to write the mp4
         print(f"dgtalker demo: {exc}", file=sys.stderr)
         return 2

@@ -32,6 +32,9 @@ class RenderError(ValueError):
     """Bad input to render: the message names the argument and the problem."""
 
 
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov")  # the containers Video.save's mp4 (h264 + aac) is valid as
+
+
 @dataclass
 class Video:
     frames: torch.Tensor            # uint8 [T, H, W, 3]
@@ -43,10 +46,11 @@ class Video:
         return int(self.frames.shape[0])
 
     def save(self, path, *, crf: int = 18) -> Path:
-        """Writes an mp4 (h264 video, aac audio of the speech) atomically."""
+        """Writes an mp4 (h264 video, aac audio of the speech) atomically; ``path`` ends in
+        one of ``VIDEO_SUFFIXES``."""
         from .data.format import ffmpeg_exe
 
-        path = check_output_path(path)
+        path = check_output_path(path, "the video path", VIDEO_SUFFIXES)
         import soundfile as sf
 
         T, H, W, _ = self.frames.shape
@@ -70,7 +74,7 @@ class Video:
         """A PNG of ``count`` frames spread over the video."""
         from .io import atomic_write_bytes, encode_image
 
-        path = check_output_path(path)
+        path = check_output_path(path, "the contact sheet's path", (".png",))
         T = len(self)
         idx = np.linspace(0, T - 1, min(count, T)).round().astype(int)
         tiles = [self.frames[i] for i in idx]

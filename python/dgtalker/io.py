@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 
-def check_output_path(path, name: str = "path") -> Path:
+def check_output_path(path, name: str = "path", suffixes: tuple | None = None) -> Path:
     """``path`` as a Path to a file that can be written: IsADirectoryError if it is a
-    directory, FileNotFoundError if its directory does not exist (both name ``name``).
+    directory, FileNotFoundError if its directory does not exist, ValueError if
+    ``suffixes`` are given and its name ends in none of them (all name ``name``).
     Checked before any work is done for the file."""
     if path is None or str(path) == "":
         raise FileNotFoundError(f"{name} must be a file path, got {path!r}")
@@ -23,6 +24,9 @@ def check_output_path(path, name: str = "path") -> Path:
         raise IsADirectoryError(f"{name} must be a file path, got the directory {path}")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the directory of {name} does not exist: {path.parent}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        *most, last = suffixes
+        raise ValueError(f"{name} must end in {', '.join(most) + ' or ' if most else ''}{last}, got {str(path)!r}")
     return path
 
 

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("--talker", help="talker checkpoint (default: the demo talker shipped with dgtalker)")
     p.add_argument("--audio", required=True, help="speech: wav/flac/mp3, or a video's sound track")
-    p.add_argument("--out", required=True, help="mp4 to write (h264 + aac, the speech in sync)")
+    p.add_argument("--out", required=True, help="video to write: .mp4, .m4v or .mov (h264 + aac, the speech in sync)")
     p.add_argument("--camera", default="front", help="front | spiral | orbit:YAW,PITCH | DATASET_DIR (see below)")
     p.add_argument("--camera-end", choices=("refuse", "hold", "loop"), default="refuse",
                    help="when a dataset's cameras end before the speech: refuse (default), hold the last "
@@ -79,13 +79,13 @@ def run(args) -> int:
 
     from . import audio as A
     from .checkpoint import CheckpointError
-    from .inference import check_device, check_fps, check_output_path
+    from .inference import VIDEO_SUFFIXES, check_device, check_fps, check_output_path
     from .talker import load_talker
 
     try:
         # every argument before any work: a bad --out or --size must not cost a render
-        out = check_output_path(args.out, "--out")
-        sheet = None if args.sheet is None else check_output_path(args.sheet, "--sheet")
+        out = check_output_path(args.out, "--out", VIDEO_SUFFIXES)
+        sheet = None if args.sheet is None else check_output_path(args.sheet, "--sheet", (".png",))
         if args.size is not None and not 8 <= args.size <= 4096:
             raise ValueError(f"--size must be in [8, 4096] pixels, got {args.size}")
         fps = check_fps(args.fps)

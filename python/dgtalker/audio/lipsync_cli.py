@@ -39,15 +39,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
-
+    from ..io import check_output_path
     from .lipsync import lipsync
 
-    out = Path(args.out)
-    kind = out.suffix.lower().lstrip(".")
-    if kind not in ("csv", "json"):
-        print(f"dgtalker lipsync: --out must end in .csv or .json, got {args.out!r}", file=sys.stderr)
+    try:
+        out = check_output_path(args.out, "--out", (".csv", ".json"))
+    except (ValueError, FileNotFoundError, IsADirectoryError) as exc:
+        print(f"dgtalker lipsync: {exc}", file=sys.stderr)
         return 2
+    kind = out.suffix.lower().lstrip(".")
     if args.embedding and kind != "json":
         print("dgtalker lipsync: --embedding needs a .json output", file=sys.stderr)
         return 2
