@@ -61,6 +61,11 @@ def test_load_mp3_and_video(tmp_path):
         x, rate = A.load(p)
         assert rate == 16000 and 0.9 * 16000 < len(x) < 1.2 * 16000
         assert abs(_peak_hz(x) - 300.0) < 5.0
+    silent_video = tmp_path / "mute.mp4"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "color=c=gray:s=64x64:r=25:d=1",
+                    "-c:v", "libx264", str(silent_video)], check=True)
+    with pytest.raises(A.AudioError, match="mute.mp4 has no sound track"):
+        A.load(silent_video)
 
 
 def test_bad_files(tmp_path):

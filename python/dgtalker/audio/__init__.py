@@ -98,6 +98,8 @@ def _decode_ffmpeg(path: Path):
     res = subprocess.run(cmd, capture_output=True)
     if res.returncode != 0 or not res.stdout:
         msg = res.stderr.decode(errors="replace").strip().splitlines()
+        if msg and "does not contain any stream" in msg[-1]:  # ffmpeg read it, and found nothing to hear
+            raise AudioError(f"{path} has no sound track (a video without audio): pass speech, or a video with it")
         why = msg[-1] if msg else "no audio stream"
         raise AudioError(f"{path}: not a readable audio or video file with sound ({why})")
     return np.frombuffer(res.stdout, dtype=np.float32).copy(), 48000
