@@ -16,6 +16,13 @@ From least to most freedom, all with the talker's own cameras, torso pose and pl
 - ``rigid``: the audio-driven head with a rigid correction of each frame's head pose
   fitted to that frame (3 rotation and 3 translation parameters, the coefficients as
   from audio): what the tracked poses cost;
+- ``shading``: the audio-driven render with a smooth colour change of each frame's head
+  fitted to that frame in closed form (per channel, gain and offset linear in the image's
+  x and y, inside the head mask): what light changing over the head (the head turning
+  under a fixed light, exposure) costs; on held-out frames also ``shading_from_pose``, the
+  same change predicted from the frame's head pose by a ridge regression fitted on the
+  training frames' changes (what a pose-driven shading layer could recover), and
+  ``shading_mean``, their mean change (what needs no pose);
 - ``static``: ONE set of raw UV maps (no generator) fitted to all the training frames
   scored: the ceiling of a head that does not change from frame to frame;
 - ``one``: the raw maps fitted to a single training frame, for ``--single`` frames each:
@@ -40,7 +47,7 @@ from dgtalker.eval import metrics as M
 from dgtalker.eval.evaluate import GroundTruth, clip_coefficients, clip_torso, spread_frames, view_cameras
 from dgtalker.metrics import photometric_loss
 
-FITS = ("audio", "residual", "rigid", "paths", "static", "one")
+FITS = ("audio", "residual", "rigid", "shading", "paths", "static", "one")
 
 
 def scores(img: torch.Tensor, gt: torch.Tensor, masks: torch.Tensor) -> list[dict]:
@@ -95,6 +102,74 @@ def render_talker(talker, fr: Frames, size, batch, *, residual: bool):
                                         torso=fr.torso_of(k))
             rows += scores(img, fr.gt[k], fr.masks[k])
     return mean_rows(rows)
+
+
+def _shading_design(img: torch.Tensor) -> torch.Tensor:
+    """``[n, H, W, 3, 6]``: per pixel and channel the terms of a gain and an offset, each
+    linear in the image's x and y (from -1 to 1)."""
+    n, H, W, _ = img.shape
+    v, u = torch.meshgrid(torch.linspace(-1, 1, H, device=img.device), torch.linspace(-1, 1, W, device=img.device),
+                          indexing="ij")
+    u, v = u[None, :, :, None].expand_as(img), v[None, :, :, None].expand_as(img)
+    return torch.stack([img, img * u, img * v, torch.ones_like(img), u, v], -1)
+
+
+IDENTITY_SHADING = torch.tensor([1.0, 0, 0, 0, 0, 0])
+
+
+def shade(img: torch.Tensor, head: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``img`` with the colour change ``theta [n, 3, 6]`` applied inside the (soft) head mask."""
+    changed = (_shading_design(img) * theta[:, None, None]).sum(-1)
+    return img + head[..., None] * (changed - img)
+
+
+def fit_shading(img: torch.Tensor, gt: torch.Tensor, head: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """``theta [n, 3, 6]``: per frame and channel, the weighted least-squares change that
+    takes the render closest to the truth inside the head mask (ridge towards no change)."""
+    X = _shading_design(img) * head[..., None, None].sqrt()
+    y = gt * head[..., None].sqrt()
+    X, y = X.permute(0, 3, 1, 2, 4).flatten(2, 3), y.permute(0, 3, 1, 2).flatten(2)  # [n, 3, P, 6], [n, 3, P]
+    A = X.transpose(-1, -2) @ X
+    lam = ridge * A.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True)[..., None] * torch.eye(6, device=img.device)
+    b = (X.transpose(-1, -2) @ y[..., None])[..., 0] + (lam @ IDENTITY_SHADING.to(img.device))
+    return torch.linalg.solve(A + lam, b)
+
+
+def pose_features(w2c: torch.Tensor) -> torch.Tensor:
+    """``[n, 12]``: each frame's head-to-camera rotation and translation (metres), flattened."""
+    return torch.cat([w2c[:, :3, :3].flatten(1), w2c[:, :3, 3]], 1)
+
+
+def render_shaded(talker, fr: Frames, size, batch, predict=None):
+    """Audio-driven renders with each frame's fitted colour change (``predict``: a function
+    of pose features giving the changes instead). Returns (scores, changes [n, 3, 6])."""
+    rows, thetas = [], []
+    with torch.no_grad():
+        for s in range(0, len(fr), batch):
+            k = slice(s, s + batch)
+            img, _ = talker.clip_frames(fr.ce[k], fr.cl[k], fr.w2c[k], fr.K[k], size, size, checked=True,
+                                        torso=fr.torso_of(k))
+            img = img.clamp(0, 1)
+            head = fr.masks[k][..., 0]
+            theta = fit_shading(img, fr.gt[k], head) if predict is None else predict(pose_features(fr.w2c[k]))
+            rows += scores(shade(img, head, theta), fr.gt[k], fr.masks[k])
+            thetas.append(theta)
+    return mean_rows(rows), torch.cat(thetas)
+
+
+def pose_shading_predictor(features: torch.Tensor, thetas: torch.Tensor, ridge: float = 1.0):
+    """A ridge regression from standardised pose features to colour changes."""
+    mu, sd = features.mean(0), features.std(0) + 1e-6
+    Z = torch.cat([(features - mu) / sd, torch.ones(len(features), 1, device=features.device)], 1)
+    Y = thetas.flatten(1)
+    reg = ridge * torch.eye(Z.shape[1], device=Z.device)
+    reg[-1, -1] = 0
+    W = torch.linalg.solve(Z.T @ Z + reg, Z.T @ Y)
+
+    def predict(f):
+        z = torch.cat([(f - mu) / sd, torch.ones(len(f), 1, device=f.device)], 1)
+        return (z @ W).view(len(f), *thetas.shape[1:])
+    return predict
 
 
 def fit_paths(talker, fr: Frames, size, batch, steps, lr=0.05):
@@ -230,6 +305,15 @@ def main(argv=None):
             res["residual"] = render_talker(talker, fr, a.size, a.batch, residual=True)
         if "rigid" in fits:
             res["rigid"] = fit_rigid(talker, fr, a.size, a.batch, a.path_steps)
+        if "shading" in fits:
+            res["shading"], thetas = render_shaded(talker, fr, a.size, a.batch)
+            if name == "train":
+                predict = pose_shading_predictor(pose_features(fr.w2c), thetas)
+                mean_change = thetas.mean(0)
+            else:  # the training frames' changes carried over: their mean, and as the pose predicts them
+                res["shading_mean"], _ = render_shaded(talker, fr, a.size, a.batch,
+                                                       lambda f: mean_change.expand(len(f), -1, -1))
+                res["shading_from_pose"], _ = render_shaded(talker, fr, a.size, a.batch, predict)
         if "paths" in fits:
             with torch.enable_grad():
                 res["paths"] = fit_paths(talker, fr, a.size, a.batch, a.path_steps)
