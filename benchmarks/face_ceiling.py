@@ -91,8 +91,9 @@ def render_raw(talker, raw, w2c, K, size, torso=None):
     return talker.rasterize(g, w2c, K, size, size, checked=True if raw.is_cuda else None)[0]
 
 
-def render_talker(talker, fr: Frames, size, batch, *, residual: bool):
-    rows = []
+def talker_renders(talker, fr: Frames, size, batch, *, residual: bool = False):
+    """``(rows k, renders)`` of the frames, ``batch`` at a time: from audio alone, or with
+    each training frame's learned residual and blink."""
     with torch.no_grad():
         for s in range(0, len(fr), batch):
             k = slice(s, s + batch)
@@ -100,7 +101,13 @@ def render_talker(talker, fr: Frames, size, batch, *, residual: bool):
             img, _ = talker.clip_frames(ce, fr.cl[k], fr.w2c[k], fr.K[k], size, size,
                                         blink=fr.blink[k] if residual else None, checked=True,
                                         torso=fr.torso_of(k))
-            rows += scores(img, fr.gt[k], fr.masks[k])
+            yield k, img
+
+
+def render_talker(talker, fr: Frames, size, batch, *, residual: bool):
+    rows = []
+    for k, img in talker_renders(talker, fr, size, batch, residual=residual):
+        rows += scores(img, fr.gt[k], fr.masks[k])
     return mean_rows(rows)
 
 
@@ -140,21 +147,22 @@ def pose_features(w2c: torch.Tensor) -> torch.Tensor:
     return torch.cat([w2c[:, :3, :3].flatten(1), w2c[:, :3, 3]], 1)
 
 
-def render_shaded(talker, fr: Frames, size, batch, predict=None):
-    """Audio-driven renders with each frame's fitted colour change (``predict``: a function
-    of pose features giving the changes instead). Returns (scores, changes [n, 3, 6])."""
-    rows, thetas = [], []
-    with torch.no_grad():
-        for s in range(0, len(fr), batch):
-            k = slice(s, s + batch)
-            img, _ = talker.clip_frames(fr.ce[k], fr.cl[k], fr.w2c[k], fr.K[k], size, size, checked=True,
-                                        torso=fr.torso_of(k))
-            img = img.clamp(0, 1)
-            head = fr.masks[k][..., 0]
-            theta = fit_shading(img, fr.gt[k], head) if predict is None else predict(pose_features(fr.w2c[k]))
-            rows += scores(shade(img, head, theta), fr.gt[k], fr.masks[k])
-            thetas.append(theta)
-    return mean_rows(rows), torch.cat(thetas)
+def render_shaded(talker, fr: Frames, size, batch, predictors=None):
+    """Audio-driven renders, each rendered once, with each frame's own fitted colour change,
+    and with the changes each of ``predictors`` (name: a function of pose features) gives.
+    Returns ({"shading": scores, name: scores, ...}, the fitted changes [n, 3, 6])."""
+    predictors = predictors or {}
+    rows = {name: [] for name in ("shading", *predictors)}
+    thetas = []
+    for k, img in talker_renders(talker, fr, size, batch):
+        img, head = img.clamp(0, 1), fr.masks[k][..., 0]
+        theta = fit_shading(img, fr.gt[k], head)
+        thetas.append(theta)
+        features = pose_features(fr.w2c[k])
+        for name in rows:
+            change = theta if name == "shading" else predictors[name](features)
+            rows[name] += scores(shade(img, head, change), fr.gt[k], fr.masks[k])
+    return {name: mean_rows(r) for name, r in rows.items()}, torch.cat(thetas)
 
 
 def pose_shading_predictor(features: torch.Tensor, thetas: torch.Tensor, ridge: float = 1.0):
@@ -306,14 +314,14 @@ def main(argv=None):
         if "rigid" in fits:
             res["rigid"] = fit_rigid(talker, fr, a.size, a.batch, a.path_steps)
         if "shading" in fits:
-            res["shading"], thetas = render_shaded(talker, fr, a.size, a.batch)
             if name == "train":
-                predict = pose_shading_predictor(pose_features(fr.w2c), thetas)
+                shaded, thetas = render_shaded(talker, fr, a.size, a.batch)
                 mean_change = thetas.mean(0)
+                carried = {"shading_mean": lambda f: mean_change.expand(len(f), -1, -1),
+                           "shading_from_pose": pose_shading_predictor(pose_features(fr.w2c), thetas)}
             else:  # the training frames' changes carried over: their mean, and as the pose predicts them
-                res["shading_mean"], _ = render_shaded(talker, fr, a.size, a.batch,
-                                                       lambda f: mean_change.expand(len(f), -1, -1))
-                res["shading_from_pose"], _ = render_shaded(talker, fr, a.size, a.batch, predict)
+                shaded, _ = render_shaded(talker, fr, a.size, a.batch, carried)
+            res.update(shaded)
         if "paths" in fits:
             with torch.enable_grad():
                 res["paths"] = fit_paths(talker, fr, a.size, a.batch, a.path_steps)
