@@ -25,6 +25,7 @@ import numpy as np
 from ..io import check_output_path
 from .frontend import VISEMES
 from .lipsync_model import load_lipsync
+from .speech_encoder import load_speech_encoder
 
 
 @dataclass
@@ -37,6 +38,7 @@ class LipSync:
     causal: bool
     lookahead_s: float       # how far past a frame's time its outputs may read (causal mode)
     viseme_names: tuple = VISEMES
+    encoder: str = "speech_encoder.safetensors"  # the speech encoder's file (another: lipsync(encoder=...))
 
     def __len__(self) -> int:
         return int(self.opening.shape[0])
@@ -78,7 +80,7 @@ class LipSync:
         from ..io import atomic_write_bytes
 
         path = check_output_path(path)
-        obj = {"fps": self.fps, "frames": len(self), "causal": self.causal,
+        obj = {"fps": self.fps, "frames": len(self), "causal": self.causal, "encoder": self.encoder,
                "unit": "inner-lip gap (face-mesh points 13/14) and mouth width over the outer eye-corner distance "
                        "(points 33/263)",
                "viseme_names": list(self.viseme_names), "opening": [round(float(x), 5) for x in self.opening],
@@ -91,13 +93,16 @@ class LipSync:
 
 
 def lipsync(audio, fps: float = 25.0, sample_rate: int | None = None, causal: bool = False, *,
-            weights=None) -> LipSync:
+            weights=None, encoder=None) -> LipSync:
     """Mouth curves of speech (see the module doc).
 
     ``audio``: a path (wav/flac/mp3/... or a video's sound track), ``(samples, rate)``,
     or an array (``[S]``, ``[S, C]`` or ``[C, S]``, float in [-1, 1] or integer PCM)
     with ``sample_rate=``; the same checks and errors as ``dgtalker.render`` (``dgtalker.audio.speech``).
     ``weights``: another lip-sync model file (default: the shipped one, checksum-verified).
+    ``encoder``: another speech encoder, a path or a loaded ``speech_encoder.SpeechEncoder``
+    (default: the shipped one; e.g. a smaller one from ``python -m dgtalker.audio.speech_distill``,
+    faster and less accurate: docs/lipsync.md).
     """
     from .. import audio as A
     from . import speech
@@ -108,7 +113,21 @@ def lipsync(audio, fps: float = 25.0, sample_rate: int | None = None, causal: bo
     causal = bool(causal)
     samples, rate = speech(audio, sample_rate)
     n = A.check_duration(len(samples), rate, fps)
-    model = load_lipsync(weights)
+    if isinstance(encoder, (str, Path)):
+        encoder = _encoder_file(encoder)
+    model = load_lipsync(weights, encoder=encoder)
     x = A.resample(samples, rate, A.SAMPLE_RATE) if rate != A.SAMPLE_RATE else samples
     out = model(x, fps, n, causal=causal)
-    return LipSync(out["opening"], out["width"], out["visemes"], out["embedding"], fps, causal, model.lookahead_s)
+    return LipSync(out["opening"], out["width"], out["visemes"], out["embedding"], fps, causal, model.lookahead_s,
+                   encoder=Path(str(model.encoder.path)).name)
+
+
+_encoders = {}
+
+
+def _encoder_file(path):
+    """A speech encoder file, loaded once per path."""
+    key = str(Path(path).resolve())
+    if key not in _encoders:
+        _encoders[key] = load_speech_encoder(path)
+    return _encoders[key]

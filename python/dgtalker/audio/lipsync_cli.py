@@ -36,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use only audio up to 0.1725 s after each frame (as a live stream would)")
     p.add_argument("--embedding", action="store_true", help="include the per-frame embedding (JSON only)")
     p.add_argument("--weights", help="another lip-sync model file (default: the shipped one)")
+    p.add_argument("--encoder", help="another speech encoder file (default: the shipped one; a smaller, faster "
+                                      "and less accurate one: python -m dgtalker.audio.speech_distill)")
 
 
 def run(args) -> int:
@@ -53,7 +55,7 @@ def run(args) -> int:
         return 2
     try:
         start = time.perf_counter()
-        res = lipsync(args.speech, fps=args.fps, causal=args.causal, weights=args.weights)
+        res = lipsync(args.speech, fps=args.fps, causal=args.causal, weights=args.weights, encoder=args.encoder)
         took = time.perf_counter() - start
         if kind == "csv":
             res.to_csv(out)
@@ -64,7 +66,7 @@ def run(args) -> int:
         return 2
     seconds = len(res) / res.fps
     print(f"{len(res)} frames ({seconds:.1f} s at {res.fps:g} fps) in {took:.2f} s, loading the model "
-          f"included -> {out}")
+          f"included (speech encoder {res.encoder}) -> {out}")
     return 0
 
 

@@ -180,13 +180,16 @@ _cache = {}
 
 def load_lipsync(path=None, *, verify: bool = True, encoder=None) -> LipSyncModel:
     """The model stored at ``path`` (default: the shipped one, whose SHA-256 must equal
-    ``WEIGHTS_SHA256`` unless ``verify`` is False) over ``encoder`` (default: the shipped
-    speech encoder). Raises ``LipSyncModelError`` (or the encoder's ``SpeechEncoderError``)."""
+    ``WEIGHTS_SHA256`` unless ``verify`` is False) over ``encoder``, a loaded
+    ``SpeechEncoder`` (default: the shipped one; another must give the features the heads
+    were trained on, as one distilled by ``audio.speech_distill`` does). Raises
+    ``LipSyncModelError`` (or the encoder's ``SpeechEncoderError``)."""
     from ..checkpoint import read_weights
 
-    default = path is None and encoder is None
-    p = DEFAULT_WEIGHTS if path is None else Path(path)
-    key = (str(p), verify)
+    default = path is None
+    p = DEFAULT_WEIGHTS if default else Path(path)
+    # another encoder is known by its identity, which the cached model keeps alive
+    key = (str(p), verify, None if encoder is None else id(encoder))
     if default and key in _cache:
         return _cache[key]
     tensors, meta = read_weights(p, WEIGHTS_SHA256 if path is None and verify else None, format=FORMAT,
@@ -200,7 +203,7 @@ def load_lipsync(path=None, *, verify: bool = True, encoder=None) -> LipSyncMode
     if tuple(names) != VISEMES or set(configs) != set(MODES):
         raise LipSyncModelError(f"{p}: viseme classes {names} or heads {sorted(configs)} differ from this "
                                 f"version's {list(VISEMES)}, {list(MODES)}")
-    enc = encoder if encoder is not None else load_speech_encoder()
+    enc = load_speech_encoder() if encoder is None else encoder
     heads = {}
     for m in MODES:
         head = build_head(configs[m], enc.config.width)

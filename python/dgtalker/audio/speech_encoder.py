@@ -23,6 +23,11 @@ natively (``precision="auto"``, docs/lipsync.md: about 1.5x faster on 2 cores, t
 outputs' correlation with the real mouth unchanged); ``precision="float32"`` keeps
 float32 throughout.
 
+Shapes. The shipped file is Whisper's own shape. ``audio.speech_distill`` makes smaller
+ones from it (fewer heads and MLP units, a factored stem convolution, blocks on means of
+two stem frames: ``SpeechEncoderConfig``); they load the same way, run faster and follow
+real mouths less well (docs/lipsync.md), and none is shipped.
+
 Attention. Offline, every block attends to the whole window (30 s at most: Whisper's
 positions; longer audio runs in overlapping windows). Causal, block attention is limited
 to a band of ``band_past`` earlier and ``band_future`` later frames, so a frame reads no
@@ -68,18 +73,24 @@ class SpeechEncoderConfig:
     layers: int = 3
     n_mels: int = 80
     band_past: int = 50    # causal attention: frames before ...
-    band_future: int = 1   # ... and after each frame (per block)
+    band_future: int = 1   # ... and after each frame (per block), in the blocks' frames
+    mlp: int = 0           # hidden units of each block's MLP (0: 4 * width, Whisper's)
+    head_dim: int = 0      # attention width per head (0: width // heads, Whisper's)
+    stem_rank: int = 0     # > 0: the stem's second convolution factored through this many channels
+    pool: int = 1          # the blocks run on means of this many stem frames (audio.speech_distill: 2)
+    upsample_rank: int = 0  # pool > 1: the rank of the learned correction that brings the blocks' output back to RATE
 
     @property
     def lookahead_frames(self) -> int:
-        """How many encoder frames past its own a causal frame reads (through every block)."""
-        return self.layers * self.band_future
+        """How many stem frames (RATE) past its own a causal frame reads through the blocks:
+        ``band_future`` blocks' frames per block, and the rest of its pool."""
+        return self.layers * self.band_future * self.pool + self.pool - 1
 
     @property
     def reach_s(self) -> float:
         """How far past its time (0.02 j s) a causal frame j reads audio: the stem's second
         convolution reads mel frame 2j + 2, whose window ends 200 samples after its centre,
-        and every block ``band_future`` frames more."""
+        and the blocks ``lookahead_frames`` stem frames more."""
         return (2 * HOP + N_FFT // 2 + self.lookahead_frames * 2 * HOP) / SAMPLE_RATE
 
 
@@ -90,26 +101,29 @@ def _torch():
 
 
 def build_model(config: SpeechEncoderConfig):
-    """The encoder (torch.nn.Module): ``model(mel [B, n_mels, 2T], band=None)`` -> ``[B, T, width]``."""
+    """The encoder (torch.nn.Module): ``model(mel [B, n_mels, 2T], band=None)`` -> ``[B, T, width]``.
+    With ``config.pool`` p > 1 the blocks run on means of p stem frames (p times fewer
+    frames, ``band`` counted in them) and their output returns to RATE repeated p times
+    plus a learned low-rank correction per position in the pool."""
     torch = _torch()
     nn, F = torch.nn, torch.nn.functional
 
     class Block(nn.Module):
-        def __init__(self, d, heads):
+        def __init__(self, d, heads, head_dim, hidden):
             super().__init__()
-            self.heads = heads
+            self.heads, self.head_dim = heads, head_dim
             self.attn_norm = nn.LayerNorm(d)
-            self.qkv = nn.Linear(d, 3 * d)
-            self.proj = nn.Linear(d, d)
+            self.qkv = nn.Linear(d, 3 * heads * head_dim)
+            self.proj = nn.Linear(heads * head_dim, d)
             self.mlp_norm = nn.LayerNorm(d)
-            self.fc1 = nn.Linear(d, 4 * d)
-            self.fc2 = nn.Linear(4 * d, d)
+            self.fc1 = nn.Linear(d, hidden)
+            self.fc2 = nn.Linear(hidden, d)
 
         def forward(self, x, mask):
-            B, T, D = x.shape
-            q, k, v = self.qkv(self.attn_norm(x)).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+            B, T, _ = x.shape
+            q, k, v = self.qkv(self.attn_norm(x)).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            x = x + self.proj(a.transpose(1, 2).reshape(B, T, D))
+            x = x + self.proj(a.transpose(1, 2).reshape(B, T, -1))
             return x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x))))
 
     class Encoder(nn.Module):
@@ -117,21 +131,41 @@ def build_model(config: SpeechEncoderConfig):
             super().__init__()
             self.config = cfg
             self.conv1 = nn.Conv1d(cfg.n_mels, cfg.width, 3, padding=1)
-            self.conv2 = nn.Conv1d(cfg.width, cfg.width, 3, stride=2, padding=1)
+            if cfg.stem_rank:
+                self.conv2 = nn.Conv1d(cfg.width, cfg.stem_rank, 3, stride=2, padding=1, bias=False)
+                self.conv2_out = nn.Linear(cfg.stem_rank, cfg.width)
+            else:
+                self.conv2 = nn.Conv1d(cfg.width, cfg.width, 3, stride=2, padding=1)
             self.register_buffer("positions", torch.zeros(MAX_FRAMES, cfg.width))
-            self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads) for _ in range(cfg.layers))
+            self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.head_dim or cfg.width // cfg.heads,
+                                              cfg.mlp or 4 * cfg.width) for _ in range(cfg.layers))
+            if cfg.pool > 1 and cfg.upsample_rank:
+                self.up_norm = nn.LayerNorm(cfg.width)
+                self.up_in = nn.Linear(cfg.width, cfg.upsample_rank, bias=False)
+                self.up_out = nn.Linear(cfg.upsample_rank, cfg.pool * cfg.width)
+                nn.init.zeros_(self.up_out.weight)
+                nn.init.zeros_(self.up_out.bias)
 
         def forward(self, mel, band: tuple | None = None):
-            x = F.gelu(self.conv2(F.gelu(self.conv1(mel)))).transpose(1, 2)
-            T = x.shape[1]
+            x = self.conv2(F.gelu(self.conv1(mel))).transpose(1, 2)
+            x = F.gelu(self.conv2_out(x) if self.config.stem_rank else x)
+            B, T, D = x.shape
             x = x + self.positions[:T]
+            p = self.config.pool
+            if p > 1:  # means of p frames; a last, partial group is padded with its own last frame
+                x = torch.cat([x, x[:, -1:].expand(B, -T % p, D)], 1).view(B, -1, p, D).mean(2)
             mask = None
             if band is not None:
-                i = torch.arange(T, device=x.device)
+                i = torch.arange(x.shape[1], device=x.device)
                 d = i[None, :] - i[:, None]
                 mask = (d >= -band[0]) & (d <= band[1])
             for b in self.blocks:
                 x = b(x, mask)
+            if p > 1:  # back to RATE: each pooled frame repeated, plus the learned correction
+                x = x[:, :, None].expand(-1, -1, p, -1)
+                if self.config.upsample_rank:
+                    x = x + self.up_out(self.up_in(self.up_norm(x[:, :, 0]))).view(B, -1, p, D)
+                x = x.reshape(B, -1, D)[:, :T]
             return x
 
     return Encoder(config)
@@ -235,7 +269,8 @@ _cache = {}
 
 def load_speech_encoder(path=None, *, verify: bool = True) -> SpeechEncoder:
     """The encoder stored at ``path`` (default: the shipped one, whose SHA-256 must equal
-    ``WEIGHTS_SHA256`` unless ``verify`` is False). Raises ``SpeechEncoderError``."""
+    ``WEIGHTS_SHA256`` unless ``verify`` is False; or one made by ``audio.speech_distill``).
+    Raises ``SpeechEncoderError``."""
     from ..checkpoint import read_weights
 
     default = path is None
