@@ -67,8 +67,12 @@ def test_a_short_distillation_writes_an_encoder_that_loads_and_runs(tmp_path):
               "width": np.full(sum(frames), 0.5, np.float32), "viseme": np.full(sum(frames), 9, np.uint8)}
     atomic_save_npz(tmp_path / "corpus.npz", **corpus)
     out = tmp_path / "small.safetensors"
-    res = SD.distil(tmp_path / "corpus.npz", out, steps=2, seed=0, batch=2, log=lambda *a: None)
-    assert set(res["validation"]) == {"offline", "causal"}
+    assert SD.main(["--corpus", str(tmp_path / "corpus.npz"), "--out", str(out), "--steps", "2", "--batch", "2",
+                    "--log", str(tmp_path / "record.json")]) == 0
+    import json
+
+    res = json.loads((tmp_path / "record.json").read_text())
+    assert set(res["validation"]) == {"offline", "causal"} and res["sha256"] == SE.sha256_file(out)
     enc = SE.load_speech_encoder(out)
     assert enc.config.pool == 2 and enc.meta["steps"] == 2
     x = (rng.standard_normal(40000) * 0.1).astype(np.float32)

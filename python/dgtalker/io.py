@@ -56,6 +56,15 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
+def report_trained(out, record: dict, log=None) -> int:
+    """The end of a weights trainer's command: its ``record`` (JSON, with the written
+    file's ``sha256``) to ``log`` if given, and a line naming ``out``. Returns 0."""
+    if log:
+        atomic_write_json(Path(log), record)
+    print(f"wrote {out} (SHA-256 {record['sha256']})")
+    return 0
+
+
 def atomic_save_npz(path: Path, **arrays) -> None:
     import io
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import sha256_file
+from ..io import report_trained, sha256_file
 from .frontend import FrontEndConfig, VISEMES, build_model, normalise, save_frontend
 
 SR = 16000
@@ -299,12 +299,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     res = train(Path(args.corpus), Path(args.out), args.steps, args.seed, args.batch, args.crop, args.lr, args.device,
                 args.threads, args.minutes, json.loads(args.config) if args.config else None)
-    if args.log:
-        from ..io import atomic_write_json
-
-        atomic_write_json(Path(args.log), res)
-    print(f"wrote {args.out} (SHA-256 {res['sha256']})")
-    return 0
+    return report_trained(args.out, res, args.log)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import numpy as np
 
 from .frontend import OPENING_MEAN, OPENING_SCALE, VISEMES, WIDTH_MEAN, WIDTH_SCALE
 from .lipsync_model import MODES, HeadConfig, build_head, principal_projection, save_lipsync
-from ..io import sha256_file
+from ..io import report_trained, sha256_file
 from .speech_encoder import HOP, RATE, SAMPLE_RATE, load_speech_encoder
 from .tts_corpus import SIL_TARGET, corpus_phones, mouth_targets
 
@@ -114,6 +114,15 @@ def retarget(corpus: dict, phones: list, lead: float) -> None:
     corpus.update({k: np.concatenate(v) for k, v in parts.items()})
 
 
+def read_speech_corpus(path) -> dict:
+    """The arrays of a corpus kept with its audio (``tts_corpus --keep-audio``) that
+    ``passages`` reads; SystemExit where it holds no audio."""
+    with np.load(path) as z:
+        if "audio" not in z.files:
+            raise SystemExit(f"{path} holds no audio: build it with `python -m dgtalker.audio.tts_corpus --keep-audio`")
+        return {k: z[k] for k in ("audio", "audio_offsets", "offsets", "opening", "width", "viseme")}
+
+
 def head_configs(components: int, members: int) -> dict:
     """Each mode's ``HeadConfig``; raises ValueError naming a bad ``components`` or ``members``."""
     return {"offline": HeadConfig(components=components, members=members).check(),
@@ -130,12 +139,9 @@ def train(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 32, 
         torch.set_num_threads(threads)
     configs = head_configs(components, members)  # a bad value fails here, before minutes of features
     rng = np.random.default_rng(seed)
-    with np.load(corpus_path) as z:
-        if "audio" not in z.files:
-            raise SystemExit(f"{corpus_path} holds no audio: build it with `python -m dgtalker.audio.tts_corpus "
-                             f"--keep-audio`")
-        corpus = {k: z[k] for k in ("audio", "audio_offsets", "offsets", "opening", "width", "viseme")}
-        if lead is not None:
+    corpus = read_speech_corpus(corpus_path)
+    if lead is not None:
+        with np.load(corpus_path) as z:
             if "phones" not in z.files:
                 raise SystemExit(f"{corpus_path} keeps no phoneme timings to place the mouth {lead * 1000:g} ms "
                                  f"ahead of the sound: build it with this version's tts_corpus")
@@ -252,12 +258,7 @@ def main(argv=None) -> int:
         p.error(f"--{exc}")
     res = train(Path(a.corpus), Path(a.out), a.steps, a.seed, a.batch, a.crop, a.lr, a.components, a.lead, a.members,
                 a.threads)
-    if a.log:
-        from ..io import atomic_write_json
-
-        atomic_write_json(Path(a.log), res)
-    print(f"wrote {a.out} (SHA-256 {res['sha256']})")
-    return 0
+    return report_trained(a.out, res, a.log)
 
 
 if __name__ == "__main__":

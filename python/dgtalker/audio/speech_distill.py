@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import sha256_file
+from ..io import report_trained, sha256_file
 from .speech_encoder import (FORMAT, FORMAT_VERSION, RATE, SAMPLE_RATE, SpeechEncoderConfig, build_model,
                              load_speech_encoder)
 
@@ -160,19 +160,14 @@ def distil(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 8, 
     import torch
 
     from .lipsync_model import load_lipsync
-    from .lipsync_train import passages
+    from .lipsync_train import passages, read_speech_corpus
 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    with np.load(corpus_path) as z:
-        if "audio" not in z.files:
-            raise SystemExit(f"{corpus_path} holds no audio: build it with `python -m dgtalker.audio.tts_corpus "
-                             f"--keep-audio`")
-        corpus = {k: z[k] for k in ("audio", "audio_offsets", "offsets", "opening", "width", "viseme")}
     t0 = time.time()
-    ps = passages(corpus, rng, log=lambda *_: None)
+    ps = passages(read_speech_corpus(corpus_path), rng, log=lambda *_: None)
     held = max(1, len(ps) // 20)
     train_ps, val_ps = [p[0] for p in ps[:-held]], ps[-held:]
     teacher = load_speech_encoder()
@@ -286,12 +281,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     shape = {"mlp": a.mlp, "heads": a.heads, "stem_rank": a.stem_rank}
     res = distil(Path(a.corpus), Path(a.out), a.steps, a.seed, a.batch, a.lr, shape, a.full_weight, a.threads)
-    if a.log:
-        from ..io import atomic_write_json
-
-        atomic_write_json(Path(a.log), res)
-    print(f"wrote {a.out} (SHA-256 {res['sha256']})")
-    return 0
+    return report_trained(a.out, res, a.log)
 
 
 if __name__ == "__main__":
