@@ -7,7 +7,7 @@ per stage (eager and CUDA-graph replayed) and batched throughput.
 from __future__ import annotations
 
 import argparse
-import json
+from pathlib import Path
 import statistics
 import sys
 
@@ -109,8 +109,9 @@ def main(argv=None) -> int:
               f"{r['end_to_end_eager']:.3f} | {r['end_to_end_graph']:.3f} | {r['images_per_s_graph']:.0f} |")
     print("ms, median of 50 after warm-up; stage times are each stage alone (CUDA events, synchronized).")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        from dgtalker.io import atomic_write_json
+
+        atomic_write_json(Path(args.json), results)
     return 0
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
+from pathlib import Path
 import math
 import os
 import platform
@@ -416,9 +416,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.cuda.empty_cache()
 
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"env": env, "args": {k: v for k, v in vars(args).items()}, "targets": TARGETS,
-                   "results": results}, f, indent=1)
+    from dgtalker.io import atomic_write_json
+
+    atomic_write_json(Path(args.json), {"env": env, "args": dict(vars(args)), "targets": TARGETS, "results": results})
     print()
     print(markdown(results, libs))
     for line in target_lines(results):

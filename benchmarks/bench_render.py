@@ -187,8 +187,9 @@ def main() -> None:
     del first
     print(json.dumps({k: v for k, v in res.items() if k != "frame_path"}, indent=1))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+        from dgtalker.io import atomic_write_json
+
+        atomic_write_json(Path(a.json), res)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ of the repository when DATA is footage the project may not ship.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np

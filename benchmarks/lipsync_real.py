@@ -336,8 +336,8 @@ def main(argv=None) -> int:
               "speech_encoder_sha256": sha256_file(model.encoder.path), "speech_encoder_extra": encoder.meta,
               "torch_threads": torch.get_num_threads(), "cpu": _cpu(), "precision": args.precision,
               "native_bfloat16": native_bfloat16()}
-    print(f"| clip | fps | r best (lag) | r lag -1 / 0 / +1 | causal r best (lag) | loudness r best (lag) | "
-          f"std track / pred | x real time |")
+    print("| clip | fps | r best (lag) | r lag -1 / 0 / +1 | causal r best (lag) | loudness r best (lag) | "
+          "std track / pred | x real time |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         f, c, l = r["lipsync"], r["lipsync_causal"], r["loudness"]

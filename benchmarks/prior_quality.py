@@ -7,7 +7,7 @@ and at its held-out novel views (a yaw/pitch grid), and the gap between them.
 from __future__ import annotations
 
 import argparse
-import json
+from pathlib import Path
 import os
 import sys
 import time
@@ -72,8 +72,9 @@ def main(argv=None) -> int:
                   f"{r.get('novel_all', {}).get('psnr', float('nan')):.2f} | {ny} | {r.get('gap_psnr', float('nan')):.2f} | "
                   f"{r['heldout_frames']['ssim']:.3f} / {r.get('novel_all', {}).get('ssim', float('nan')):.3f} |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        from dgtalker.io import atomic_write_json
+
+        atomic_write_json(Path(args.json), results)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import time
 
 import torch
@@ -60,7 +61,9 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         res["rows"].append(row)
     if a.json:
-        open(a.json, "w").write(json.dumps(res, indent=1))
+        from dgtalker.io import atomic_write_json
+
+        atomic_write_json(Path(a.json), res)
 
 
 if __name__ == "__main__":
