@@ -52,7 +52,7 @@ def passages(corpus: dict, rng, log=print) -> list:
     while i < n_utt:
         if rng.random() < 0.03:  # noise alone: the mouth at rest
             n = int(rng.uniform(2, 6) * SAMPLE_RATE)
-            x = _noise(rng, n) * 10 ** rng.uniform(-4, -1)
+            x = coloured_noise(rng, n) * 10 ** rng.uniform(-4, -1)
             T = n // STEP + 1
             out.append((x.astype(np.float32), np.full(T, SIL_TARGET[1], np.float32),
                         np.full(T, SIL_TARGET[2], np.float32), np.full(T, sil, np.int64)))
@@ -65,7 +65,7 @@ def passages(corpus: dict, rng, log=print) -> list:
                 gap = int(rng.uniform(0.05, 1.5) * SAMPLE_RATE)
                 rms = float(np.sqrt(np.mean(speech ** 2)) + 1e-9)
                 g = np.zeros(gap, np.float32) if rng.random() < 0.4 else \
-                    _noise(rng, gap) * rms * 10 ** (-rng.uniform(35, 75) / 20)
+                    coloured_noise(rng, gap) * rms * 10 ** (-rng.uniform(35, 75) / 20)
                 spans.append((length, -1))
                 pieces.append(g)
                 length += gap
@@ -93,7 +93,7 @@ def passages(corpus: dict, rng, log=print) -> list:
     return out
 
 
-def _noise(rng, n: int) -> np.ndarray:
+def coloured_noise(rng, n: int) -> np.ndarray:
     """Unit-RMS white or brown (1/f^2) noise."""
     x = rng.standard_normal(n)
     if rng.random() < 0.5:

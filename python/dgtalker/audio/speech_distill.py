@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import report_trained, sha256_file
-from .speech_encoder import (FORMAT, FORMAT_VERSION, RATE, SAMPLE_RATE, SpeechEncoderConfig, build_model,
+from .speech_encoder import (FORMAT, FORMAT_VERSION, RATE, SAMPLE_RATE, build_model,
                              load_speech_encoder)
 
 # the student's shape: blocks on means of 2 stem frames (the causal band, 1 s before and none
@@ -115,14 +115,12 @@ class Augmenter:
         self.rng, self.pool = rng, pool
 
     def noise(self, n: int) -> np.ndarray:
-        r = self.rng
-        if r.random() < 0.3:  # babble: other speech, summed
-            x = sum(self._speech(n) for _ in range(r.integers(1, 4)))
-        else:
-            x = r.standard_normal(n)
-            if r.random() < 0.5:
-                x = np.cumsum(x)
-                x -= np.convolve(x, np.ones(801) / 801, mode="same")
+        """Unit-RMS babble (other speech, summed), white or brown noise."""
+        from .lipsync_train import coloured_noise
+
+        if self.rng.random() >= 0.3:
+            return coloured_noise(self.rng, n)
+        x = sum(self._speech(n) for _ in range(self.rng.integers(1, 4)))
         return (x / (np.sqrt(np.mean(x ** 2)) + 1e-9)).astype(np.float32)
 
     def _speech(self, n: int) -> np.ndarray:
